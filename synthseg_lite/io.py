@@ -1,0 +1,153 @@
+"""NIfTI / MGZ reading and writing with nibabel.
+
+Volumes are returned as numpy arrays in RAS+ voxel order (``nibabel.as_closest_canonical``) with
+their 4x4 voxel-to-world affine in mm. Writers never overwrite an input by accident: they write to a
+temporary file in the destination folder and rename it into place (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["Volume", "load_volume", "load_label_map", "save_volume", "atomic_write", "IMAGE_SUFFIXES",
+           "strip_suffix"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+
+
+@dataclass
+class Volume:
+    """A 3D volume.
+
+    Attributes:
+        data: (X, Y, Z) array in the voxel order of ``affine``.
+        affine: (4, 4) float64 voxel -> world (mm) matrix.
+        path: where it was read from.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str = ""
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis."""
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))
+
+
+def strip_suffix(path: str | Path) -> str:
+    """File name without its image suffix (``a/b/scan.nii.gz`` -> ``scan``)."""
+    name = Path(path).name
+    for suf in IMAGE_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _read(path: str | Path) -> nib.spatialimages.SpatialImage:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
+        raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
+    try:
+        img = nib.load(str(path))
+        img.header  # noqa: B018  (touch the header so a broken file fails here)
+    except Exception as exc:  # nibabel raises many different types
+        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+    elif len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+    return img
+
+
+def load_volume(path: str | Path, canonical: bool = True, dtype: np.dtype | None = np.float32) -> Volume:
+    """Read a 3D image.
+
+    Args:
+        path: .nii, .nii.gz or .mgz; 3D, or 4D with a single volume.
+        canonical: reorient to RAS+ (closest canonical orientation, no resampling).
+        dtype: output dtype (None keeps the on-disk dtype).
+
+    Raises:
+        ValueError: missing/unreadable file, not 3D, NaN or Inf values.
+    """
+    img = _read(path)
+    if canonical:
+        img = nib.as_closest_canonical(img)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise ValueError(f"{path}: contains NaN or Inf values")
+    return Volume(np.ascontiguousarray(data), np.asarray(img.affine, dtype=np.float64), str(path))
+
+
+def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
+    """Read a label map as int32 (integer, or integer-valued float, on disk).
+
+    Raises:
+        ValueError: NaN/Inf, non-integer values, empty map (all background), not 3D, unreadable.
+    """
+    vol = load_volume(path, canonical=canonical, dtype=None)
+    data = vol.data
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.mod(data, 1) == 0):
+            bad = data[np.mod(data, 1) != 0][:5]
+            raise ValueError(f"{path}: label map has non-integer values (e.g. {bad.tolist()})")
+    elif not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"{path}: label map has unsupported dtype {data.dtype}")
+    data = data.astype(np.int32)
+    if not data.any():
+        raise ValueError(f"{path}: label map is empty (all background)")
+    vol.data = data
+    return vol
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path,
+                dtype: np.dtype | None = None, header: nib.Nifti1Header | None = None) -> Path:
+    """Write a 3D (or 4D, channels last) array as NIfTI or MGZ, atomically.
+
+    Args:
+        data: (X, Y, Z[, C]) array in the voxel order of ``affine``.
+        affine: (4, 4) voxel -> world matrix (mm).
+        path: destination; its suffix picks the format.
+        dtype: on-disk dtype (default: the array's).
+    """
+    data = np.asarray(data if dtype is None else data.astype(dtype))
+    path = Path(path)
+    if path.name.lower().endswith(".mgz"):
+        img = nib.MGHImage(data.astype(np.float32) if data.dtype == np.float64 else data, affine)
+    else:
+        img = nib.Nifti1Image(data, affine, header=header)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))

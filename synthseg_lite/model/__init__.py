@@ -1,0 +1,1 @@
+"""Network, loss and Lightning module."""

@@ -1,0 +1,115 @@
+"""The SynthSeg generative model, batched and on the device of its input.
+
+Billot et al., "SynthSeg: Segmentation of brain MRI scans of any contrast and resolution without
+retraining", Medical Image Analysis 86 (2023). Random parameters are drawn first
+(:func:`~synthseg_lite.synth.params.sample_params`, one explicit ``torch.Generator``); every stage
+is then a pure batched function (:mod:`spatial`, :mod:`gmm`, :mod:`intensity`, :mod:`resolution`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthseg_lite.labels import LabelTable
+from synthseg_lite.synth.config import SynthConfig
+from synthseg_lite.synth.gmm import gmm_image
+from synthseg_lite.synth.intensity import add_noise, apply_bias, apply_gamma, rescale_minmax
+from synthseg_lite.synth.params import SynthParams, make_generator, sample_params
+from synthseg_lite.synth.resolution import simulate_resolution
+from synthseg_lite.synth.spatial import label_luts, remap_labels, sampling_grid, warp_labels
+
+__all__ = ["SynthConfig", "SynthGenerator", "SynthBatch", "SynthParams", "make_generator", "brain_bbox"]
+
+
+@dataclass
+class SynthBatch:
+    """One synthetic batch.
+
+    Attributes:
+        image: (B, 1, *P) float32 in [0, 1].
+        target: (B, *P) int64 target class indices.
+        labels: (B, 1, *P) uint8 warped (flipped, stripped) generation indices.
+        params: per-sample scalars (B,) for logging.
+    """
+
+    image: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+
+def brain_bbox(labels: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) first and last voxel index of brain labels per sample (whole volume if none).
+
+    Args:
+        labels: (B, 1, X, Y, Z) generation indices. brain: (L,) bool, True for brain labels.
+    """
+    mask = brain[labels[:, 0].long()]
+    lo, hi = [], []
+    for ax in range(3):  # loop over axes, not samples
+        other = tuple(d for d in (1, 2, 3) if d != ax + 1)
+        prof = mask.any(dim=other[1]).any(dim=other[0])  # (B, n)
+        n = prof.shape[1]
+        pos = torch.arange(n, device=labels.device).expand_as(prof)
+        has = prof.any(1)
+        lo.append(torch.where(has, torch.where(prof, pos, n).amin(1), 0))
+        hi.append(torch.where(has, torch.where(prof, pos, -1).amax(1), n - 1))
+    return torch.stack([torch.stack(lo, 1), torch.stack(hi, 1)], 1).float()
+
+
+class SynthGenerator(nn.Module):
+    """Label maps -> (image, target) pairs, B samples per call with per-sample parameters.
+
+    Args:
+        cfg: generator settings (:class:`SynthConfig`).
+        table: label table; its lookup tables become non-persistent buffers.
+    """
+
+    def __init__(self, cfg: SynthConfig, table: LabelTable) -> None:
+        super().__init__()
+        self.cfg, self.table = cfg, table
+        self.register_buffer("classes", torch.tensor(table.classes, dtype=torch.long), persistent=False)
+        self.register_buffer("lr_swap", torch.tensor(table.lr_swap, dtype=torch.long), persistent=False)
+        self.register_buffer("extracerebral", torch.tensor(table.extracerebral), persistent=False)
+        brain = [v != 0 and not e for v, e in zip(table.generation_labels, table.extracerebral)]
+        self.register_buffer("brain", torch.tensor(brain), persistent=False)
+        self.register_buffer("target_lut", torch.tensor(table.target_lut, dtype=torch.long), persistent=False)
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
+        """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
+        return sample_params(self.cfg, labels.shape[0], tuple(labels.shape[2:]), self.table.n_classes,
+                             generator, brain_bbox(labels, self.brain))
+
+    def apply(self, labels: torch.Tensor, p: SynthParams) -> SynthBatch:
+        """Deterministic synthesis from label maps (B, 1, X, Y, Z) uint8 and parameters."""
+        cfg, f = self.cfg, self.cfg.partial_volume_factor
+        shape = tuple(int(s) * f for s in cfg.patch_shape)
+        grid = sampling_grid(p.matrix, p.centre, p.velocity, shape, cfg.voxel_mm / f,
+                             tuple(labels.shape[2:]), cfg.spatial.integration_spacing_mm,
+                             cfg.spatial.svf_steps)
+        lut = label_luts(p.flip, p.strip, p.keep_csf, self.lr_swap, self.extracerebral, self.table.csf_index)
+        warped = remap_labels(warp_labels(labels, grid), lut)
+        image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)
+        if f > 1:  # partial volume: average the fine grid, labels at the fine voxel nearest the centre
+            image = F.avg_pool3d(image, f)
+            warped = warped[:, :, f // 2::f, f // 2::f, f // 2::f]
+        image = apply_bias(image, p.bias)
+        image = apply_gamma(rescale_minmax(image), p.log_gamma)
+        image = simulate_resolution(image, p.res_axis, p.res_spacing_mm, p.res_thickness_mm, p.res_alpha,
+                                    p.res_native, cfg.voxel_mm)
+        image = add_noise(image, p.noise_std, p.noise, cfg.noise.kind)
+        target = remap_labels(warped, self.target_lut)[:, 0]
+        return SynthBatch(image.contiguous(), target, warped.to(torch.uint8), p.summary())
+
+    @torch.no_grad()
+    def forward(self, labels: torch.Tensor, generator: torch.Generator) -> SynthBatch:
+        """Sample parameters with ``generator`` (on the labels' device) and synthesise."""
+        if labels.dim() != 5 or labels.shape[1] != 1:
+            raise ValueError(f"labels must be (B, 1, X, Y, Z), got {tuple(labels.shape)}")
+        if generator.device.type != labels.device.type:
+            raise ValueError(f"generator is on {generator.device}, labels on {labels.device}")
+        return self.apply(labels, self.sample(labels, generator))

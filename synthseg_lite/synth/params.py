@@ -1,0 +1,205 @@
+"""Random parameters of the generator: every random draw happens here.
+
+``sample_params`` draws, through one explicit :class:`torch.Generator`, a :class:`SynthParams` of
+per-sample ``(B, ...)`` tensors on the generator's device. The apply stages are then deterministic
+functions of (labels, params), so a batch is a pure function of (seed, step, rank, worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from synthseg_lite.synth.config import SynthConfig
+
+__all__ = ["SynthParams", "sample_params", "make_generator", "seed_from"]
+
+
+def seed_from(seed: int, step: int, rank: int = 0, worker: int = 0) -> int:
+    """A 63-bit seed that depends on every argument (different ranks/workers never collide)."""
+    key = f"synthseg_lite:{int(seed)}:{int(step)}:{int(rank)}:{int(worker)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def make_generator(device: torch.device | str, seed: int, step: int, rank: int = 0,
+                   worker: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, step, rank, worker)."""
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(seed_from(seed, step, rank, worker))
+    return g
+
+
+@dataclass
+class SynthParams:
+    """Per-sample parameters, all tensors with leading batch dimension B.
+
+    Attributes:
+        matrix: (B, 3, 3) linear part of the affine (rotation, scaling, shear, flip), applied to
+            output coordinates in mm.
+        centre: (B, 3) where the patch centre lands in the input map, input voxels (1 mm).
+        velocity: (B, 3, *n) stationary velocity field at the control points, mm.
+        flip: (B,) bool, left/right flip with label swap.
+        strip: (B,) bool, skull stripping; keep_csf: (B,) bool, keep label 24 when stripping.
+        means, stds: (B, C) GMM class means and standard deviations (0-255 scale).
+        gmm_noise: (B, 1, *Pf) standard normal field of the GMM (Pf = patch * pv factor).
+        bias: (B, 1, k, k, k) log bias field at the control points.
+        log_gamma: (B,) gamma exponent is exp(log_gamma).
+        res_axis: (B,) int64 axis of the simulated acquisition (0, 1, 2).
+        res_spacing_mm, res_thickness_mm, res_alpha: (B,) slice spacing, thickness, profile factor.
+        res_native: (B,) bool, keep native resolution.
+        noise_std: (B,) noise std on [0, 1] images; noise: (B, 2, *P) standard normal fields
+            (empty when noise is off).
+    """
+
+    matrix: torch.Tensor
+    centre: torch.Tensor
+    velocity: torch.Tensor
+    flip: torch.Tensor
+    strip: torch.Tensor
+    keep_csf: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+    gmm_noise: torch.Tensor
+    bias: torch.Tensor
+    log_gamma: torch.Tensor
+    res_axis: torch.Tensor
+    res_spacing_mm: torch.Tensor
+    res_thickness_mm: torch.Tensor
+    res_alpha: torch.Tensor
+    res_native: torch.Tensor
+    noise_std: torch.Tensor
+    noise: torch.Tensor
+
+    def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
+        """Parameters of a subset of the batch (``params[b:b+1]``)."""
+        return SynthParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @property
+    def batch_size(self) -> int:
+        return self.matrix.shape[0]
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        """Per-sample scalars (B,) for logging and histograms."""
+        return {
+            "scale_mean": torch.linalg.svdvals(self.matrix).mean(1),
+            "svf_std_mm": self.velocity.flatten(1).std(1),
+            "flip": self.flip.float(),
+            "skull_strip": self.strip.float(),
+            "gmm_mean": self.means.mean(1),
+            "gmm_std": self.stds.mean(1),
+            "bias_std": self.bias.flatten(1).std(1),
+            "gamma": self.log_gamma.exp(),
+            "res_spacing_mm": torch.where(self.res_native, 0.0, self.res_spacing_mm),
+            "res_thickness_mm": torch.where(self.res_native, 0.0, self.res_thickness_mm),
+            "res_axis": self.res_axis.float(),
+            "noise_std": self.noise_std,
+        }
+
+
+def _uniform(g: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
+    return torch.rand(shape, generator=g, device=g.device) * (high - low) + low
+
+
+def _bernoulli(g: torch.Generator, n: int, p: float) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device) < p
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    """(B, 3) angles in radians -> (B, 3, 3) rotation Rx @ Ry @ Rz."""
+    c, s = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+    rx = torch.stack([one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0]], 1)
+    ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1)
+    rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1)
+    return rx.view(-1, 3, 3) @ ry.view(-1, 3, 3) @ rz.view(-1, 3, 3)
+
+
+def control_grid(extent_mm: float, spacing_mm: float) -> int:
+    """Number of control points covering ``extent_mm`` at ``spacing_mm`` (at least 2)."""
+    return max(2, math.ceil(extent_mm / spacing_mm) + 1)
+
+
+def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], n_classes: int,
+                  g: torch.Generator, bbox: torch.Tensor | None = None) -> SynthParams:
+    """Draw the parameters of ``batch`` samples.
+
+    Args:
+        cfg: generator settings.
+        batch: number of samples B.
+        in_shape: spatial shape of the input label maps (1 mm voxels).
+        n_classes: number of Gaussian generation classes C.
+        g: the only source of randomness; tensors are created on ``g.device``.
+        bbox: (B, 2, 3) first and last input voxel of the brain in each map; the crop centre is
+            drawn where the patch stays inside it (default: the whole input).
+    """
+    dev, B = g.device, batch
+    P = [int(p) for p in cfg.patch_shape]
+    sp = cfg.spatial
+    extent = [(p - 1) * cfg.voxel_mm for p in P]
+
+    # -- spatial: affine, SVF, crop centre
+    if sp.enabled:
+        angles = _uniform(g, (B, 3), -sp.rotation_deg, sp.rotation_deg) * (math.pi / 180)
+        scales = _uniform(g, (B, 3), *sp.scaling)
+        shear = _uniform(g, (B, 3, 3), -sp.shear, sp.shear) * (1 - torch.eye(3, device=dev))
+        matrix = _rotation(angles) @ torch.diag_embed(scales) @ (torch.eye(3, device=dev) + shear)
+        translation = _uniform(g, (B, 3), -sp.translation_mm, sp.translation_mm)
+        spacing = 256.0 / sp.svf_control_points
+        n = [control_grid(e, spacing) for e in extent]
+        svf_std = _uniform(g, (B,), *sp.svf_std_mm)
+        velocity = torch.randn((B, 3, *n), generator=g, device=dev) * svf_std.view(B, 1, 1, 1, 1)
+    else:
+        matrix = torch.eye(3, device=dev).expand(B, 3, 3).clone()
+        translation = torch.zeros(B, 3, device=dev)
+        velocity = torch.zeros(B, 3, 2, 2, 2, device=dev)
+    if bbox is None:
+        bbox = torch.tensor([[0.0] * 3, [s - 1.0 for s in in_shape]], device=dev).expand(B, 2, 3)
+    bbox = bbox.to(dev, torch.float32)
+    mid = bbox.mean(1)
+    room = ((bbox[:, 1] - bbox[:, 0] - torch.tensor(extent, device=dev)) / 2).clamp(min=0)
+    jitter = _uniform(g, (B, 3), -1.0, 1.0) * room if sp.crop_jitter else torch.zeros(B, 3, device=dev)
+    centre = mid + jitter + translation
+
+    flip = _bernoulli(g, B, cfg.flip.prob)
+    matrix = matrix @ torch.diag_embed(torch.stack(
+        [1 - 2 * flip.float(), torch.ones(B, device=dev), torch.ones(B, device=dev)], 1))
+
+    strip = _bernoulli(g, B, cfg.skull_strip.prob)
+    keep_csf = _bernoulli(g, B, cfg.skull_strip.keep_csf_prob)
+
+    # -- GMM (class 0 is the background)
+    means = _uniform(g, (B, n_classes), *cfg.gmm.mean)
+    stds = _uniform(g, (B, n_classes), *cfg.gmm.std)
+    bg_zero = _bernoulli(g, B, cfg.gmm.background_zero_prob)
+    means[:, 0] = torch.where(bg_zero, 0.0, means[:, 0])
+    stds[:, 0] = torch.where(bg_zero, 0.0, stds[:, 0])
+    f = cfg.partial_volume_factor
+    gmm_noise = torch.randn((B, 1, *[p * f for p in P]), generator=g, device=dev)
+
+    # -- bias, gamma
+    k = cfg.bias.control_points
+    bias = torch.randn((B, 1, k, k, k), generator=g, device=dev) * _uniform(g, (B,), *cfg.bias.std).view(B, 1, 1, 1, 1)
+    log_gamma = torch.randn(B, generator=g, device=dev) * cfg.gamma.std
+
+    # -- resolution
+    rs = cfg.resolution
+    res_axis = torch.randint(0, 3, (B,), generator=g, device=dev)
+    res_spacing = _uniform(g, (B,), *rs.spacing_mm)
+    res_thickness = rs.thickness_min_mm + torch.rand(B, generator=g, device=dev) * (res_spacing - rs.thickness_min_mm).clamp(min=0)
+    res_alpha = _uniform(g, (B,), *rs.alpha)
+    res_native = _bernoulli(g, B, rs.prob_native) | (not rs.enabled)
+
+    # -- noise
+    if cfg.noise.kind == "none":
+        noise_std = torch.zeros(B, device=dev)
+        noise = torch.zeros((B, 0, *P), device=dev)
+    else:
+        noise_std = _uniform(g, (B,), *cfg.noise.std)
+        noise = torch.randn((B, 2, *P), generator=g, device=dev)
+
+    return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
+                       bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
+                       noise_std, noise)
