@@ -1,0 +1,138 @@
+"""NIfTI/MGZ reading in any orientation, documented errors, label tables, phantoms."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synthseg_lite.io import load_label_map, load_volume, save_volume
+from synthseg_lite.labels import LR_PAIRS, REFERENCE_PRESETS, LabelTable, target_preset
+from synthseg_lite.phantom import make_phantom_label_maps
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _lia_affine() -> np.ndarray:
+    # FreeSurfer conformed orientation: x -> Left, y -> Inferior, z -> Anterior
+    return np.array([[-1, 0, 0, 10], [0, 0, 1, -20], [0, -1, 0, 30], [0, 0, 0, 1]], float)
+
+
+def test_reorients_lia_to_ras(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nib.save(nib.Nifti1Image(data, _lia_affine()), tmp_path / "lia.nii.gz")
+    vol = load_volume(tmp_path / "lia.nii.gz")
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+    # same world coordinate for the same value
+    i, j, k = 1, 2, 3
+    world = _lia_affine() @ [i, j, k, 1]
+    ijk = np.linalg.solve(vol.affine, world).round().astype(int)[:3]
+    assert vol.data[tuple(ijk)] == data[i, j, k]
+
+
+def test_mgz_and_4d_singleton(tmp_path):
+    data = np.zeros((6, 6, 6, 1), np.float32)
+    data[2:4, 2:4, 2:4] = 3
+    nib.save(nib.MGHImage(data[..., 0], np.eye(4)), tmp_path / "a.mgz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "b.nii")
+    for name in ("a.mgz", "b.nii"):
+        lab = load_label_map(tmp_path / name)
+        assert lab.data.shape == (6, 6, 6) and lab.data.dtype == np.int32 and lab.data.max() == 3
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: np.full((4, 4, 4), np.nan, np.float32), "NaN or Inf"),
+        (lambda: np.full((4, 4, 4), 1.5, np.float32), "non-integer"),
+        (lambda: np.zeros((4, 4, 4), np.int16), "empty"),
+        (lambda: np.ones((4, 4, 4, 2), np.int16), "3D volume"),
+    ],
+)
+def test_bad_label_maps_are_rejected_naming_the_file(tmp_path, make, match):
+    path = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(make(), np.eye(4)), path)
+    with pytest.raises(ValueError, match=match) as err:
+        load_label_map(path)
+    assert "bad.nii.gz" in str(err.value)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_label_map(tmp_path / "junk.nii.gz")
+    with pytest.raises(ValueError, match="no such file"):
+        load_label_map(tmp_path / "missing.nii.gz")
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a NIfTI"):
+        load_volume(tmp_path / "x.txt")
+
+
+def test_save_is_atomic_and_round_trips(tmp_path):
+    data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    aff = _lia_affine()
+    out = save_volume(data, aff, tmp_path / "sub" / "x.nii.gz")
+    img = nib.load(out)
+    np.testing.assert_allclose(img.affine, aff)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), data)
+    assert [p.name for p in out.parent.iterdir()] == ["x.nii.gz"]  # no temporary left behind
+
+
+def test_label_table_structure():
+    t = LabelTable.create("tissue")
+    idx = {v: i for i, v in enumerate(t.generation_labels)}
+    swap = np.asarray(t.lr_swap)
+    assert np.array_equal(swap[swap], np.arange(t.n_labels))  # an involution
+    for a, b in LR_PAIRS:
+        assert swap[idx[a]] == idx[b] and t.classes[idx[a]] == t.classes[idx[b]]
+    assert swap[idx[16]] == idx[16]  # brainstem is midline
+    assert t.classes[0] == 0 and t.extracerebral[idx[507]] and not t.extracerebral[idx[24]]
+    assert [t.target_lut[idx[v]] for v in (0, 3, 2, 4, 24, 507, 30)] == [0, 1, 2, 3, 3, 0, 0]
+    tv = LabelTable.create("tissue_ventricular")
+    assert tv.target_lut[idx[24]] == 0 and tv.target_lut[idx[4]] == 3
+    s = LabelTable.create("synthseg")
+    assert s.target.n_classes == 32
+    perm = s.target.class_swap()
+    assert sorted(perm) == list(range(32)) and perm[s.target.values.index(2)] == s.target.values.index(41)
+    assert LabelTable.from_dict(s.to_dict()) == s
+    assert REFERENCE_PRESETS["ibsr"] == {0: 0, 1: 3, 2: 1, 3: 2}
+
+
+def test_unknown_labels_warn_or_raise(caplog):
+    values = np.array([0, 2, 9999, 41])
+    with caplog.at_level(logging.WARNING):
+        enc = LabelTable.create("tissue").encode(values, source="m.nii.gz")
+    assert "9999" in caplog.text and enc[2] == 0 and enc[1] != 0
+    with pytest.raises(ValueError, match="9999"):
+        LabelTable.create("tissue", unknown="error").encode(values, source="m.nii.gz")
+    with pytest.raises(ValueError, match="unknown target preset"):
+        target_preset("nope")
+    custom = LabelTable.create({2: 1, 41: 1, 3: 2, 42: 2})
+    assert custom.target.n_classes == 3
+
+
+def test_phantoms_are_valid_label_maps():
+    maps = make_phantom_label_maps(2, shape=(96, 112, 96))
+    table = LabelTable.create("tissue", unknown="error")
+    a = table.encode(maps[0])
+    assert a.dtype == np.uint8 and not np.array_equal(maps[0], maps[1])
+    vals = set(np.unique(maps[0]).tolist())
+    assert {2, 41, 3, 42, 4, 43, 24, 507} <= vals
+    # left structures lie on the left (RAS: small x)
+    x = np.nonzero(maps[0] == 2)[0].mean(), np.nonzero(maps[0] == 41)[0].mean()
+    assert x[0] < x[1]
+
+
+@pytest.mark.skipif(not (SHARED / "label_maps").is_dir(), reason="shared data absent")
+def test_shared_label_maps_load():
+    table = LabelTable.create("tissue", unknown="error")
+    for path in sorted((SHARED / "label_maps").glob("*.nii.gz"))[:2]:
+        vol = load_label_map(path)
+        assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+        enc = table.encode(vol.data, source=str(path))
+        assert enc.max() > 0 and len(np.unique(enc)) >= 50
+        # left hemisphere WM lies at smaller x than right (RAS)
+        assert np.nonzero(vol.data == 2)[0].mean() < np.nonzero(vol.data == 41)[0].mean()
