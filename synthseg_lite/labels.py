@@ -16,7 +16,7 @@ Label numbers follow the FreeSurfer colour table (aseg), plus SynthSeg's extra-c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np

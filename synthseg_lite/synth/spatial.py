@@ -49,6 +49,16 @@ def integrate_svf(velocity: torch.Tensor, half_extent_mm: torch.Tensor, steps: i
     return disp
 
 
+def _coarse_displacement(velocity: torch.Tensor, out_shape: tuple[int, int, int], voxel_mm: float,
+                         integration_spacing_mm: float, steps: int) -> torch.Tensor:
+    """Integrated displacement (B, 3, *n) in mm on the integration grid spanning the patch."""
+    extent = [(s - 1) * voxel_mm for s in out_shape]
+    n_int = tuple(min(control_grid(e, integration_spacing_mm), s) for e, s in zip(extent, out_shape))
+    v = F.interpolate(velocity, size=n_int, mode="trilinear", align_corners=True)
+    half = torch.tensor([max(e / 2, 1e-6) for e in extent], device=v.device, dtype=v.dtype)
+    return integrate_svf(v, half, steps) if steps > 0 else v
+
+
 def displacement_field(velocity: torch.Tensor, out_shape: tuple[int, int, int], voxel_mm: float,
                        integration_spacing_mm: float, steps: int) -> torch.Tensor:
     """Dense displacement (B, 3, *out_shape) in mm from control-point velocities.
@@ -56,18 +66,24 @@ def displacement_field(velocity: torch.Tensor, out_shape: tuple[int, int, int], 
     The velocity is upsampled (trilinear) to an integration grid of ``integration_spacing_mm``,
     integrated there, and the result upsampled (trilinear) to ``out_shape``.
     """
-    extent = [(s - 1) * voxel_mm for s in out_shape]
-    n_int = tuple(min(control_grid(e, integration_spacing_mm), s) for e, s in zip(extent, out_shape))
-    v = F.interpolate(velocity, size=n_int, mode="trilinear", align_corners=True)
-    half = torch.tensor([max(e / 2, 1e-6) for e in extent], device=v.device, dtype=v.dtype)
-    disp = integrate_svf(v, half, steps) if steps > 0 else v
+    disp = _coarse_displacement(velocity, out_shape, voxel_mm, integration_spacing_mm, steps)
     return F.interpolate(disp, size=tuple(out_shape), mode="trilinear", align_corners=True)
+
+
+def _positions(shape: tuple[int, ...], extent: list[float], like: torch.Tensor) -> torch.Tensor:
+    """(1, 3, *shape) positions in mm of a grid spanning [-extent/2, extent/2] per axis."""
+    axes = [torch.linspace(-e / 2, e / 2, s, device=like.device, dtype=like.dtype) for s, e in zip(shape, extent)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0).unsqueeze(0)
 
 
 def sampling_grid(matrix: torch.Tensor, centre: torch.Tensor, velocity: torch.Tensor,
                   out_shape: tuple[int, int, int], voxel_mm: float, in_shape: tuple[int, int, int],
                   integration_spacing_mm: float = 4.0, steps: int = 7) -> torch.Tensor:
     """Grid for ``F.grid_sample(..., align_corners=True)`` over an input of ``in_shape``.
+
+    With a deformation, positions are computed on the coarse integration grid and upsampled once
+    (trilinear interpolation reproduces the affine part exactly), which is much cheaper than
+    upsampling the displacement and applying the affine at every output voxel.
 
     Args:
         matrix: (B, 3, 3) affine linear part. centre: (B, 3) input voxels.
@@ -77,19 +93,20 @@ def sampling_grid(matrix: torch.Tensor, centre: torch.Tensor, velocity: torch.Te
     Returns:
         (B, *out_shape, 3) normalised sampling positions, last axis in (z, y, x) order.
     """
-    dev, dt = matrix.device, matrix.dtype
     B = matrix.shape[0]
-    axes = [(torch.arange(s, device=dev, dtype=dt) - (s - 1) / 2) * voxel_mm for s in out_shape]
-    u = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(1, -1, 3)  # (1, N, 3) mm
-    if bool(velocity.abs().amax() > 0):
-        disp = displacement_field(velocity, out_shape, voxel_mm, integration_spacing_mm, steps)
-        u = u + disp.permute(0, 2, 3, 4, 1).reshape(B, -1, 3)
-    # normalised = 2 * (centre + M u) / (S - 1) - 1, with rows ordered (z, y, x) for grid_sample
-    inv = torch.tensor([2.0 / max(s - 1, 1) for s in in_shape], device=dev, dtype=dt)
+    extent = [(s - 1) * voxel_mm for s in out_shape]
+    # normalised = 2 * (centre + M u) / (S - 1) - 1, rows ordered (z, y, x) for grid_sample
+    inv = torch.tensor([2.0 / max(s - 1, 1) for s in in_shape], device=matrix.device, dtype=matrix.dtype)
     a = (inv.view(1, 3, 1) * matrix).flip(1)  # (B, 3, 3)
     b = (inv * centre - 1).flip(1)  # (B, 3)
-    grid = torch.baddbmm(b.unsqueeze(1), u.expand(B, -1, -1), a.transpose(1, 2))
-    return grid.view(B, *out_shape, 3)
+    if bool(velocity.abs().amax() > 0):
+        disp = _coarse_displacement(velocity, out_shape, voxel_mm, integration_spacing_mm, steps)
+        u = (_positions(tuple(disp.shape[2:]), extent, matrix) + disp).flatten(2)  # (B, 3, n)
+        coarse = (torch.baddbmm(b.unsqueeze(2), a, u)).view(B, 3, *disp.shape[2:])
+        grid = F.interpolate(coarse, size=tuple(out_shape), mode="trilinear", align_corners=True)
+        return grid.permute(0, 2, 3, 4, 1)
+    u = _positions(tuple(out_shape), extent, matrix).flatten(2).expand(B, -1, -1)
+    return torch.baddbmm(b.unsqueeze(2), a, u).view(B, 3, *out_shape).permute(0, 2, 3, 4, 1)
 
 
 def warp_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
