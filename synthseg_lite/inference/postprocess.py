@@ -1,0 +1,125 @@
+"""From network probabilities back to a segmentation on the scan's own grid.
+
+* :func:`keep_largest_component` (SynthSeg / nnU-Net post-processing) works on the network grid:
+  voxels outside the largest connected component of the brain (argmax != background) become
+  background; with ``per_label`` every class is also restricted to its own largest component, its
+  probability elsewhere being given to the other classes.
+* :func:`to_native` puts the probabilities back into the full resampled grid, resamples them (not
+  the labels) linearly onto the RAS grid of the scan, takes the argmax there and reorients the
+  result to the on-disk voxel order, so it shares the input's shape and affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms.utils import get_largest_connected_component_mask
+
+from synthseg_lite.inference.preprocess import Geometry, from_ras, resample
+
+__all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "to_native"]
+
+#: Allowed values of ``keep_largest``.
+KEEP_LARGEST = ("none", "brain", "labels")
+
+
+def _largest(mask: torch.Tensor) -> torch.Tensor:
+    """Largest 26-connected component of a (X, Y, Z) bool tensor (empty stays empty)."""
+    if not bool(mask.any()):
+        return mask
+    return get_largest_connected_component_mask(mask[None], connectivity=3)[0].bool()
+
+
+def keep_largest_component(probs: torch.Tensor, mode: str = "brain") -> torch.Tensor:
+    """Connected-component clean-up of class probabilities.
+
+    Args:
+        probs: (K, X, Y, Z) float probabilities (sum 1 over K); class 0 is background.
+        mode: ``"none"``; ``"brain"``: keep the largest component of the foreground;
+            ``"labels"``: ``"brain"``, then each class keeps its largest component.
+
+    Returns:
+        (K, X, Y, Z) probabilities (a new tensor unless ``mode == "none"``).
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode not in KEEP_LARGEST:
+        raise ValueError(f"keep_largest must be one of {KEEP_LARGEST}, got {mode!r}")
+    if mode == "none":
+        return probs
+    labels = probs.argmax(0)
+    brain = _largest(labels > 0)
+    probs = probs.clone()
+    probs[:, ~brain] = 0
+    probs[0][~brain] = 1
+    if mode == "labels":
+        for k in range(1, probs.shape[0]):  # loop over classes (a handful), not voxels
+            mask = labels == k
+            stray = mask & ~_largest(mask)
+            probs[k][stray] = 0
+        probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
+    return probs
+
+
+@dataclass
+class NativePrediction:
+    """A prediction on the scan's grid.
+
+    Attributes:
+        labels: (X, Y, Z) int64 class indices, on-disk voxel order.
+        labels_ras: (X, Y, Z) int64 class indices in RAS order (for QC figures).
+        volumes_mm3: (K,) float64 soft volume of each class (sum of probabilities x voxel volume).
+        posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
+    """
+
+    labels: np.ndarray
+    labels_ras: np.ndarray
+    volumes_mm3: np.ndarray
+    posteriors: np.ndarray | None = None
+
+
+def to_native(
+    probs: torch.Tensor, geom: Geometry, keep_posteriors: bool = False, chunk: int = 4
+) -> NativePrediction:
+    """Map probabilities on the (cropped, padded) network grid back to the scan's grid.
+
+    Args:
+        probs: (K, *geom.padded_shape) float probabilities.
+        geom: from :func:`~synthseg_lite.inference.preprocess.preprocess`.
+        keep_posteriors: also return the resampled probabilities (K x the scan's size in memory).
+        chunk: classes resampled at a time (bounds memory for many-class models).
+
+    Returns:
+        :class:`NativePrediction`.
+    """
+    n_classes = probs.shape[0]
+    crop = probs[(slice(None), *(slice(0, b - a) for a, b in geom.box))]
+    back_ratios = tuple(1.0 / r for r in geom.ratios)
+    voxel_mm3 = float(abs(np.linalg.det(geom.ras_affine[:3, :3])))
+    best_p = best_k = None
+    volumes = np.zeros(n_classes)
+    posteriors = [] if keep_posteriors else None
+    for start in range(0, n_classes, chunk):
+        stop = min(start + chunk, n_classes)
+        full = torch.zeros((stop - start, *geom.grid_shape), dtype=probs.dtype, device=probs.device)
+        if start == 0:
+            full[0] = 1  # outside the crop: background
+        full[(slice(None), *(slice(a, b) for a, b in geom.box))] = crop[start:stop]
+        ras = resample(full, back_ratios, geom.ras_shape)
+        volumes[start:stop] = ras.double().sum((1, 2, 3)).cpu().numpy() * voxel_mm3
+        p, k = ras.max(0)
+        k = k + start
+        if best_p is None:
+            best_p, best_k = p, k
+        else:
+            better = p > best_p
+            best_p = torch.where(better, p, best_p)
+            best_k = torch.where(better, k, best_k)
+        if posteriors is not None:
+            posteriors.append(from_ras(ras, geom.ornt).cpu())
+    labels = from_ras(best_k, geom.ornt)
+    post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
+    return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes, post)

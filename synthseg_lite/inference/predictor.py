@@ -1,0 +1,207 @@
+"""Fold ensemble x test-time augmentation over MONAI's Gaussian-weighted sliding window.
+
+For each model and each flip of the TTA set, the flipped image goes through
+``monai.inferers.sliding_window_inference`` (logits blended with a Gaussian importance map), the
+softmax is flipped back and, when the flip mirrors left and right (RAS axis 0), its channels are
+permuted with ``label_table.target.class_swap()`` (SynthSeg's flip TTA). The probabilities of all
+passes are averaged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from synthseg_lite.model.artifact import ModelMeta, load_model
+
+__all__ = [
+    "TTA_MODES",
+    "Predictor",
+    "default_model_path",
+    "find_checkpoints",
+    "load_ensemble",
+    "tta_flips",
+]
+
+log = logging.getLogger(__name__)
+
+#: Test-time augmentation modes: no TTA, left/right flip (SynthSeg), all 8 axis mirrorings (nnU-Net).
+TTA_MODES = ("none", "flip", "mirror")
+
+#: The model shipped in the package (used when no ``model=`` is given).
+DEFAULT_MODEL = "resources/model_cpu.pt"
+
+
+def default_model_path() -> Path:
+    """Path of the model shipped in the package.
+
+    Raises:
+        ValueError: the package has no shipped model.
+    """
+    path = Path(str(resources.files("synthseg_lite").joinpath(DEFAULT_MODEL)))
+    if not path.is_file():
+        raise ValueError(f"no model is shipped at {path}; pass model=RUN_DIR_OR_CHECKPOINT")
+    return path
+
+
+def find_checkpoints(path: str | Path) -> list[Path]:
+    """The model files of a run: one per fold.
+
+    Rule: a file (``.ckpt`` or ``.pt``) is used as is. In a directory, every ``*.ckpt`` / ``*.pt``
+    below it (recursively, hidden folders skipped) is grouped by its folder; in each folder the
+    newest ``best*.ckpt`` is taken, else the newest ``last*.ckpt``, else every model file there
+    (e.g. ``fold_0.pt ... fold_4.pt`` side by side). So ``<run>/fold_k/checkpoints/{best,last}.ckpt``
+    gives one checkpoint per fold.
+
+    Raises:
+        ValueError: missing path or no model file found.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such model file or run directory")
+    by_dir: dict[Path, list[Path]] = {}
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found = [
+            Path(root) / f for f in files if f.endswith((".ckpt", ".pt")) and not f.startswith(".")
+        ]
+        if found:
+            by_dir[Path(root)] = found
+    chosen: list[Path] = []
+    for folder in sorted(by_dir):
+        files = by_dir[folder]
+        for prefix in ("best", "last"):
+            cands = [f for f in files if f.name.startswith(prefix) and f.suffix == ".ckpt"]
+            if cands:
+                chosen.append(max(cands, key=lambda f: (f.stat().st_mtime, f.name)))
+                break
+        else:
+            chosen.extend(sorted(files))
+    if not chosen:
+        raise ValueError(f"{path}: no model file (*.ckpt, *.pt) found below this directory")
+    return chosen
+
+
+def load_ensemble(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[list[nn.Module], ModelMeta]:
+    """Load every fold model of ``path`` (see :func:`find_checkpoints`) onto ``device``.
+
+    Raises:
+        ValueError: no model found, or models that disagree on classes or voxel size.
+    """
+    paths = find_checkpoints(path)
+    nets, metas = [], []
+    for p in paths:
+        net, meta = load_model(p, map_location="cpu")
+        nets.append(net.to(device))
+        metas.append(meta)
+    ref = metas[0]
+    for p, meta in zip(paths[1:], metas[1:]):
+        if meta.label_table.target != ref.label_table.target or meta.spacing_mm != ref.spacing_mm:
+            raise ValueError(
+                f"{p}: predicts other classes or works at another voxel size than {paths[0]};"
+                " an ensemble needs identical targets and spacing_mm"
+            )
+    log.info("loaded %d model(s): %s", len(paths), ", ".join(str(p) for p in paths))
+    return nets, ref
+
+
+def tta_flips(mode: str) -> list[tuple[int, ...]]:
+    """Spatial axes (0 = left/right in RAS) flipped by each pass of a TTA mode."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    if mode == "none":
+        return [()]
+    if mode == "flip":
+        return [(), (0,)]
+    return [axes for r in range(4) for axes in itertools.combinations(range(3), r)]
+
+
+class Predictor:
+    """Averaged class probabilities of an ensemble of networks with test-time augmentation.
+
+    Args:
+        nets: networks in eval mode mapping (B, 1, *S) to (B, K, *S) logits, on one device.
+        meta: their shared metadata (classes, left/right pairs, patch size).
+        tta: one of :data:`TTA_MODES`.
+        roi_size: sliding-window size (voxels; default ``meta.patch_size``); each side is capped
+            at the image's and must be a multiple of the network divisor.
+        overlap: window overlap fraction in [0, 1).
+        sw_batch_size: windows per network call.
+    """
+
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        meta: ModelMeta,
+        tta: str = "flip",
+        roi_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
+        sw_batch_size: int = 1,
+    ):
+        if not nets:
+            raise ValueError("at least one network is needed")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        self.flips = tta_flips(tta)
+        self.roi_size = tuple(int(v) for v in (roi_size or meta.patch_size))
+        div = meta.unet.divisor
+        if len(self.roi_size) != 3 or any(v <= 0 or v % div for v in self.roi_size):
+            raise ValueError(
+                f"roi_size must be 3 positive multiples of {div}, got {list(self.roi_size)}"
+            )
+        self.nets, self.meta = list(nets), meta
+        self.overlap, self.sw_batch_size = overlap, sw_batch_size
+        self.swap = meta.label_table.target.class_swap()
+
+    @property
+    def n_passes(self) -> int:
+        """Network passes per image (models x TTA flips)."""
+        return len(self.nets) * len(self.flips)
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Predict class probabilities.
+
+        Args:
+            image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
+                multiple of the network divisor.
+
+        Returns:
+            (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
+        """
+        roi = tuple(min(r, s) for r, s in zip(self.roi_size, image.shape[2:]))
+        total = None
+        for net in self.nets:
+            for axes in self.flips:
+                dims = [2 + a for a in axes]
+                x = image.flip(dims) if dims else image
+                logits = sliding_window_inference(
+                    x,
+                    roi,
+                    self.sw_batch_size,
+                    net,
+                    overlap=self.overlap,
+                    mode="gaussian",
+                    sigma_scale=0.125,
+                )
+                probs = torch.softmax(logits.float(), dim=1)
+                if dims:
+                    probs = probs.flip(dims)
+                if 0 in axes:
+                    probs = probs[:, self.swap]
+                total = probs if total is None else total.add_(probs)
+        return total / self.n_passes

@@ -1,0 +1,325 @@
+"""Segmentation metrics per case and class, and their aggregation (nnU-Net's ``summary.json`` layout).
+
+Both segmentations are converted to class indices with a label mapping (a preset of
+:data:`synthseg_lite.labels.REFERENCE_PRESETS` -- ``tissue``, ``ibsr``, ``aseg`` -- or a custom
+``{value: class}``; values not in the mapping become background) and must share one grid.
+
+Per case and class ``k >= 1``: Dice, IoU, precision, recall, the 95th-percentile and maximum
+Hausdorff distances (HD95: the larger of the two directed 95th percentiles) and the average
+symmetric surface distance (ASSD), in mm using the voxel size of the affine (MONAI's edge and
+distance-transform functions), volumes in mm^3 and their difference; plus the confusion matrix.
+
+Empty-class policy (as MONAI's ``ignore_empty=False`` semantics, written out explicitly):
+
+* class absent from both: Dice = IoU = precision = recall = 1, HD95 = HD = ASSD = 0 (a perfect
+  prediction of "nothing");
+* absent from one only: Dice = IoU = 0; precision is NaN when the prediction is empty and
+  recall is NaN when the reference is empty (0 / 0), the other one is 0; HD95 = HD = ASSD = +inf.
+
+Aggregated means skip NaN and keep +inf (a missed structure is never averaged away);
+``summary.json`` stores them as the JSON tokens ``NaN`` / ``Infinity`` (Python's ``json``, as nnU-Net).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics.utils import get_edge_surface_distance
+
+from synthseg_lite.io import Volume, atomic_write, load_volume
+from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS
+
+__all__ = [
+    "METRICS",
+    "case_metrics",
+    "class_names",
+    "evaluate_pairs",
+    "label_mapping",
+    "load_segmentation",
+    "map_labels",
+    "summarise",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+#: Per-class metrics, in the order of the CSV columns.
+# fmt: off
+METRICS = ("Dice", "IoU", "precision", "recall", "HD95", "HD", "ASSD", "ref_volume_mm3",
+           "pred_volume_mm3", "volume_diff_mm3", "volume_diff_pct", "TP", "FP", "FN")
+# fmt: on
+
+
+def label_mapping(spec: str | Mapping) -> dict[int, int]:
+    """A label mapping ``{raw value: class index}`` from a preset name or a custom mapping.
+
+    Raises:
+        ValueError: unknown preset or a mapping with negative classes.
+    """
+    if isinstance(spec, str):
+        if spec not in REFERENCE_PRESETS:
+            raise ValueError(
+                f"unknown label preset {spec!r}; choose one of {sorted(REFERENCE_PRESETS)} "
+                "or give a mapping {value: class}"
+            )
+        mapping = dict(REFERENCE_PRESETS[spec])
+    else:
+        mapping = {int(k): int(v) for k, v in dict(spec).items()}
+    if not mapping or min(mapping.values()) < 0:
+        raise ValueError(f"a label mapping needs non-negative classes, got {mapping}")
+    mapping.setdefault(0, 0)
+    return mapping
+
+
+def map_labels(data: np.ndarray, mapping: Mapping[int, int], source: str = "") -> np.ndarray:
+    """Raw label values -> class indices (int64); values missing from ``mapping`` become 0."""
+    keys = np.array(sorted(mapping), dtype=np.int64)
+    vals = np.array([mapping[k] for k in keys], dtype=np.int64)
+    flat = data.astype(np.int64)
+    pos = np.clip(np.searchsorted(keys, flat), 0, len(keys) - 1)
+    known = keys[pos] == flat
+    if not known.all():
+        log.info(
+            "%s: values %s are not in the label mapping; counted as background",
+            source,
+            np.unique(flat[~known])[:20].tolist(),
+        )
+    return np.where(known, vals[pos], 0)
+
+
+def load_segmentation(path: str | Path) -> Volume:
+    """Read a segmentation (RAS order) as int64; unlike training label maps it may be empty.
+
+    Raises:
+        ValueError: unreadable, not 3D, or non-integer values.
+    """
+    vol = load_volume(path, dtype=None)
+    if np.issubdtype(vol.data.dtype, np.floating) and not np.all(np.mod(vol.data, 1) == 0):
+        raise ValueError(f"{path}: segmentation has non-integer values")
+    vol.data = vol.data.astype(np.int64)
+    return vol
+
+
+def _surface(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
+) -> tuple[float, float, float]:
+    """(HD95, HD, ASSD) in mm of two non-empty boolean masks."""
+    with warnings.catch_warnings():  # MONAI warns about its own use of a deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        _, dists, _ = get_edge_surface_distance(
+            torch.from_numpy(pred),
+            torch.from_numpy(ref),
+            spacing=list(spacing),
+            symmetric=True,
+            warn_empty=False,
+        )
+    d_pr, d_rp = (d.double() for d in dists)
+    hd95 = max(float(torch.quantile(d_pr, 0.95)), float(torch.quantile(d_rp, 0.95)))
+    hd = max(float(d_pr.max()), float(d_rp.max()))
+    return hd95, hd, float(torch.cat([d_pr, d_rp]).mean())
+
+
+def case_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    n_classes: int,
+    surface: bool = True,
+) -> tuple[dict[int, dict[str, float]], np.ndarray]:
+    """Metrics of one case.
+
+    Args:
+        pred: (X, Y, Z) int class indices (0 .. n_classes - 1).
+        ref: (X, Y, Z) int class indices, same grid.
+        spacing: (3,) voxel size in mm.
+        n_classes: number of classes, background included.
+        surface: compute the surface distances (the slowest part).
+
+    Returns:
+        per_class: class index (1 .. n_classes - 1) -> metric name -> value (see module docstring).
+        confusion: (n_classes, n_classes) int64 voxel counts, rows reference, columns prediction.
+
+    Raises:
+        ValueError: shapes differ or indices out of range.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if min(pred.min(), ref.min()) < 0 or max(pred.max(), ref.max()) >= n_classes:
+        raise ValueError(f"class indices must be in [0, {n_classes})")
+    confusion = np.bincount(
+        ref.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel(),
+        minlength=n_classes**2,
+    ).reshape(n_classes, n_classes)
+    voxel = float(np.prod(spacing))
+    out: dict[int, dict[str, float]] = {}
+    for k in range(1, n_classes):
+        tp = int(confusion[k, k])
+        fn = int(confusion[k].sum()) - tp
+        fp = int(confusion[:, k].sum()) - tp
+        n_ref, n_pred = tp + fn, tp + fp
+        m: dict[str, float] = {
+            "TP": tp,
+            "FP": fp,
+            "FN": fn,
+            "ref_volume_mm3": n_ref * voxel,
+            "pred_volume_mm3": n_pred * voxel,
+            "volume_diff_mm3": (n_pred - n_ref) * voxel,
+            "volume_diff_pct": 100.0 * (n_pred - n_ref) / n_ref if n_ref else float("nan"),
+        }
+        if n_ref == 0 and n_pred == 0:  # a perfect prediction of nothing
+            m |= dict.fromkeys(("Dice", "IoU", "precision", "recall"), 1.0)
+            m |= dict.fromkeys(("HD95", "HD", "ASSD"), 0.0)
+        else:
+            m |= {
+                "Dice": 2 * tp / (n_ref + n_pred),
+                "IoU": tp / (tp + fp + fn),
+                "precision": tp / n_pred if n_pred else float("nan"),
+                "recall": tp / n_ref if n_ref else float("nan"),
+            }
+            if n_ref == 0 or n_pred == 0:
+                m |= dict.fromkeys(("HD95", "HD", "ASSD"), float("inf"))
+            elif surface:
+                m["HD95"], m["HD"], m["ASSD"] = _surface(pred == k, ref == k, spacing)
+            else:
+                m |= dict.fromkeys(("HD95", "HD", "ASSD"), float("nan"))
+        out[k] = {name: m[name] for name in METRICS}
+    return out, confusion
+
+
+def class_names(n_classes: int) -> list[str]:
+    """Tissue names for 4 classes, ``class_k`` otherwise."""
+    tissue = TARGET_PRESETS["tissue"].names
+    return list(tissue) if n_classes == len(tissue) else [f"class_{k}" for k in range(n_classes)]
+
+
+def evaluate_pairs(
+    pairs: Sequence[tuple[str, Path, Path]],
+    pred_labels: str | Mapping = "tissue",
+    ref_labels: str | Mapping = "tissue",
+    surface: bool = True,
+) -> dict:
+    """Evaluate every pair; a pair that fails (unreadable, other grid) is listed under ``skipped``.
+
+    Returns:
+        The summary dict (see :func:`summarise`).
+    """
+    pmap, rmap = label_mapping(pred_labels), label_mapping(ref_labels)
+    n_classes = max(max(pmap.values()), max(rmap.values())) + 1
+    per_case, skipped = [], []
+    for case, pred_path, ref_path in pairs:
+        try:
+            pred, ref = load_segmentation(pred_path), load_segmentation(ref_path)
+            if pred.data.shape != ref.data.shape or not np.allclose(
+                pred.affine, ref.affine, atol=1e-2
+            ):
+                raise ValueError(
+                    f"{pred_path}: not on the grid of {ref_path} (shape {pred.data.shape} vs "
+                    f"{ref.data.shape}, or another affine)"
+                )
+            metrics, confusion = case_metrics(
+                map_labels(pred.data, pmap, str(pred_path)),
+                map_labels(ref.data, rmap, str(ref_path)),
+                ref.spacing,
+                n_classes,
+                surface,
+            )
+        except ValueError as exc:
+            skipped.append({"case": case, "reason": str(exc).splitlines()[0]})
+            log.warning("skipped %s: %s", case, skipped[-1]["reason"])
+            continue
+        per_case.append(
+            {
+                "case": case,
+                "prediction_file": str(pred_path),
+                "reference_file": str(ref_path),
+                "metrics": metrics,
+                "confusion": confusion,
+            }
+        )
+    if not per_case:
+        raise ValueError("no case could be evaluated: " + "; ".join(s["reason"] for s in skipped))
+    return summarise(per_case, class_names(n_classes), skipped)
+
+
+def summarise(per_case: list[dict], names: Sequence[str], skipped: Sequence[dict] = ()) -> dict:
+    """Per-class means over cases (NaN skipped, inf kept), their foreground mean, summed confusion."""
+
+    def nanmean(values) -> float:  # NaN skipped, inf kept
+        v = np.asarray(values, dtype=float)
+        v = v[~np.isnan(v)]
+        return float(v.mean()) if v.size else float("nan")
+
+    mean = {
+        k: {name: nanmean([c["metrics"][k][name] for c in per_case]) for name in METRICS}
+        for k in range(1, len(names))
+    }
+    foreground = {name: nanmean([mean[k][name] for k in mean]) for name in METRICS}
+    total = sum(np.asarray(c["confusion"]) for c in per_case)
+    return {
+        "class_names": {k: n for k, n in enumerate(names)},
+        "n_cases": len(per_case),
+        "metric_per_case": per_case,
+        "mean": mean,
+        "foreground_mean": foreground,
+        "confusion": total,
+        "skipped": list(skipped),
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_report(summary: dict, output_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write ``summary.json``, ``metrics.csv`` and (``plots``) ``boxplots.png``, ``confusion.png``.
+
+    Returns:
+        Written files by kind.
+    """
+    from synthseg_lite.plots import box_plots, confusion_plot
+
+    out = Path(output_dir)
+    names = summary["class_names"]
+    text = json.dumps(_jsonable(summary), indent=2, allow_nan=True)
+    files = {"summary": atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))}
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["case", "class", "name", *METRICS])
+    for c in summary["metric_per_case"]:
+        for k, m in c["metrics"].items():
+            writer.writerow([c["case"], k, names[k], *(f"{m[n]:.6g}" for n in METRICS)])
+    files["csv"] = atomic_write(
+        out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue())
+    )
+    if plots:
+        values = {
+            metric: {
+                names[k]: [c["metrics"][k][metric] for c in summary["metric_per_case"]]
+                for k in summary["mean"]
+            }
+            for metric in ("Dice", "HD95", "ASSD")
+        }
+        n = summary["n_cases"]
+        files["boxplots"] = box_plots(
+            values, out / "boxplots.png", title=f"{n} case(s); distances in mm"
+        )
+        files["confusion"] = confusion_plot(
+            summary["confusion"], [names[k] for k in sorted(names)], out / "confusion.png"
+        )
+    return files
