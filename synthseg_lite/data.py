@@ -1,0 +1,554 @@
+"""Label maps in memory, cross-validation folds, and the batch streams that feed the generator.
+
+Only cheap CPU work happens here. Label maps are read once (``io.load_label_map``), encoded to
+uint8 generation indices (``LabelTable.encode``), cropped to their labelled box plus a margin and
+padded to one common shape, so that hundreds of maps fit in memory as one ``(N, X, Y, Z)`` uint8
+array. Each training step then picks ``B`` maps; the synthesis itself runs on the training device
+(:class:`synthseg_lite.model.module.SynthSegModule`).
+
+Reproducibility: the maps of step ``s`` on rank ``r`` are drawn with a generator seeded from
+``(seed, s, r)``, whatever the number of DataLoader workers, so any batch can be rebuilt and a
+resumed run continues the same stream (:class:`StepLoader` starts it at the trainer's step).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, load_label_map, load_volume, strip_suffix
+from synthseg_lite.labels import LabelTable
+from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
+
+# fmt: off
+__all__ = [
+    "DataConfig", "LabelMapStream", "PhantomConfig", "RealValDataset", "RealValSet", "StepLoader",
+    "SynthDataModule", "SyntheticValSet", "crop_to_labels", "fold_ids", "kfold_splits",
+    "load_label_maps", "load_or_create_splits", "load_real_case", "phantom_label_maps",
+    "resolve_paths", "stack_maps",
+]
+# fmt: on
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhantomConfig:
+    """Procedural head phantoms (:mod:`synthseg_lite.phantom`), used when no label maps are given.
+
+    Attributes:
+        n: number of phantoms.
+        shape: grid of each phantom (1 mm voxels, RAS).
+        seed: phantom seed (phantom ``i`` uses ``seed * 1000 + i``).
+    """
+
+    n: int = 20
+    shape: list[int] = field(default_factory=lambda: [160, 192, 160])
+    seed: int = 0
+
+
+@dataclass
+class RealValSet:
+    """Real scans with reference segmentations, segmented at every validation.
+
+    Attributes:
+        name: used in metric names (``val_real/<name>/dice_GM``).
+        images: glob, folder or file of the scans.
+        references: glob, folder or file of the reference segmentations (paired in sorted order).
+        reference_preset: convention of the references: ``tissue`` (1 GM, 2 WM, 3 CSF), ``ibsr``
+            (1 CSF, 2 GM, 3 WM), ``aseg`` (FreeSurfer labels) or ``{value: tissue class}``.
+        max_cases: use only the first cases (None: all).
+    """
+
+    name: str = "real"
+    images: str = ""
+    references: str = ""
+    reference_preset: Any = "tissue"
+    max_cases: int | None = None
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` config group: where the label maps come from and how batches are drawn.
+
+    Attributes:
+        label_maps: glob or folder of label maps (NIfTI/MGZ, FreeSurfer labels); None uses the
+            embedded phantoms.
+        phantoms: phantom settings (when ``label_maps`` is None).
+        target: target preset (``tissue``, ``tissue_ventricular``, ``synthseg``) or
+            ``{label: class}``.
+        unknown_labels: ``warn`` (map to background) or ``error`` for labels outside the table.
+        margin_vox: background kept around the labelled box of each map (voxels).
+        n_folds: cross-validation folds.
+        split_seed: seed of the fold shuffle (nnU-Net: 12345).
+        splits_file: JSON list of ``{"train": [...], "val": [...]}``; None: ``splits.json`` in the
+            run directory (created when missing, reused when present).
+        batch_size: samples per step and device; None: planned from ``gpu_memory_gb``.
+        num_workers: DataLoader workers for the label-map stream (0: main process).
+        val_batches: synthetic validation batches (fixed seed) per validation.
+        real_val: real-scan validation sets.
+    """
+
+    label_maps: str | None = None
+    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
+    target: Any = "tissue"
+    unknown_labels: str = "warn"
+    margin_vox: int = 4
+    n_folds: int = 5
+    split_seed: int = 12345
+    splits_file: str | None = None
+    batch_size: int | None = None
+    num_workers: int = 0
+    val_batches: int = 4
+    real_val: list[RealValSet] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------- label maps
+
+
+def resolve_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files named by a glob, a folder, a file, or a list of those (sorted, no duplicates).
+
+    Raises:
+        ValueError: nothing matches.
+    """
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    found: list[Path] = []
+    for s in specs:
+        s = os.path.expanduser(str(s))
+        if os.path.isdir(s):
+            hits = [str(p) for p in Path(s).iterdir()]
+        elif any(c in s for c in "*?["):
+            hits = glob.glob(s, recursive=True)
+        else:
+            hits = [s] if os.path.isfile(s) else []
+        found += [Path(h) for h in hits if h.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(h)]
+    if not found:
+        raise ValueError(f"no NIfTI/MGZ files found for {spec!r}")
+    return sorted(set(found))
+
+
+def _unique_ids(paths: Sequence[Path]) -> list[str]:
+    ids = [strip_suffix(p) for p in paths]
+    if len(set(ids)) < len(ids):  # e.g. subj*/aseg.nii.gz: prefix the folder name
+        ids = [f"{p.parent.name}_{strip_suffix(p)}" for p in paths]
+    if len(set(ids)) < len(ids):
+        raise ValueError("label map names are not unique, even with their folder names")
+    return ids
+
+
+def crop_to_labels(indices: np.ndarray, margin: int) -> np.ndarray:
+    """Crop a (X, Y, Z) map to the box of its non-zero voxels plus ``margin`` voxels."""
+    nz = np.nonzero(indices)
+    lo = [max(int(a.min()) - margin, 0) for a in nz]
+    hi = [min(int(a.max()) + 1 + margin, s) for a, s in zip(nz, indices.shape)]
+    return indices[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+
+
+def stack_maps(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """Centre-pad (X, Y, Z) uint8 maps to their largest extent per axis: (N, X, Y, Z) uint8."""
+    shape = np.max([m.shape for m in maps], axis=0)
+    out = np.zeros((len(maps), *shape), np.uint8)
+    for i, m in enumerate(maps):
+        o = (shape - m.shape) // 2
+        out[i, o[0] : o[0] + m.shape[0], o[1] : o[1] + m.shape[1], o[2] : o[2] + m.shape[2]] = m
+    return out
+
+
+def _encode(raw: np.ndarray, table: LabelTable, margin: int, source: str) -> np.ndarray:
+    cropped = crop_to_labels(raw, margin)
+    return table.encode(cropped, source)
+
+
+def load_label_maps(
+    paths: Sequence[Path], table: LabelTable, margin: int = 4
+) -> tuple[list[str], np.ndarray]:
+    """Read, encode, crop and stack label maps (RAS, assumed 1 mm).
+
+    Returns:
+        ids (file names without suffix) and a (N, X, Y, Z) uint8 array of generation indices.
+    """
+
+    def one(p: Path) -> np.ndarray:
+        vol = load_label_map(p)
+        if not np.allclose(vol.spacing, 1.0, atol=0.05):
+            log.warning("%s: voxel size %s mm; label maps are used as 1 mm", p, vol.spacing)
+        return _encode(vol.data, table, margin, str(p))
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        maps = list(pool.map(one, paths))
+    return _unique_ids(paths), stack_maps(maps)
+
+
+def phantom_label_maps(
+    cfg: PhantomConfig, table: LabelTable, margin: int = 4
+) -> tuple[list[str], np.ndarray]:
+    """The embedded default training set: ``cfg.n`` procedural phantoms, encoded and stacked."""
+    from synthseg_lite.phantom import make_phantom_label_maps
+
+    raw = make_phantom_label_maps(cfg.n, tuple(cfg.shape), cfg.seed)
+    maps = [_encode(m, table, margin, f"phantom {i}") for i, m in enumerate(raw)]
+    return [f"phantom_{i:03d}" for i in range(cfg.n)], stack_maps(maps)
+
+
+# ---------------------------------------------------------------------------------------- folds
+
+
+def kfold_splits(
+    ids: Sequence[str], n_folds: int = 5, seed: int = 12345
+) -> list[dict[str, list[str]]]:
+    """nnU-Net's split: ``KFold(n_folds, shuffle=True, random_state=seed)`` over the sorted ids.
+
+    Reimplemented without scikit-learn, with the same result: the indices of the sorted ids are
+    shuffled by ``np.random.RandomState(seed)`` and cut into contiguous folds, the first
+    ``n % n_folds`` folds one larger.
+
+    Raises:
+        ValueError: fewer ids than folds, or fewer than 2 folds.
+    """
+    keys = sorted(ids)
+    if n_folds < 2 or len(keys) < n_folds:
+        raise ValueError(
+            f"{n_folds}-fold cross-validation needs at least {max(n_folds, 2)} label maps "
+            f"and n_folds >= 2, got {len(keys)} maps; use fold=all or fewer data.n_folds"
+        )
+    order = np.arange(len(keys))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(n_folds, len(keys) // n_folds)
+    sizes[: len(keys) % n_folds] += 1
+    splits, start = [], 0
+    for size in sizes:
+        val = order[start : start + size]
+        train = np.setdiff1d(np.arange(len(keys)), val)  # sorted, as KFold returns them
+        splits.append({"train": [keys[i] for i in train], "val": [keys[i] for i in val]})
+        start += size
+    return splits
+
+
+def load_or_create_splits(
+    path: str | Path, ids: Sequence[str], n_folds: int = 5, seed: int = 12345, write: bool = True
+) -> list[dict[str, list[str]]]:
+    """Read ``path`` if it exists (any number of folds), else compute :func:`kfold_splits` and
+    write it (atomically, when ``write``).
+
+    Raises:
+        ValueError: an existing file that is not a list of train/val splits over known ids.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            splits = json.loads(path.read_text())
+            known = set(ids)
+            bad = sorted({k for s in splits for k in (*s["train"], *s["val"])} - known)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}: not a splits file (list of {{'train': [...], 'val': [...]}})"
+            ) from exc
+        if bad:
+            raise ValueError(
+                f"{path}: names {bad[:5]} are not among the label maps; "
+                "delete the file to recompute the splits"
+            )
+        log.info("using the folds in %s", path)
+        return splits
+    splits = kfold_splits(ids, n_folds, seed)
+    if write:
+        text = json.dumps(splits, indent=2)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        log.info("wrote %d-fold splits to %s", n_folds, path)
+    return splits
+
+
+def fold_ids(
+    splits: Sequence[Mapping[str, Sequence[str]]], fold: int | str, ids: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) of ``fold`` (an index, or ``"all"``: train and validate on all).
+
+    Raises:
+        ValueError: unknown fold.
+    """
+    if str(fold) == "all":
+        return list(ids), list(ids)
+    try:
+        k = int(fold)
+    except (TypeError, ValueError):
+        raise ValueError(f"fold must be 0..{len(splits) - 1} or 'all', got {fold!r}") from None
+    if not 0 <= k < len(splits):
+        raise ValueError(f"fold must be 0..{len(splits) - 1} or 'all', got {fold!r}")
+    return list(splits[k]["train"]), list(splits[k]["val"])
+
+
+# -------------------------------------------------------------------------------------- streams
+
+
+class LabelMapStream(IterableDataset):
+    """Endless stream of label-map batches, one per training step.
+
+    Each item is ``{"labels": (B, 1, X, Y, Z) uint8, "step": () int64, "index": (B,) int64}``.
+    Step ``s`` draws ``B`` distinct maps (with replacement only when fewer maps than ``B``) with a
+    NumPy generator seeded from ``(seed, rank, s)``. Worker ``w`` of ``W`` yields steps
+    ``start_step + w, + W, ...``, which the DataLoader interleaves back into step order.
+
+    Args:
+        maps: (N, X, Y, Z) uint8 generation indices.
+        indices: maps this stream may draw (the training fold).
+        batch_size: B.
+        seed: stream seed; rank: distributed rank (each rank has its own stream).
+        start_step: first step yielded (set by :class:`StepLoader` before each iteration).
+        n_steps: stop after this many steps (None: endless).
+    """
+
+    def __init__(
+        self,
+        maps: np.ndarray,
+        indices: Sequence[int],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start_step: int = 0,
+        n_steps: int | None = None,
+    ) -> None:
+        if batch_size < 1 or not len(indices):
+            raise ValueError(
+                f"need batch_size >= 1 and at least one map, got {batch_size}, {len(indices)}"
+            )
+        self.maps, self.indices = maps, np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.start_step, self.n_steps = start_step, n_steps
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        """(B,) int64 indices into ``maps`` for ``step``."""
+        rng = np.random.default_rng([self.seed, self.rank, step, 0x5EED])
+        return rng.choice(
+            self.indices, self.batch_size, replace=len(self.indices) < self.batch_size
+        )
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        idx = self.batch_indices(step)
+        return {
+            "labels": torch.from_numpy(self.maps[idx][:, None]),
+            "step": torch.tensor(step),
+            "index": torch.from_numpy(idx),
+        }
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.start_step + worker
+        while self.n_steps is None or step < self.start_step + self.n_steps:
+            yield self.batch(step)
+            step += n_workers
+
+
+class StepLoader(DataLoader):
+    """A DataLoader over a :class:`LabelMapStream` that starts the stream at ``start_fn()``.
+
+    Lightning creates a new iterator every epoch and after resuming; asking the trainer for the
+    number of batches already consumed keeps the stream continuous (and a resumed run exact).
+    Workers are never persistent, so each iteration sees the new start. The position is also
+    stored in Lightning checkpoints (``state_dict``), which marks the loader as resumable.
+    """
+
+    def __init__(
+        self, stream: LabelMapStream, start_fn: Callable[[], int] | None = None, **kwargs: Any
+    ) -> None:
+        kwargs.pop("persistent_workers", None)
+        super().__init__(stream, batch_size=None, **kwargs)
+        self.start_fn = start_fn
+
+    def __iter__(self):
+        if self.start_fn is not None:
+            self.dataset.start_step = int(self.start_fn())
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        """The next step of the stream (batches consumed so far)."""
+        return {"next_step": int(self.start_fn()) if self.start_fn else self.dataset.start_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Start at the stored step (``start_fn``, when given, still decides at the next iteration)."""
+        self.dataset.start_step = int(state.get("next_step", 0))
+
+
+class SyntheticValSet(Dataset):
+    """Fixed synthetic validation batches: item ``i`` is ``{"labels", "val_index": i}``, the maps
+    chosen with a generator seeded from ``(seed, i)``; the module seeds the synthesis from ``i``."""
+
+    def __init__(
+        self, maps: np.ndarray, indices: Sequence[int], batch_size: int, n_batches: int, seed: int
+    ) -> None:
+        self.maps, self.indices = maps, np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.n_batches, self.seed = batch_size, n_batches, seed
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, i, 0x7A1])
+        idx = rng.choice(self.indices, self.batch_size, replace=len(self.indices) < self.batch_size)
+        return {"labels": torch.from_numpy(self.maps[idx][:, None]), "val_index": torch.tensor(i)}
+
+
+# ------------------------------------------------------------------------------------ real scans
+
+
+def load_real_case(
+    image_path: str | Path, reference_path: str | Path, preset: Any, spacing_mm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real scan and its reference, ready for the network (compact version of inference's
+    preprocessing: RAS, resampled to ``spacing_mm``, 0.5-99.5 percentiles rescaled to [0, 1]).
+
+    Args:
+        preset: reference convention (``tissue``, ``ibsr``, ``aseg``) or ``{value: tissue class}``.
+
+    Returns:
+        image (1, X, Y, Z) float32 and reference (X, Y, Z) uint8 tissue classes
+        (0 background, 1 GM, 2 WM, 3 CSF), on the training grid.
+
+    Raises:
+        ValueError: unknown preset, unreadable files, or grids that differ.
+    """
+    mapping = label_mapping(preset)
+    img, ref = load_volume(image_path), load_segmentation(reference_path)
+    if img.data.shape != ref.data.shape:
+        raise ValueError(f"{reference_path}: shape {ref.data.shape} differs from {image_path}")
+    lo, hi = np.percentile(img.data, [0.5, 99.5])
+    x = torch.from_numpy(np.clip((img.data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32))
+    t = torch.from_numpy(map_labels(ref.data, mapping, str(reference_path)).astype(np.uint8))
+    size = [max(1, round(n * s / spacing_mm)) for n, s in zip(x.shape, img.spacing)]
+    x = F.interpolate(x[None, None], size=size, mode="trilinear", align_corners=False)
+    t = F.interpolate(t[None, None].float(), size=size, mode="nearest-exact")
+    return x[0], t[0, 0].to(torch.uint8)
+
+
+class RealValDataset(Dataset):
+    """Real validation cases, loaded once.
+
+    Item ``i``: ``{"image": (1, X, Y, Z) float32, "target": (X, Y, Z) uint8 tissue classes}``.
+    """
+
+    def __init__(self, spec: RealValSet, spacing_mm: float) -> None:
+        images, refs = resolve_paths(spec.images), resolve_paths(spec.references)
+        if len(images) != len(refs):
+            raise ValueError(
+                f"real_val {spec.name!r}: {len(images)} images but {len(refs)} references"
+            )
+        pairs = list(zip(images, refs))[: spec.max_cases]
+        self.name, self.paths = spec.name, pairs
+        self.cases = [load_real_case(i, r, spec.reference_preset, spacing_mm) for i, r in pairs]
+        log.info("real validation set %r: %d cases", spec.name, len(self.cases))
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, target = self.cases[i]
+        return {"image": image, "target": target}
+
+
+# ---------------------------------------------------------------------------------- data module
+
+
+class SynthDataModule(pl.LightningDataModule):
+    """Label maps -> per-step batches (training fold) + fixed synthetic and real validation sets.
+
+    Args:
+        cfg: data settings.
+        table: label table (encodes the maps).
+        fold: 0..n_folds-1 or ``"all"``.
+        batch_size: samples per step and device.
+        seed: seed of the training stream and of the validation batches.
+        spacing_mm: training voxel size (real scans are resampled to it).
+        splits_path: where ``splits.json`` is read or written (when ``cfg.splits_file`` is None).
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        table: LabelTable,
+        fold: int | str,
+        batch_size: int,
+        seed: int,
+        spacing_mm: float,
+        splits_path: str | Path,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.table, self.fold = cfg, table, fold
+        self.batch_size, self.seed, self.spacing_mm = batch_size, seed, spacing_mm
+        self.splits_path = Path(cfg.splits_file or splits_path)
+        if not self.splits_path.is_file():  # fail before loading anything
+            fold_ids([{"train": [], "val": []}] * cfg.n_folds, fold, [])
+        self._maps: tuple[list[str], np.ndarray] | None = None
+        self.real_sets: list[RealValDataset] = []
+
+    def load_maps(self) -> tuple[list[str], np.ndarray]:
+        """(ids, (N, X, Y, Z) uint8 maps), loaded once."""
+        if self._maps is None:
+            c = self.cfg
+            if c.label_maps:
+                paths = resolve_paths(c.label_maps)
+                log.info("loading %d label maps from %s", len(paths), c.label_maps)
+                self._maps = load_label_maps(paths, self.table, c.margin_vox)
+            else:
+                log.info("no data.label_maps given: using %d procedural phantoms", c.phantoms.n)
+                self._maps = phantom_label_maps(c.phantoms, self.table, c.margin_vox)
+            log.info(
+                "label maps in memory: %s uint8 (%.0f MB)",
+                self._maps[1].shape,
+                self._maps[1].nbytes / 2**20,
+            )
+        return self._maps
+
+    def setup(self, stage: str | None = None) -> None:
+        ids, maps = self.load_maps()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if str(self.fold) == "all":
+            train_ids, val_ids = fold_ids([], "all", ids)
+        else:
+            splits = load_or_create_splits(
+                self.splits_path, ids, self.cfg.n_folds, self.cfg.split_seed, write=rank == 0
+            )
+            train_ids, val_ids = fold_ids(splits, self.fold, ids)
+        pos = {k: i for i, k in enumerate(ids)}
+        self.train_indices = [pos[k] for k in train_ids]
+        self.val_indices = [pos[k] for k in val_ids]
+        log.info(
+            "fold %s: %d training maps, %d validation maps", self.fold, len(train_ids), len(val_ids)
+        )
+        self.train_stream = LabelMapStream(
+            maps, self.train_indices, self.batch_size, self.seed, rank
+        )
+        self.val_set = SyntheticValSet(
+            maps, self.val_indices, self.batch_size, self.cfg.val_batches, self.seed
+        )
+        if not self.real_sets:
+            self.real_sets = [RealValDataset(s, self.spacing_mm) for s in self.cfg.real_val]
+
+    def _start_step(self) -> int:
+        t = self.trainer
+        return 0 if t is None else t.global_step * t.accumulate_grad_batches
+
+    def train_dataloader(self) -> StepLoader:
+        return StepLoader(
+            self.train_stream,
+            self._start_step,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = [DataLoader(self.val_set, batch_size=None)]
+        return loaders + [DataLoader(r, batch_size=1) for r in self.real_sets]

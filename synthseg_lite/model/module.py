@@ -1,0 +1,374 @@
+"""The LightningModule: synthesis on the training device, U-Net, loss, validation and TensorBoard.
+
+Batches of label maps arrive from :mod:`synthseg_lite.data`;
+:meth:`SynthSegModule.on_after_batch_transfer` turns them into (image, target) pairs with
+:class:`~synthseg_lite.synth.SynthGenerator` on the device they were moved to, with a
+``torch.Generator`` seeded from (seed, step, rank): training batch ``s`` of rank ``r`` is the same
+in every run, interrupted or not. Validation batches are seeded from their index, so validation
+curves are comparable across epochs and runs. Real scans (batches that already hold an ``image``)
+pass through unchanged and are segmented with a sliding window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from monai.inferers import sliding_window_inference
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS, LabelTable, TargetPreset
+from synthseg_lite.model.loss import LossConfig, SegLoss
+from synthseg_lite.model.unet import UNetConfig, build_unet
+from synthseg_lite.plots import class_colors
+from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
+
+__all__ = ["ModelConfig", "SynthSegModule", "UNetSchema", "confusion", "overlay_grid", "tissue_lut"]
+
+log = logging.getLogger(__name__)
+
+_hints = get_type_hints(UNetConfig)
+#: Mutable mirror of :class:`UNetConfig` (same fields and defaults) for Hydra's structured configs.
+UNetSchema = make_dataclass(
+    "UNetSchema", [(f.name, _hints[f.name], field(default=f.default)) for f in fields(UNetConfig)]
+)
+TISSUE_NAMES = TARGET_PRESETS["tissue"].names
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` config group.
+
+    Attributes:
+        unet: network topology (:class:`UNetConfig`).
+        loss: loss settings.
+        optimizer: Hydra ``_partial_`` optimizer (instantiated by ``train.py``).
+        scheduler: Hydra ``_partial_`` LR scheduler taking ``total_iters`` (None: constant LR).
+        scheduler_interval: step the scheduler every ``step`` or ``epoch``.
+        image_every_n_steps: TensorBoard image grid period (0: never).
+        val_seed: seed of the synthetic validation batches.
+        sw_overlap: sliding-window overlap for real validation scans.
+        sw_batch_size: windows per forward pass for real validation scans.
+    """
+
+    unet: Any = field(default_factory=UNetSchema)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: Any = None
+    scheduler: Any = None
+    scheduler_interval: str = "step"
+    image_every_n_steps: int = 250
+    val_seed: int = 1
+    sw_overlap: float = 0.5
+    sw_batch_size: int = 2
+
+
+def tissue_lut(target: TargetPreset) -> list[int]:
+    """Target class -> tissue class (0 bg, 1 GM, 2 WM, 3 CSF), for Dice against real references."""
+    if tuple(target.names[:4]) == TISSUE_NAMES or (
+        target.n_classes == 4 and target.values == (0, 1, 2, 3)
+    ):
+        return list(range(target.n_classes))
+    aseg = REFERENCE_PRESETS["aseg"]
+    return [int(aseg.get(int(v), 0)) for v in target.values]
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) int64 confusion matrix, rows = target, columns = prediction (any equal shapes)."""
+    idx = target.reshape(-1).long() * n + pred.reshape(-1).long()
+    return torch.bincount(idx, minlength=n * n).view(n, n)
+
+
+def _dice(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class Dice from a confusion matrix (NaN where the class is absent from both)."""
+    tp = cm.diag().double()
+    denom = cm.sum(0).double() + cm.sum(1).double()
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.full_like(tp, math.nan))
+
+
+def overlay_grid(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    pred: torch.Tensor,
+    colors: torch.Tensor,
+    alpha: float = 0.45,
+) -> torch.Tensor:
+    """Central sagittal/coronal/axial slices: image | target overlay | prediction overlay.
+
+    Args:
+        image: (X, Y, Z) float in [0, 1] (RAS). target, pred: (X, Y, Z) class indices.
+        colors: (K, 3) float RGB per class (class 0 is not drawn).
+
+    Returns:
+        (3, H, W) float RGB in [0, 1]; superior/anterior up.
+    """
+    rows = []
+    for axis in range(3):
+        img, tgt, prd = (
+            v.select(axis, v.shape[axis] // 2).T.flip(0)
+            for v in (image.float(), target.long(), pred.long())
+        )
+        gray = img.clamp(0, 1).expand(3, *img.shape)
+        panels = [gray]
+        for lab in (tgt, prd):
+            col = colors[lab].permute(2, 0, 1)
+            a = (lab > 0).float() * alpha
+            panels.append(gray * (1 - a) + col * a)
+        rows.append(torch.cat(panels, 2))
+    width = max(r.shape[2] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[2], 0, 2)) for r in rows]
+    return torch.cat(rows, 1).cpu()
+
+
+class SynthSegModule(pl.LightningModule):
+    """Generator + U-Net + loss.
+
+    Args:
+        cfg: model settings (``cfg.unet`` may be a :class:`UNetConfig` or its schema mirror).
+        table: label table (generation labels, target classes).
+        synth: generator settings (its ``patch_shape`` and ``voxel_mm`` are the training patch).
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer``.
+        scheduler: ``scheduler(optimizer, total_iters=...) -> LRScheduler`` or None.
+        seed: seed of the synthetic training stream.
+        real_val_names: names of the real validation sets (dataloaders 1, 2, ...).
+        config: the resolved run configuration, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        table: LabelTable,
+        synth: SynthConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        seed: int = 0,
+        real_val_names: Sequence[str] = (),
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        unet = cfg.unet if isinstance(cfg.unet, UNetConfig) else UNetConfig(**asdict(cfg.unet))
+        divisor = unet.divisor
+        if any(int(p) % divisor or int(p) < 2 * divisor for p in synth.patch_shape):
+            raise ValueError(
+                f"synth.patch_shape {list(synth.patch_shape)} must be a multiple of "
+                f"2**(n_stages-1) = {divisor}, and at least {2 * divisor}, per axis"
+            )
+        self.cfg, self.unet_cfg, self.table, self.synth_cfg = cfg, unet, table, synth
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.seed, self.real_val_names = int(seed), list(real_val_names)
+        self.class_names = list(table.target.names)
+        self.save_hyperparameters(
+            {
+                "unet": unet.to_dict(),
+                "label_table": table.to_dict(),
+                "spacing_mm": float(synth.voxel_mm),
+                "patch_size": [int(p) for p in synth.patch_shape],
+                "seed": self.seed,
+                "config": dict(config or {}),
+            },
+            logger=False,
+        )
+        self.generator = SynthGenerator(synth, table)
+        self.net = build_unet(unet, table.target.n_classes)
+        self.loss_fn = SegLoss(cfg.loss, unet.n_stages)
+        self.register_buffer("tissue_lut", torch.tensor(tissue_lut(table.target)), persistent=False)
+        colors = np.asarray(class_colors(table.target.n_classes))[:, :3]
+        self.register_buffer("colors", torch.tensor(colors, dtype=torch.float32), persistent=False)
+        self._params: dict[str, list[torch.Tensor]] = {}
+        self._stream_checked = False
+
+    # ----------------------------------------------------------------------------- synthesis
+    def synthesize(self, labels: torch.Tensor, seed: int, step: int, rank: int) -> dict[str, Any]:
+        """(B, 1, X, Y, Z) uint8 maps -> {"image", "target", "params"} on the maps' device."""
+        g = make_generator(labels.device, seed, step, rank)
+        out = self.generator(labels, g)
+        return {"image": out.image, "target": out.target, "params": out.params, "step": step}
+
+    def on_before_batch_transfer(
+        self, batch: dict[str, Any], dataloader_idx: int
+    ) -> dict[str, Any]:
+        for key in ("step", "val_index"):  # plain ints: no device round trip to read them back
+            if key in batch:
+                batch[key] = int(batch[key])
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if "labels" not in batch or "image" in batch:
+            return batch  # real scans pass through
+        if "val_index" in batch:  # fixed validation stream, rank-independent
+            return self.synthesize(batch["labels"], self.cfg.val_seed, int(batch["val_index"]), 0)
+        step = int(batch["step"])
+        expected = self.global_step * self.trainer.accumulate_grad_batches
+        if not self._stream_checked and step != expected:
+            log.warning(
+                "synthetic stream out of step: batch %d at trainer step %d (a resumed run will "
+                "not repeat the uninterrupted one exactly)",
+                step,
+                expected,
+            )
+        self._stream_checked = True
+        return self.synthesize(batch["labels"], self.seed, step, self.global_rank)
+
+    # ------------------------------------------------------------------------------- training
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.net(batch["image"])
+        loss = self.loss_fn(logits, batch["target"])
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log(
+            "train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
+        )
+        for k, v in batch["params"].items():
+            self._params.setdefault(k, []).append(v.detach().float())
+        every = self.cfg.image_every_n_steps
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            main = logits[:, 0] if logits.dim() == batch["image"].dim() + 1 else logits
+            self._log_image(
+                "train/synthetic", batch["image"][0, 0], batch["target"][0], main[0].argmax(0)
+            )
+        return loss
+
+    def _tensorboard(self):
+        return next(
+            (lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None
+        )
+
+    def _log_image(
+        self, tag: str, image: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
+    ) -> None:
+        tb = self._tensorboard()
+        if tb is not None:
+            tb.add_image(
+                tag, overlay_grid(image.detach(), target, pred, self.colors), self.global_step
+            )
+
+    def on_train_epoch_end(self) -> None:
+        tb = self._tensorboard()
+        if tb is not None and self.trainer.is_global_zero:
+            for k, vals in self._params.items():
+                tb.add_histogram(f"synth/{k}", torch.cat(vals).cpu(), self.global_step)
+        self._params = {}
+
+    def on_fit_start(self) -> None:
+        tb = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tb is not None and self.trainer.is_global_zero:
+            flat = _flatten(self.hparams.get("config") or {"seed": self.seed})
+            tb.log_hyperparams(flat)  # hparams.yaml
+            # TensorBoard's HPARAMS tab, tied to the val/dice curve (no placeholder value logged)
+            writer = tb.experiment._get_file_writer()
+            for summary in hparams_summary(flat, {"val/dice": math.nan}):
+                writer.add_summary(summary)
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_fn(params=self.net.parameters())
+        if self.scheduler_fn is None:
+            return opt
+        epochs, steps = _schedule_length(self.trainer)
+        total = steps if self.cfg.scheduler_interval == "step" else epochs
+        sched = self.scheduler_fn(opt, total_iters=total)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "interval": self.cfg.scheduler_interval},
+        }
+
+    # ----------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        k, n = self.table.target.n_classes, len(self.real_val_names)
+        self._val_cm = torch.zeros(k, k, dtype=torch.long, device=self.device)
+        self._real_sum = torch.zeros(max(n, 1), 4, dtype=torch.float64, device=self.device)
+        self._real_cnt = torch.zeros_like(self._real_sum)
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if dataloader_idx == 0:
+            logits = self.net(batch["image"])
+            loss = self.loss_fn(logits, batch["target"])
+            self.log(
+                "val/loss",
+                loss,
+                on_epoch=True,
+                batch_size=batch["image"].shape[0],
+                add_dataloader_idx=False,
+                sync_dist=True,
+            )
+            self._val_cm += confusion(logits.argmax(1), batch["target"], self._val_cm.shape[0])
+            return
+        logits = sliding_window_inference(
+            batch["image"],
+            tuple(self.synth_cfg.patch_shape),
+            self.cfg.sw_batch_size,
+            self.net,
+            overlap=self.cfg.sw_overlap,
+            mode="gaussian",
+        )
+        pred = self.tissue_lut[logits.argmax(1)]
+        d = _dice(confusion(pred, batch["target"], 4))
+        ok = ~torch.isnan(d)
+        self._real_sum[dataloader_idx - 1] += torch.where(ok, d, 0)
+        self._real_cnt[dataloader_idx - 1] += ok.double()
+
+    def on_validation_epoch_end(self) -> None:
+        reduce = self.trainer.strategy.reduce
+        dice = _dice(reduce(self._val_cm, reduce_op="sum"))
+        for name, d in zip(self.class_names[1:], dice[1:]):
+            self.log(f"val/dice_{name}", float(d), sync_dist=True)
+        self.log("val/dice", float(torch.nanmean(dice[1:])), prog_bar=True, sync_dist=True)
+        if self.real_val_names:
+            sums, cnts = (
+                reduce(self._real_sum, reduce_op="sum"),
+                reduce(self._real_cnt, reduce_op="sum"),
+            )
+            mean = sums / cnts.clamp(min=1)
+            mean[cnts == 0] = math.nan
+            for s, set_name in enumerate(self.real_val_names):
+                for c, tissue in enumerate(TISSUE_NAMES[1:], start=1):
+                    self.log(
+                        f"val_real/{set_name}/dice_{tissue}", float(mean[s, c]), sync_dist=True
+                    )
+                self.log(
+                    f"val_real/{set_name}/dice", float(torch.nanmean(mean[s, 1:])), sync_dist=True
+                )
+
+
+def _schedule_length(trainer: pl.Trainer) -> tuple[int, int]:
+    """(epochs, optimizer steps) of a run: ``max_steps`` or ``max_epochs x limit_train_batches``.
+
+    Deliberately not ``trainer.estimated_stepping_batches``: it would create the training iterator
+    before a checkpoint is restored, and the synthetic stream would restart at step 0 on resume.
+    """
+    limit, acc = trainer.limit_train_batches, trainer.accumulate_grad_batches
+    per_epoch = limit // acc if isinstance(limit, int) and limit > 0 else None
+    candidates = [trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+    if per_epoch and trainer.max_epochs and trainer.max_epochs > 0:
+        candidates.append(trainer.max_epochs * per_epoch)
+    if not candidates:
+        raise ValueError(
+            "the synthetic stream is endless: set trainer.limit_train_batches (iterations "
+            "per epoch, an int) and trainer.max_epochs, or trainer.max_steps"
+        )
+    steps = max(1, min(candidates))
+    return max(
+        1, math.ceil(steps / per_epoch) if per_epoch else int(trainer.max_epochs or 1)
+    ), steps
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a/b/c": scalar}; lists and None become strings (TensorBoard hparams)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
