@@ -47,7 +47,7 @@ def _rss_mb() -> float:
 
 def _label_map(spec: str | None):
     """(X, Y, Z) uint8 generation indices cropped to the labels, the table and the map's name."""
-    from synthseg_lite.export import crop_to_labels, find_label_maps
+    from synthseg_lite.data import crop_to_labels, resolve_paths
     from synthseg_lite.io import load_label_map
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.phantom import make_phantom
@@ -56,9 +56,9 @@ def _label_map(spec: str | None):
     if spec is None and DEFAULT_MAPS.is_dir():
         spec = str(DEFAULT_MAPS)
     if spec is None:
-        return crop_to_labels(table.encode(make_phantom())), table, "phantom"
-    path = find_label_maps(spec)[0]
-    return crop_to_labels(table.encode(load_label_map(path).data)), table, path.name
+        return crop_to_labels(table.encode(make_phantom()), 0), table, "phantom"
+    path = resolve_paths(spec)[0]
+    return crop_to_labels(table.encode(load_label_map(path).data), 0), table, path.name
 
 
 def _sync(device) -> None:

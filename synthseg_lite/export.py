@@ -27,20 +27,19 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from glob import glob
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, load_label_map, save_volume, strip_suffix
+from synthseg_lite.data import PhantomConfig, phantom_label_maps, resolve_paths
+from synthseg_lite.data import load_label_maps as load_maps
+from synthseg_lite.io import atomic_write, save_volume
 from synthseg_lite.labels import LabelTable
-from synthseg_lite.phantom import make_phantom_label_maps
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
-__all__ = ["ExportConfig", "crop_to_labels", "export_dataset", "find_label_maps", "load_label_maps",
-           "resolve_device", "voxel_affine"]
+__all__ = ["ExportConfig", "export_dataset", "load_label_maps", "resolve_device", "voxel_affine"]
 
 log = logging.getLogger(__name__)
 
@@ -123,66 +122,19 @@ def voxel_affine(shape: tuple[int, ...], voxel_mm: float) -> np.ndarray:
     return aff
 
 
-def find_label_maps(spec: str) -> list[Path]:
-    """Files named by a folder (its NIfTI/MGZ files), a glob pattern or a single file, sorted.
-
-    Raises:
-        ValueError: nothing matches.
-    """
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        files = [f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES)]
-    elif p.is_file():
-        files = [p]
-    else:
-        files = [Path(f) for f in glob(str(p)) if Path(f).is_file()]
-    if not files:
-        raise ValueError(f"label_maps={spec!r}: no label maps found (give a folder, a glob or "
-                         "a file)")
-    return sorted(files)
-
-
-def crop_to_labels(indices: np.ndarray) -> np.ndarray:
-    """Crop an (X, Y, Z) index map to the bounding box of its non-zero voxels."""
-    nz = [np.flatnonzero(indices.any(axis=tuple(a for a in range(3) if a != ax)))
-          for ax in range(3)]
-    if any(v.size == 0 for v in nz):
-        return indices
-    return np.ascontiguousarray(indices[tuple(slice(v[0], v[-1] + 1) for v in nz)])
-
-
 def load_label_maps(spec: str | None, table: LabelTable, n_phantoms: int = 4,
                     phantom_shape: tuple[int, int, int] = (160, 192, 160),
-                    seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """Label maps as cropped (X, Y, Z) uint8 generation indices (RAS, 1 mm) and their names.
+                    seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Names and a stacked (N, X, Y, Z) uint8 array of generation indices (RAS, 1 mm).
 
     Args:
-        spec: see :func:`find_label_maps`; None builds ``n_phantoms`` phantoms instead.
+        spec: a folder, a glob or a file (:func:`synthseg_lite.data.resolve_paths`); None builds
+            ``n_phantoms`` phantoms instead.
         table: label table used to encode the values.
     """
     if spec is None:
-        raw = make_phantom_label_maps(n_phantoms, tuple(phantom_shape), seed)
-        names = [f"phantom_{i}" for i in range(n_phantoms)]
-        return [crop_to_labels(table.encode(m, n)) for m, n in zip(raw, names)], names
-    maps, names = [], []
-    for path in find_label_maps(spec):
-        vol = load_label_map(path)
-        if any(abs(s - 1.0) > 0.05 for s in vol.spacing):
-            log.warning("%s: voxel size %s mm; the generator assumes 1 mm label maps", path,
-                        vol.spacing)
-        maps.append(crop_to_labels(table.encode(vol.data, str(path))))
-        names.append(strip_suffix(path))
-    return maps, names
-
-
-def _stack_padded(maps: list[np.ndarray]) -> torch.Tensor:
-    """(B, 1, X, Y, Z) uint8: maps centre-padded with background to their common maximum shape."""
-    shape = np.max([m.shape for m in maps], axis=0)
-    out = np.zeros((len(maps), 1, *shape), np.uint8)
-    for b, m in enumerate(maps):
-        lo = (shape - m.shape) // 2
-        out[(b, 0, *(slice(o, o + s) for o, s in zip(lo, m.shape)))] = m
-    return torch.from_numpy(out)
+        return phantom_label_maps(PhantomConfig(n_phantoms, list(phantom_shape), seed), table)
+    return load_maps(resolve_paths(spec), table)
 
 
 def _prepare_output(out: Path, overwrite: bool, create: bool) -> None:
@@ -335,7 +287,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
     if lut.max() > 255:
         raise ValueError(f"target label values up to {lut.max()} do not fit uint8 label files")
     _prepare_output(out, cfg.overwrite, create=False)  # fail early, before loading the maps
-    maps, map_names = load_label_maps(cfg.label_maps, table, cfg.n_phantoms, cfg.phantom_shape,
+    map_names, maps = load_label_maps(cfg.label_maps, table, cfg.n_phantoms, cfg.phantom_shape,
                                       cfg.seed)
     _prepare_output(out, cfg.overwrite, create=True)
     log.info("%d label map(s), %d samples of %s voxels at %g mm on %s -> %s (%s layout)",
@@ -354,7 +306,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
         for step in range((cfg.n + bs - 1) // bs):
             # Full batches always (sample i must not depend on n); extra samples are dropped.
             choice = np.random.default_rng([cfg.seed, step]).integers(len(maps), size=bs)
-            labels = _stack_padded([maps[k] for k in choice]).to(device)
+            labels = torch.from_numpy(maps[choice][:, None]).to(device)
             batch = gen(labels, make_generator(device, cfg.seed, step))
             images = batch.image[:, 0].float().cpu().numpy()
             targets = batch.target.to(torch.uint8).cpu().numpy()  # class indices < 256

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from synthseg_lite.export import ExportConfig, crop_to_labels, export_dataset, voxel_affine
+from synthseg_lite.export import ExportConfig, export_dataset, voxel_affine
 from synthseg_lite.labels import TARGET_PRESETS
 from synthseg_lite.phantom import make_phantom
 from synthseg_lite.synth import SynthConfig
@@ -134,14 +134,8 @@ def test_bad_settings_raise():
         ExportConfig(output="x", layout="nnU-Net")
     with pytest.raises(ValueError, match="n must be"):
         ExportConfig(output="x", n=0)
-    with pytest.raises(ValueError, match="no label maps"):
+    with pytest.raises(ValueError, match="no NIfTI/MGZ files found"):
         _export(Path("/nonexistent/out"), label_maps="/nonexistent/*.nii.gz")
-
-
-def test_crop_to_labels():
-    a = np.zeros((10, 12, 14), np.uint8)
-    a[2:5, 3:9, 4] = 1
-    assert crop_to_labels(a).shape == (3, 6, 1)
 
 
 def test_yaml_defaults_match_dataclass():
