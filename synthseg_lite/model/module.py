@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
-from typing import Any, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -30,15 +30,10 @@ from synthseg_lite.model.unet import UNetConfig, build_unet
 from synthseg_lite.plots import class_colors
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
-__all__ = ["ModelConfig", "SynthSegModule", "UNetSchema", "confusion", "overlay_grid", "tissue_lut"]
+__all__ = ["ModelConfig", "SynthSegModule", "confusion", "overlay_grid", "tissue_lut"]
 
 log = logging.getLogger(__name__)
 
-_hints = get_type_hints(UNetConfig)
-#: Mutable mirror of :class:`UNetConfig` (same fields and defaults) for Hydra's structured configs.
-UNetSchema = make_dataclass(
-    "UNetSchema", [(f.name, _hints[f.name], field(default=f.default)) for f in fields(UNetConfig)]
-)
 TISSUE_NAMES = TARGET_PRESETS["tissue"].names
 
 
@@ -58,7 +53,7 @@ class ModelConfig:
         sw_batch_size: windows per forward pass for real validation scans.
     """
 
-    unet: Any = field(default_factory=UNetSchema)
+    unet: UNetConfig = field(default_factory=UNetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: Any = None
     scheduler: Any = None
@@ -152,7 +147,7 @@ class SynthSegModule(pl.LightningModule):
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        unet = cfg.unet if isinstance(cfg.unet, UNetConfig) else UNetConfig(**asdict(cfg.unet))
+        unet = cfg.unet if isinstance(cfg.unet, UNetConfig) else UNetConfig(**dict(cfg.unet))
         divisor = unet.divisor
         if any(int(p) % divisor or int(p) < 2 * divisor for p in synth.patch_shape):
             raise ValueError(

@@ -15,7 +15,7 @@ from torch import nn
 __all__ = ["UNetConfig", "build_unet"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class UNetConfig:
     """U-Net topology.
 
