@@ -45,6 +45,15 @@ def tiny_model(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A run directory trained by `train.py experiment=smoke` (the README's main job, ~15 s)."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    res = _run("train.py", "experiment=smoke", f"hydra.run.dir={run}", cwd=run.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return run
+
+
 def _ball(shape=(40, 36, 32), radius=12) -> np.ndarray:
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
     return (((idx - np.array(shape) / 2) ** 2).sum(-1) <= radius**2).astype(np.int16)
@@ -114,8 +123,8 @@ def test_cli_argument_errors_are_one_line_with_exit_code_2(tmp_path, tiny_model)
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared real scans not available")
-def test_smoke_on_shared_real_scans(tmp_path, tiny_model):
-    """infer then evaluate on real IBSR and OASIS scans with a smoke model (values meaningless)."""
+def test_smoke_on_shared_real_scans(tmp_path, smoke_run):
+    """train (smoke) -> infer -> evaluate on real IBSR and OASIS scans (values meaningless)."""
     ibsr = REAL / "ibsr" / "IBSR_01" / "IBSR_01.nii.gz"
     oasis = REAL / "oasis_vxm" / "t1.nii.gz"
     out = tmp_path / "out"
@@ -123,7 +132,7 @@ def test_smoke_on_shared_real_scans(tmp_path, tiny_model):
         "infer.py",
         f"input=[{ibsr},{oasis}]",
         f"output={out}",
-        f"model={tiny_model}",
+        f"model={smoke_run}",
         "tta=none",
         "progress=false",
         cwd=tmp_path,
