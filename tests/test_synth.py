@@ -246,3 +246,26 @@ def test_hydra_config_defaults_are_the_dataclass_defaults():
         assert obj.gmm.std == [0, 20] and obj.patch_shape == [64, 64, 64]
         obj = OmegaConf.to_object(compose(overrides=["+synth=light"]).synth)
         assert isinstance(obj, SynthConfig) and obj.resolution.enabled is False
+
+
+def test_tissue_prior_orders_brain_means(device):
+    cfg = SynthConfig()
+    cfg.gmm.prior_prob = 1.0
+    gen = SynthGenerator(cfg, TABLE).to(device)
+    p = sample_params(cfg, 32, (40, 40, 40), TABLE.n_classes, make_generator(device, 0, 0),
+                      class_tissue=gen.class_tissue)
+    ct = gen.class_tissue
+    c = {v: TABLE.classes[IDX[v]] for v in (2, 3, 4, 24, 507)}
+    assert [int(ct[c[v]]) for v in (3, 2, 4, 24, 507)] == [1, 2, 3, 3, 0]
+    # T1 ordering up to the per-class jitter (15): WM - GM >= 25 - 30, GM - CSF >= 80 - 65 - 30
+    assert (p.means[:, c[2]] - p.means[:, c[3]]).amin() >= -5 and (p.means[:, c[2]] - p.means[:, c[3]]).mean() > 40
+    assert (p.means[:, c[3]] - p.means[:, c[4]]).amin() >= -15 and (p.means[:, c[3]] - p.means[:, c[4]]).mean() > 40
+    assert p.means[:, c[507]].std() > 30  # non-brain classes stay random
+    # off by default: the same stream as before the option existed
+    cfg0 = SynthConfig()
+    a = sample_params(cfg0, 4, (40, 40, 40), TABLE.n_classes, make_generator(device, 0, 0))
+    b = sample_params(cfg0, 4, (40, 40, 40), TABLE.n_classes, make_generator(device, 0, 0),
+                      class_tissue=gen.class_tissue)
+    assert torch.equal(a.means, b.means)
+    with pytest.raises(ValueError, match="tissue"):
+        sample_params(cfg, 2, (40, 40, 40), TABLE.n_classes, make_generator(device, 0, 0))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthseg_lite.labels import LabelTable
+from synthseg_lite.labels import TARGET_PRESETS, LabelTable
 from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.gmm import gmm_image
 from synthseg_lite.synth.intensity import add_noise, apply_bias, apply_gamma, rescale_minmax
@@ -81,12 +81,17 @@ class SynthGenerator(nn.Module):
         self.register_buffer("extracerebral", torch.tensor(table.extracerebral), persistent=False)
         brain = [v != 0 and not e for v, e in zip(table.generation_labels, table.extracerebral)]
         self.register_buffer("brain", torch.tensor(brain), persistent=False)
+        tissue = TARGET_PRESETS["tissue"].mapping
+        class_tissue = [0] * table.n_classes
+        for value, cls in zip(table.generation_labels, table.classes):
+            class_tissue[cls] = int(tissue.get(value, 0))
+        self.register_buffer("class_tissue", torch.tensor(class_tissue), persistent=False)
         self.register_buffer("target_lut", torch.tensor(table.target_lut, dtype=torch.long), persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
         return sample_params(self.cfg, labels.shape[0], tuple(labels.shape[2:]), self.table.n_classes,
-                             generator, brain_bbox(labels, self.brain))
+                             generator, brain_bbox(labels, self.brain), self.class_tissue)
 
     def apply(self, labels: torch.Tensor, p: SynthParams) -> SynthBatch:
         """Deterministic synthesis from label maps (B, 1, X, Y, Z) uint8 and parameters."""

@@ -76,11 +76,20 @@ class GMMConfig:
         mean: range of class means.
         std: range of class standard deviations.
         background_zero_prob: probability that the background is exactly 0 (skull-stripped look).
+        prior_prob: probability that a sample's brain classes take a tissue prior instead of random
+            means (SynthSeg's informative priors mixed with random ones; 0 = off, the default).
+            The prior below is T1-like: GM ~ U(prior_gm), WM = GM + U(prior_wm_minus_gm),
+            CSF ~ U(prior_csf), each class then jittered by U(-prior_jitter, prior_jitter).
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0, 255.0])
     std: list[float] = field(default_factory=lambda: [0.0, 35.0])
     background_zero_prob: float = 0.05
+    prior_prob: float = 0.0
+    prior_gm: list[float] = field(default_factory=lambda: [80.0, 150.0])
+    prior_wm_minus_gm: list[float] = field(default_factory=lambda: [25.0, 85.0])
+    prior_csf: list[float] = field(default_factory=lambda: [5.0, 65.0])
+    prior_jitter: float = 15.0
 
 
 @dataclass
@@ -169,6 +178,8 @@ class SynthConfig:
             raise ValueError(f"synth.noise.kind must be none|gaussian|rician, got {self.noise.kind!r}")
         for name, rng in (("spatial.scaling", self.spatial.scaling), ("gmm.mean", self.gmm.mean),
                           ("gmm.std", self.gmm.std), ("bias.std", self.bias.std),
+                          ("gmm.prior_gm", self.gmm.prior_gm), ("gmm.prior_csf", self.gmm.prior_csf),
+                          ("gmm.prior_wm_minus_gm", self.gmm.prior_wm_minus_gm),
                           ("resolution.spacing_mm", self.resolution.spacing_mm),
                           ("resolution.alpha", self.resolution.alpha), ("noise.std", self.noise.std),
                           ("spatial.svf_std_mm", self.spatial.svf_std_mm)):

@@ -117,13 +117,30 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return rx.view(-1, 3, 3) @ ry.view(-1, 3, 3) @ rz.view(-1, 3, 3)
 
 
+def _tissue_prior(cfg: SynthConfig, means: torch.Tensor, class_tissue: torch.Tensor | None,
+                  g: torch.Generator) -> torch.Tensor:
+    """Replace the brain-class means of a random subset of samples by ordered tissue means."""
+    if class_tissue is None:
+        raise ValueError("gmm.prior_prob > 0 needs the tissue of each generation class")
+    gm = cfg.gmm
+    B, C = means.shape
+    use = _bernoulli(g, B, gm.prior_prob)
+    base_gm = _uniform(g, (B,), *gm.prior_gm)
+    base = torch.stack([torch.zeros_like(base_gm), base_gm,
+                        base_gm + _uniform(g, (B,), *gm.prior_wm_minus_gm),
+                        _uniform(g, (B,), *gm.prior_csf)], 1)  # (B, 4): -, GM, WM, CSF
+    prior = base[:, class_tissue] + _uniform(g, (B, C), -gm.prior_jitter, gm.prior_jitter)
+    return torch.where(use.view(B, 1) & (class_tissue > 0).view(1, C), prior.clamp(0, 255), means)
+
+
 def control_grid(extent_mm: float, spacing_mm: float) -> int:
     """Number of control points covering ``extent_mm`` at ``spacing_mm`` (at least 2)."""
     return max(2, math.ceil(extent_mm / spacing_mm) + 1)
 
 
 def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], n_classes: int,
-                  g: torch.Generator, bbox: torch.Tensor | None = None) -> SynthParams:
+                  g: torch.Generator, bbox: torch.Tensor | None = None,
+                  class_tissue: torch.Tensor | None = None) -> SynthParams:
     """Draw the parameters of ``batch`` samples.
 
     Args:
@@ -134,6 +151,8 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         g: the only source of randomness; tensors are created on ``g.device``.
         bbox: (B, 2, 3) first and last input voxel of the brain in each map; the crop centre is
             drawn where the patch stays inside it (default: the whole input).
+        class_tissue: (C,) int64 tissue of each class (0 other, 1 GM, 2 WM, 3 CSF), needed when
+            ``cfg.gmm.prior_prob > 0``.
     """
     dev, B = g.device, batch
     P = [int(p) for p in cfg.patch_shape]
@@ -173,6 +192,8 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     # -- GMM (class 0 is the background)
     means = _uniform(g, (B, n_classes), *cfg.gmm.mean)
     stds = _uniform(g, (B, n_classes), *cfg.gmm.std)
+    if cfg.gmm.prior_prob > 0:  # drawn only when on, so the default stream does not change
+        means = _tissue_prior(cfg, means, class_tissue, g)
     bg_zero = _bernoulli(g, B, cfg.gmm.background_zero_prob)
     means[:, 0] = torch.where(bg_zero, 0.0, means[:, 0])
     stds[:, 0] = torch.where(bg_zero, 0.0, stds[:, 0])
