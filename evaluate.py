@@ -22,6 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from synthseg_lite.cli import require, user_errors
 from synthseg_lite.metrics import evaluate_pairs, label_mapping, write_report
 from synthseg_lite.pairing import DEFAULT_PATTERN, pair_cases
 from synthseg_lite.quality import evaluate_quality
@@ -125,19 +126,8 @@ def run(cfg: EvaluateConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        print(
-            f"error: missing required setting(s): {', '.join(m + '=...' for m in missing)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    try:
-        code = run(OmegaConf.to_object(cfg))
-    except ValueError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
+    require(OmegaConf.missing_keys(cfg))
+    sys.exit(user_errors(lambda: run(OmegaConf.to_object(cfg))))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ exit code 2. Hydra writes nothing (no outputs/ folder, no log file): see conf/ex
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
+from synthseg_lite.cli import require, user_errors
 from synthseg_lite.export import ExportConfig, export_dataset
 from synthseg_lite.synth.config import register_configs
 
@@ -26,17 +25,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        synth = OmegaConf.to_object(cfg.synth)
-        args = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        args.pop("synth")
-        export_dataset(ExportConfig(**args), synth)
-    except MissingMandatoryValue as exc:
-        print(f"error: missing required setting ({exc.full_key}=...)", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    require(OmegaConf.missing_keys(cfg))
+    synth = user_errors(lambda: OmegaConf.to_object(cfg.synth))
+    args = OmegaConf.to_container(cfg, resolve=True)
+    args.pop("synth")
+    user_errors(lambda: export_dataset(ExportConfig(**args), synth))
 
 
 if __name__ == "__main__":

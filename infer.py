@@ -19,6 +19,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from synthseg_lite.cli import require, user_errors
 from synthseg_lite.inference import InferenceOptions, segment_scans
 
 log = logging.getLogger("infer")
@@ -45,21 +46,12 @@ ConfigStore.instance().store(name="infer_schema", node=InferConfig)
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        print(
-            f"error: missing required setting(s): {', '.join(m + '=...' for m in missing)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    require(OmegaConf.missing_keys(cfg))
     args = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        opts = InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})
-        inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
-        results = segment_scans(inputs, args["output"], args["model"], opts)
-    except ValueError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
+    results = user_errors(lambda: segment_scans(
+        inputs, args["output"], args["model"],
+        InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})))
     done = [r for r in results if r.error is None]
     skipped = [r for r in results if r.error is not None]
     if done:

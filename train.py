@@ -12,13 +12,13 @@ The only place a Hydra DictConfig lives: it is turned into typed objects here.
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from synthseg_lite.cli import user_errors
 from synthseg_lite.synth.config import register_configs as register_synth_configs
 from synthseg_lite.training import register_configs
 
@@ -125,11 +125,7 @@ def run(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return run(cfg)
-    except ValueError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return user_errors(lambda: run(cfg))
 
 
 register_synth_configs()
