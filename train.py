@@ -41,6 +41,10 @@ def build(cfg: DictConfig):
     if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
         log.warning("fp16 mixed precision is CUDA-only: training in float32 on the CPU")
         cfg.trainer.precision = "32-true"
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), workers=True)
     data_cfg = OmegaConf.to_object(cfg.data)
     synth_cfg = OmegaConf.to_object(cfg.synth)

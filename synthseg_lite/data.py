@@ -35,9 +35,9 @@ from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
 
 # fmt: off
 __all__ = [
-    "DataConfig", "LabelMapStream", "PhantomConfig", "RealValDataset", "RealValSet", "StepLoader",
+    "DataConfig", "FixedSetStream", "LabelMapStream", "PhantomConfig", "RealValDataset", "RealValSet", "StepLoader",
     "SynthDataModule", "SyntheticValSet", "crop_to_labels", "fold_ids", "kfold_splits",
-    "load_label_maps", "load_or_create_splits", "load_real_case", "phantom_label_maps",
+    "load_fixed_set", "load_label_maps", "load_or_create_splits", "load_real_case", "phantom_label_maps",
     "resolve_paths", "stack_maps",
 ]
 # fmt: on
@@ -100,6 +100,11 @@ class DataConfig:
         num_workers: DataLoader workers for the label-map stream (0: main process).
         val_batches: synthetic validation batches (fixed seed) per validation.
         real_val: real-scan validation sets.
+        reuse_steps: each batch of synthesised volumes serves this many consecutive training
+            steps (2D training draws new slices from it at every step; 1 = a new batch per step).
+        fixed_set: folder written by ``export.py`` (``images/``, ``labels/``, ``export.json``):
+            train on these pre-generated samples instead of synthesising on the fly (the offline
+            setting of lab2im + nnU-Net, for ablations); None: on the fly.
     """
 
     label_maps: str | None = None
@@ -114,6 +119,12 @@ class DataConfig:
     num_workers: int = 0
     val_batches: int = 4
     real_val: list[RealValSet] = field(default_factory=list)
+    reuse_steps: int = 1
+    fixed_set: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reuse_steps < 1:
+            raise ValueError(f"data.reuse_steps must be >= 1, got {self.reuse_steps}")
 
 
 # ---------------------------------------------------------------------------------- label maps
@@ -297,9 +308,11 @@ def fold_ids(
 class LabelMapStream(IterableDataset):
     """Endless stream of label-map batches, one per training step.
 
-    Each item is ``{"labels": (B, 1, X, Y, Z) uint8, "step": () int64, "index": (B,) int64}``.
-    Step ``s`` draws ``B`` distinct maps (with replacement only when fewer maps than ``B``) with a
-    NumPy generator seeded from ``(seed, rank, s)``. Worker ``w`` of ``W`` yields steps
+    Each item is ``{"labels": (B, 1, X, Y, Z) uint8, "step": () int64, "group": () int64,
+    "index": (B,) int64}``. Steps come in groups of ``reuse_steps`` that share one batch of
+    volumes (group ``g = s // reuse_steps``; the module synthesises it once). Group ``g`` draws
+    ``B`` distinct maps (with replacement only when fewer maps than ``B``) with a NumPy generator
+    seeded from ``(seed, rank, g)``. Worker ``w`` of ``W`` yields steps
     ``start_step + w, + W, ...``, which the DataLoader interleaves back into step order.
 
     Args:
@@ -309,6 +322,7 @@ class LabelMapStream(IterableDataset):
         seed: stream seed; rank: distributed rank (each rank has its own stream).
         start_step: first step yielded (set by :class:`StepLoader` before each iteration).
         n_steps: stop after this many steps (None: endless).
+        reuse_steps: steps per group of shared volumes.
     """
 
     def __init__(
@@ -320,6 +334,7 @@ class LabelMapStream(IterableDataset):
         rank: int = 0,
         start_step: int = 0,
         n_steps: int | None = None,
+        reuse_steps: int = 1,
     ) -> None:
         if batch_size < 1 or not len(indices):
             raise ValueError(
@@ -327,11 +342,12 @@ class LabelMapStream(IterableDataset):
             )
         self.maps, self.indices = maps, np.asarray(indices, dtype=np.int64)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
-        self.start_step, self.n_steps = start_step, n_steps
+        self.start_step, self.n_steps, self.reuse_steps = start_step, n_steps, reuse_steps
 
     def batch_indices(self, step: int) -> np.ndarray:
         """(B,) int64 indices into ``maps`` for ``step``."""
-        rng = np.random.default_rng([self.seed, self.rank, step, 0x5EED])
+        group = step // self.reuse_steps
+        rng = np.random.default_rng([self.seed, self.rank, group, 0x5EED])
         return rng.choice(
             self.indices, self.batch_size, replace=len(self.indices) < self.batch_size
         )
@@ -341,6 +357,7 @@ class LabelMapStream(IterableDataset):
         return {
             "labels": torch.from_numpy(self.maps[idx][:, None]),
             "step": torch.tensor(step),
+            "group": torch.tensor(step // self.reuse_steps),
             "index": torch.from_numpy(idx),
         }
 
@@ -351,6 +368,81 @@ class LabelMapStream(IterableDataset):
         while self.n_steps is None or step < self.start_step + self.n_steps:
             yield self.batch(step)
             step += n_workers
+
+
+class FixedSetStream(LabelMapStream):
+    """Endless stream over a fixed set of pre-generated (image, target) samples (ablation of
+    on-the-fly synthesis). Items are ``{"image": (B, 1, X, Y, Z) float32, "target": (B, X, Y, Z)
+    int64, "step", "group", "index"}``, samples drawn exactly as :class:`LabelMapStream` draws maps.
+
+    Args:
+        images: (N, X, Y, Z) float16 in [0, 1]. targets: (N, X, Y, Z) uint8 class indices.
+        batch_size, seed, rank, reuse_steps: as for :class:`LabelMapStream`.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        reuse_steps: int = 1,
+    ) -> None:
+        super().__init__(
+            targets, np.arange(len(targets)), batch_size, seed, rank, reuse_steps=reuse_steps
+        )
+        self.images = images
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        idx = self.batch_indices(step)
+        return {
+            "image": torch.from_numpy(self.images[idx][:, None].astype(np.float32)),
+            "target": torch.from_numpy(self.maps[idx].astype(np.int64)),
+            "step": torch.tensor(step),
+            "group": torch.tensor(step // self.reuse_steps),
+            "index": torch.from_numpy(idx),
+        }
+
+
+def load_fixed_set(folder: str | Path, table: LabelTable) -> tuple[np.ndarray, np.ndarray]:
+    """Samples written by ``export.py`` (``nifti`` layout) as arrays for :class:`FixedSetStream`.
+
+    Returns:
+        images (N, X, Y, Z) float16 and targets (N, X, Y, Z) uint8 class indices of ``table``.
+
+    Raises:
+        ValueError: not an export folder, other target classes, or samples of different shapes.
+    """
+    folder = Path(folder)
+    meta_path = folder / "export.json"
+    if not meta_path.is_file():
+        raise ValueError(f"data.fixed_set={folder}: no export.json (write it with export.py)")
+    meta = json.loads(meta_path.read_text())
+    if list(meta.get("target_names", [])) != list(table.target.names):
+        raise ValueError(
+            f"data.fixed_set={folder}: exported for classes {meta.get('target_names')}, "
+            f"training predicts {list(table.target.names)} (export with the same target)"
+        )
+    values = np.asarray(meta["label_values_in_files"], dtype=np.int64)
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[values] = np.arange(len(values), dtype=np.uint8)
+    names = sorted(p.name for p in (folder / "labels").glob("*.nii.gz"))
+    if not names:
+        raise ValueError(f"data.fixed_set={folder}: no labels/*.nii.gz")
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        img = np.asarray(load_volume(folder / "images" / name).data, dtype=np.float16)
+        lab = np.asarray(load_volume(folder / "labels" / name).data)
+        return img, lut[np.rint(lab).astype(np.int64)]
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        pairs = list(pool.map(read, names))
+    shapes = {p[0].shape for p in pairs} | {p[1].shape for p in pairs}
+    if len(shapes) != 1:
+        raise ValueError(f"data.fixed_set={folder}: samples of different shapes {sorted(shapes)}")
+    log.info("fixed training set %s: %d samples of %s", folder, len(pairs), pairs[0][0].shape)
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 class StepLoader(DataLoader):
@@ -528,9 +620,20 @@ class SynthDataModule(pl.LightningDataModule):
         log.info(
             "fold %s: %d training maps, %d validation maps", self.fold, len(train_ids), len(val_ids)
         )
-        self.train_stream = LabelMapStream(
-            maps, self.train_indices, self.batch_size, self.seed, rank
-        )
+        if self.cfg.fixed_set:
+            images, targets = load_fixed_set(self.cfg.fixed_set, self.table)
+            self.train_stream: LabelMapStream = FixedSetStream(
+                images, targets, self.batch_size, self.seed, rank, self.cfg.reuse_steps
+            )
+        else:
+            self.train_stream = LabelMapStream(
+                maps,
+                self.train_indices,
+                self.batch_size,
+                self.seed,
+                rank,
+                reuse_steps=self.cfg.reuse_steps,
+            )
         self.val_set = SyntheticValSet(
             maps, self.val_indices, self.batch_size, self.cfg.val_batches, self.seed
         )

@@ -232,8 +232,10 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert meta.patch_size == tuple(cfg.synth.patch_shape) and meta.spacing_mm == cfg.synth.voxel_mm
     assert meta.unet.n_stages == module.unet_cfg.n_stages and meta.label_table.target.n_classes == 4
+    shape = meta.patch_size[: meta.unet.spatial_dims]  # 2D networks take slices
     with torch.no_grad():
-        assert net(torch.rand(1, 1, *meta.patch_size)).shape == (1, 4, *meta.patch_size)
+        x = torch.rand(1, meta.unet.in_channels, *shape)
+        assert net(x).shape == (1, 4, *shape)
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)[
         "hyper_parameters"
     ]["config"]

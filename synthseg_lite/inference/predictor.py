@@ -1,4 +1,5 @@
-"""Fold ensemble x test-time augmentation over MONAI's Gaussian-weighted sliding window.
+"""Fold ensemble x test-time augmentation over MONAI's Gaussian-weighted sliding window (3D
+networks) or slice-by-slice prediction averaged over the training axes (2D networks).
 
 For each model and each flip of the TTA set, the flipped image goes through
 ``monai.inferers.sliding_window_inference`` (logits blended with a Gaussian importance map), the
@@ -21,6 +22,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from synthseg_lite.model.artifact import ModelMeta, load_model
+from synthseg_lite.model.slicing import SliceConfig, predict_slicewise
 
 __all__ = [
     "TTA_MODES",
@@ -138,7 +140,7 @@ class Predictor:
         roi_size: sliding-window size (voxels; default ``meta.patch_size``); each side is capped
             at the image's and must be a multiple of the network divisor.
         overlap: window overlap fraction in [0, 1).
-        sw_batch_size: windows per network call.
+        sw_batch_size: windows per network call (2D networks: 16 slices per window).
     """
 
     def __init__(
@@ -159,7 +161,10 @@ class Predictor:
         self.flips = tta_flips(tta)
         self.roi_size = tuple(int(v) for v in (roi_size or meta.patch_size))
         div = meta.unet.divisor
-        if len(self.roi_size) != 3 or any(v <= 0 or v % div for v in self.roi_size):
+        self.slices = SliceConfig(**meta.slices) if meta.unet.spatial_dims == 2 else None
+        if self.slices is None and (
+            len(self.roi_size) != 3 or any(v <= 0 or v % div for v in self.roi_size)
+        ):
             raise ValueError(
                 f"roi_size must be 3 positive multiples of {div}, got {list(self.roi_size)}"
             )
@@ -189,16 +194,22 @@ class Predictor:
             for axes in self.flips:
                 dims = [2 + a for a in axes]
                 x = image.flip(dims) if dims else image
-                logits = sliding_window_inference(
-                    x,
-                    roi,
-                    self.sw_batch_size,
-                    net,
-                    overlap=self.overlap,
-                    mode="gaussian",
-                    sigma_scale=0.125,
-                )
-                probs = torch.softmax(logits.float(), dim=1)
+                if self.slices is not None:
+                    c = self.slices
+                    probs = predict_slicewise(
+                        net, x, c.axes, c.context, 16 * self.sw_batch_size, self.meta.unet.divisor
+                    )
+                else:
+                    logits = sliding_window_inference(
+                        x,
+                        roi,
+                        self.sw_batch_size,
+                        net,
+                        overlap=self.overlap,
+                        mode="gaussian",
+                        sigma_scale=0.125,
+                    )
+                    probs = torch.softmax(logits.float(), dim=1)
                 if dims:
                     probs = probs.flip(dims)
                 if 0 in axes:

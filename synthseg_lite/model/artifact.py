@@ -12,7 +12,7 @@ Two forms are read by :func:`load_model`:
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from synthseg_lite.io import atomic_write
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.unet import UNetConfig, build_unet
 
-__all__ = ["ModelMeta", "save_model", "load_model", "FORMAT"]
+__all__ = ["FORMAT", "ModelMeta", "load_model", "save_model"]
 
 FORMAT = "synthseg_lite.model/1"
 
@@ -37,6 +37,8 @@ class ModelMeta:
         spacing_mm: isotropic voxel size the network was trained at (mm).
         patch_size: training patch (voxels), the default sliding-window size.
         extra: anything else worth keeping (fold, step, config).
+        slices: for 2D networks, :class:`~synthseg_lite.model.slicing.SliceConfig` as a dict
+            (slicing axes and context of inference); empty for 3D networks.
     """
 
     unet: UNetConfig
@@ -44,16 +46,18 @@ class ModelMeta:
     spacing_mm: float
     patch_size: tuple[int, ...]
     extra: dict
+    slices: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"unet": self.unet.to_dict(), "label_table": self.label_table.to_dict(),
                 "spacing_mm": float(self.spacing_mm), "patch_size": list(self.patch_size),
-                "extra": dict(self.extra)}
+                "extra": dict(self.extra), "slices": dict(self.slices)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
         return cls(UNetConfig(**d["unet"]), LabelTable.from_dict(d["label_table"]),
-                   float(d["spacing_mm"]), tuple(int(v) for v in d["patch_size"]), dict(d.get("extra", {})))
+                   float(d["spacing_mm"]), tuple(int(v) for v in d["patch_size"]), dict(d.get("extra", {})),
+                   dict(d.get("slices") or {}))
 
 
 def save_model(path: str | Path, net: nn.Module, meta: ModelMeta, half: bool = False) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,11 +26,24 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS, LabelTable, TargetPreset
 from synthseg_lite.model.loss import LossConfig, SegLoss
+from synthseg_lite.model.slicing import (
+    SliceConfig,
+    extract_slices,
+    predict_slicewise,
+    sample_slices,
+)
 from synthseg_lite.model.unet import UNetConfig, build_unet
 from synthseg_lite.plots import class_colors
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
-__all__ = ["ModelConfig", "SynthSegModule", "confusion", "overlay_grid", "tissue_lut"]
+__all__ = [
+    "ModelConfig",
+    "SynthSegModule",
+    "confusion",
+    "overlay_grid",
+    "overlay_slices",
+    "tissue_lut",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,8 @@ class ModelConfig:
         val_seed: seed of the synthetic validation batches.
         sw_overlap: sliding-window overlap for real validation scans.
         sw_batch_size: windows per forward pass for real validation scans.
+        slices: how a 2D network (``unet.spatial_dims=2``) is fed slices of the synthetic volumes
+            and segments volumes (ignored by 3D networks).
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -62,6 +77,11 @@ class ModelConfig:
     val_seed: int = 1
     sw_overlap: float = 0.5
     sw_batch_size: int = 2
+    slices: SliceConfig = field(default_factory=SliceConfig)
+
+
+#: ``worker`` id of the generator that picks training slices (apart from DataLoader workers).
+SLICE_STREAM = 1_000_003
 
 
 def tissue_lut(target: TargetPreset) -> list[int]:
@@ -103,12 +123,30 @@ def overlay_grid(
     Returns:
         (3, H, W) float RGB in [0, 1]; superior/anterior up.
     """
+    views = [tuple(v.select(a, v.shape[a] // 2) for v in (image, target, pred)) for a in range(3)]
+    return _overlay_rows(views, colors, alpha)
+
+
+def overlay_slices(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    pred: torch.Tensor,
+    colors: torch.Tensor,
+    alpha: float = 0.45,
+) -> torch.Tensor:
+    """Like :func:`overlay_grid` for a batch of 2D slices: image (N, H, W), up to 4 rows."""
+    views = [(image[i], target[i], pred[i]) for i in range(min(4, image.shape[0]))]
+    return _overlay_rows(views, colors, alpha)
+
+
+def _overlay_rows(
+    views: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    colors: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
     rows = []
-    for axis in range(3):
-        img, tgt, prd = (
-            v.select(axis, v.shape[axis] // 2).T.flip(0)
-            for v in (image.float(), target.long(), pred.long())
-        )
+    for view in views:
+        img, tgt, prd = (v.T.flip(0) for v in (view[0].float(), view[1].long(), view[2].long()))
         gray = img.clamp(0, 1).expand(3, *img.shape)
         panels = [gray]
         for lab in (tgt, prd):
@@ -148,12 +186,27 @@ class SynthSegModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         unet = cfg.unet if isinstance(cfg.unet, UNetConfig) else UNetConfig(**dict(cfg.unet))
+        slices = cfg.slices if isinstance(cfg.slices, SliceConfig) else SliceConfig(**cfg.slices)
         divisor = unet.divisor
         if any(int(p) % divisor or int(p) < 2 * divisor for p in synth.patch_shape):
             raise ValueError(
                 f"synth.patch_shape {list(synth.patch_shape)} must be a multiple of "
                 f"2**(n_stages-1) = {divisor}, and at least {2 * divisor}, per axis"
             )
+        if unet.spatial_dims == 2:
+            if len(slices.axes) > 1 and len(set(synth.patch_shape)) > 1:
+                raise ValueError(
+                    f"2D training across axes {slices.axes} needs a cubic synth.patch_shape, "
+                    f"got {list(synth.patch_shape)}"
+                )
+            if unet.in_channels != slices.context:
+                raise ValueError(
+                    f"model.unet.in_channels={unet.in_channels} must equal "
+                    f"model.slices.context={slices.context} (slices given as channels)"
+                )
+        elif unet.spatial_dims != 3:
+            raise ValueError(f"model.unet.spatial_dims must be 2 or 3, got {unet.spatial_dims}")
+        self.slices = slices
         self.cfg, self.unet_cfg, self.table, self.synth_cfg = cfg, unet, table, synth
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.seed, self.real_val_names = int(seed), list(real_val_names)
@@ -164,6 +217,7 @@ class SynthSegModule(pl.LightningModule):
                 "label_table": table.to_dict(),
                 "spacing_mm": float(synth.voxel_mm),
                 "patch_size": [int(p) for p in synth.patch_shape],
+                "slices": asdict(slices) if unet.spatial_dims == 2 else {},
                 "seed": self.seed,
                 "config": dict(config or {}),
             },
@@ -177,6 +231,7 @@ class SynthSegModule(pl.LightningModule):
         self.register_buffer("colors", torch.tensor(colors, dtype=torch.float32), persistent=False)
         self._params: dict[str, list[torch.Tensor]] = {}
         self._stream_checked = False
+        self._cache: tuple[int, dict[str, Any]] | None = None  # (group, synthesised volumes)
 
     # ----------------------------------------------------------------------------- synthesis
     def synthesize(self, labels: torch.Tensor, seed: int, step: int, rank: int) -> dict[str, Any]:
@@ -193,12 +248,26 @@ class SynthSegModule(pl.LightningModule):
                 batch[key] = int(batch[key])
         return batch
 
+    def to_slices(self, out: dict[str, Any], seed: int, step: int, rank: int) -> dict[str, Any]:
+        """For a 2D network: replace the volumes of ``out`` by ``slices.per_step`` slices (image
+        (n, context, H, W), target (n, H, W)) picked with a generator seeded from (seed, step,
+        rank); 3D networks get ``out`` unchanged."""
+        if self.unet_cfg.spatial_dims == 3:
+            return out
+        c = self.slices
+        g = make_generator(out["target"].device, seed, step, rank, SLICE_STREAM)
+        index = sample_slices(out["target"], c.per_step, c.axes, c.min_foreground, g)
+        image, target = extract_slices(out["image"], out["target"], index, c.axes, c.context)
+        return {**out, "image": image, "target": target}
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        if "labels" not in batch or "image" in batch:
-            return batch  # real scans pass through
         if "val_index" in batch:  # fixed validation stream, rank-independent
-            return self.synthesize(batch["labels"], self.cfg.val_seed, int(batch["val_index"]), 0)
+            seed, i = self.cfg.val_seed, int(batch["val_index"])
+            return self.to_slices(self.synthesize(batch["labels"], seed, i, 0), seed, i, 0)
+        if "step" not in batch:
+            return batch  # real scans pass through
         step = int(batch["step"])
+        group = int(batch.get("group", step))
         expected = self.global_step * self.trainer.accumulate_grad_batches
         if not self._stream_checked and step != expected:
             log.warning(
@@ -208,7 +277,15 @@ class SynthSegModule(pl.LightningModule):
                 expected,
             )
         self._stream_checked = True
-        return self.synthesize(batch["labels"], self.seed, step, self.global_rank)
+        rank = self.global_rank
+        if "image" in batch:  # a fixed, pre-generated training set (data.fixed_set)
+            out = {"image": batch["image"], "target": batch["target"], "params": {}, "step": step}
+        elif self._cache is not None and self._cache[0] == group:  # volumes shared by the group
+            out = {**self._cache[1], "params": {}, "step": step}
+        else:
+            out = self.synthesize(batch["labels"], self.seed, group, rank)
+            self._cache = (group, out)
+        return self.to_slices(out, self.seed, step, rank)
 
     # ------------------------------------------------------------------------------- training
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -227,9 +304,15 @@ class SynthSegModule(pl.LightningModule):
         every = self.cfg.image_every_n_steps
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
             main = logits[:, 0] if logits.dim() == batch["image"].dim() + 1 else logits
-            self._log_image(
-                "train/synthetic", batch["image"][0, 0], batch["target"][0], main[0].argmax(0)
-            )
+            if self.unet_cfg.spatial_dims == 2:  # centre channel of the first slices
+                c = batch["image"].shape[1] // 2
+                self._log_image(
+                    "train/synthetic", batch["image"][:, c], batch["target"], main.argmax(1)
+                )
+            else:
+                self._log_image(
+                    "train/synthetic", batch["image"][0, 0], batch["target"][0], main[0].argmax(0)
+                )
         return loss
 
     def _tensorboard(self):
@@ -240,11 +323,11 @@ class SynthSegModule(pl.LightningModule):
     def _log_image(
         self, tag: str, image: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     ) -> None:
+        """image/target/pred: one (X, Y, Z) volume, or (N, H, W) 2D slices."""
         tb = self._tensorboard()
         if tb is not None:
-            tb.add_image(
-                tag, overlay_grid(image.detach(), target, pred, self.colors), self.global_step
-            )
+            draw = overlay_grid if self.unet_cfg.spatial_dims == 3 else overlay_slices
+            tb.add_image(tag, draw(image.detach(), target, pred, self.colors), self.global_step)
 
     def on_train_epoch_end(self) -> None:
         tb = self._tensorboard()
@@ -298,14 +381,20 @@ class SynthSegModule(pl.LightningModule):
             )
             self._val_cm += confusion(logits.argmax(1), batch["target"], self._val_cm.shape[0])
             return
-        logits = sliding_window_inference(
-            batch["image"],
-            tuple(self.synth_cfg.patch_shape),
-            self.cfg.sw_batch_size,
-            self.net,
-            overlap=self.cfg.sw_overlap,
-            mode="gaussian",
-        )
+        if self.unet_cfg.spatial_dims == 2:
+            c = self.slices
+            logits = predict_slicewise(
+                self.net, batch["image"], c.axes, c.context, c.batch_size, self.unet_cfg.divisor
+            )
+        else:
+            logits = sliding_window_inference(
+                batch["image"],
+                tuple(self.synth_cfg.patch_shape),
+                self.cfg.sw_batch_size,
+                self.net,
+                overlap=self.cfg.sw_overlap,
+                mode="gaussian",
+            )
         pred = self.tissue_lut[logits.argmax(1)]
         d = _dice(confusion(pred, batch["target"], 4))
         ok = ~torch.isnan(d)

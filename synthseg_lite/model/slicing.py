@@ -1,0 +1,160 @@
+"""2D training and inference on slices of 3D volumes (nnU-Net's ``2d`` configuration).
+
+Training: each synthetic batch of 3D volumes (synthesised on the device as usual) is cut into
+slices along the RAS axes in :attr:`SliceConfig.axes`; :func:`sample_slices` picks, with an
+explicit ``torch.Generator``, ``per_step`` slices among those with enough foreground, and
+:func:`extract_slices` gathers them (with ``context`` neighbouring slices as channels for 2.5D
+input) in one indexing operation, without a loop over the batch.
+
+Inference: :func:`predict_slicewise` segments a volume slice by slice along each axis and averages
+the softmax over the axes (SynthSeg-like TTA over the three orientations).
+
+Orientation convention, shared by training and inference: the slice of axis ``a`` keeps the other
+two RAS axes in their order (axis 0 -> (Y, Z), axis 1 -> (X, Z), axis 2 -> (X, Y)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SliceConfig", "extract_slices", "predict_slicewise", "sample_slices"]
+
+
+@dataclass
+class SliceConfig:
+    """How a 2D network (``model.unet.spatial_dims=2``) is fed slices of synthetic volumes.
+
+    Attributes:
+        per_step: slices per training step and device (the 2D batch size).
+        axes: RAS axes slices are cut across (0 sagittal, 1 coronal, 2 axial); with more than one
+            axis the synthetic patch must be a cube. Inference averages over the same axes.
+        min_foreground: a slice is eligible when at least this fraction of it is labelled.
+        context: slices given as input channels (odd; 1 = plain 2D, 3 = 2.5D); must equal
+            ``model.unet.in_channels``.
+        batch_size: slices per network call at inference and real-scan validation.
+    """
+
+    per_step: int = 8
+    axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    min_foreground: float = 0.02
+    context: int = 1
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.per_step < 1:
+            raise ValueError(f"slices.per_step must be >= 1, got {self.per_step}")
+        if (
+            not self.axes
+            or len(set(self.axes)) != len(self.axes)
+            or not set(self.axes) <= {0, 1, 2}
+        ):
+            raise ValueError(f"slices.axes must be distinct values of 0, 1, 2, got {self.axes}")
+        if self.context < 1 or self.context % 2 == 0:
+            raise ValueError(f"slices.context must be odd and >= 1, got {self.context}")
+        if not 0 <= self.min_foreground < 1:
+            raise ValueError(f"slices.min_foreground must be in [0, 1), got {self.min_foreground}")
+
+
+def _stack_axes(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """(B, C, X, Y, Z) -> (A, B, C, S, H, W): the volume with each slicing axis moved first."""
+    return torch.stack([x.movedim(2 + a, 2) for a in axes])
+
+
+def sample_slices(
+    target: torch.Tensor,
+    n: int,
+    axes: Sequence[int],
+    min_foreground: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick ``n`` slices with enough foreground, uniformly among eligible (axis, sample, index).
+
+    Args:
+        target: (B, X, Y, Z) class indices (0 = background); a cube when ``len(axes) > 1``.
+        n: slices to draw (without replacement while enough are eligible).
+        axes: RAS axes to slice across.
+        min_foreground: minimum labelled fraction of an eligible slice.
+        generator: source of randomness (on ``target``'s device).
+
+    Returns:
+        (axis position in ``axes``, sample, slice index), three (n,) int64 tensors.
+    """
+    fg = _stack_axes((target > 0)[:, None].float(), axes)[:, :, 0].mean((-1, -2))  # (A, B, S)
+    weights = (fg > min_foreground).float().flatten()
+    if weights.sum() == 0:  # nothing labelled: any slice (keeps the step shape)
+        weights = torch.ones_like(weights)
+    k = int(weights.sum().item())
+    flat = torch.multinomial(weights, n, replacement=k < n, generator=generator)
+    _, b_, s_ = fg.shape
+    return flat // (b_ * s_), (flat // s_) % b_, flat % s_
+
+
+def extract_slices(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    axes: Sequence[int],
+    context: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather slices (and their neighbours, replicated at the borders) from a batch of volumes.
+
+    Args:
+        image: (B, 1, X, Y, Z) float. target: (B, X, Y, Z) class indices.
+        index: (axis position, sample, slice) from :func:`sample_slices`.
+        axes: the axes ``index`` refers to. context: odd number of input channels.
+
+    Returns:
+        images (n, context, H, W) and targets (n, H, W) of the centre slices.
+    """
+    a, b, s = index
+    vol = _stack_axes(image, axes)[:, :, 0]  # (A, B, S, H, W)
+    lab = _stack_axes(target[:, None], axes)[:, :, 0]
+    h = context // 2
+    offsets = torch.arange(-h, h + 1, device=s.device)
+    neigh = (s[:, None] + offsets).clamp(0, vol.shape[2] - 1)  # (n, context)
+    return vol[a[:, None], b[:, None], neigh], lab[a, b, s]
+
+
+@torch.no_grad()
+def predict_slicewise(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    axes: Sequence[int] = (0, 1, 2),
+    context: int = 1,
+    batch_size: int = 16,
+    divisor: int = 1,
+) -> torch.Tensor:
+    """Class probabilities of a volume from a 2D network, averaged over slicing axes.
+
+    Args:
+        net: maps (N, context, H, W) to (N, K, H, W) logits.
+        image: (1, 1, X, Y, Z) float; zero-padded at the end of each axis to a multiple of
+            ``divisor`` (the network's) for the passes, cropped back after.
+        axes: RAS axes to slice across; the softmax of each is averaged.
+        context: input channels (odd), neighbouring slices replicated at the borders.
+        batch_size: slices per network call.
+
+    Returns:
+        (1, K, X, Y, Z) float32 probabilities.
+    """
+    h = context // 2
+    shape = image.shape[2:]
+    pad = [(-n) % divisor for n in shape]
+    if any(pad):
+        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
+    total = None
+    for axis in axes:
+        vol = image[0, 0].movedim(axis, 0)  # (S, H, W)
+        padded = F.pad(vol[None, None], (0, 0, 0, 0, h, h), mode="replicate")[0, 0] if h else vol
+        outs = []
+        for start in range(0, vol.shape[0], batch_size):
+            idx = torch.arange(start, min(start + batch_size, vol.shape[0]), device=vol.device)
+            x = padded[idx[:, None] + torch.arange(context, device=vol.device)]  # (n, ctx, H, W)
+            outs.append(torch.softmax(net(x).float(), 1))
+        probs = torch.cat(outs).movedim(0, 1).movedim(1, 1 + axis)[None]  # (1, K, X, Y, Z)
+        total = probs if total is None else total.add_(probs)
+    return (total / len(axes))[..., : shape[0], : shape[1], : shape[2]]

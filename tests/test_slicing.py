@@ -1,0 +1,220 @@
+"""2D slice training and slice-wise inference, volume reuse, the fixed-set ablation, schedules."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from test_training import _run, read_digests, write_toy_maps
+
+from synthseg_lite.data import LabelMapStream, load_fixed_set
+from synthseg_lite.export import ExportConfig, export_dataset
+from synthseg_lite.inference import Predictor
+from synthseg_lite.labels import LabelTable
+from synthseg_lite.model.artifact import load_model, save_model
+from synthseg_lite.model.schedules import warmup_cosine
+from synthseg_lite.model.slicing import (
+    SliceConfig,
+    extract_slices,
+    predict_slicewise,
+    sample_slices,
+)
+from synthseg_lite.synth import SynthConfig
+
+SMOKE_2D = [
+    "experiment=smoke",
+    "model.unet.spatial_dims=2",
+    "model.unet.deep_supervision=false",
+    "model.slices.per_step=4",
+    "data.reuse_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_maps(tmp_path_factory) -> str:
+    return write_toy_maps(tmp_path_factory.mktemp("toy_maps_2d"))
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+def _target_with_band() -> torch.Tensor:
+    """(2, 12, 12, 12) targets labelled only in the cube [3, 6)^3 (5 % or less elsewhere: none)."""
+    t = torch.zeros(2, 12, 12, 12, dtype=torch.long)
+    t[:, 3:6, 3:6, 3:6] = 1
+    return t
+
+
+def test_sample_slices_picks_only_slices_with_foreground() -> None:
+    target = _target_with_band()
+    axes = [0, 1, 2]
+    g = torch.Generator().manual_seed(0)
+    a, b, s = sample_slices(target, 12, axes, 0.02, g)
+    assert a.shape == b.shape == s.shape == (12,)
+    assert set(s.tolist()) <= {3, 4, 5} and set(b.tolist()) <= {0, 1}
+    assert len(set(zip(a.tolist(), b.tolist(), s.tolist()))) == 12  # without replacement
+    again = sample_slices(target, 12, axes, 0.02, torch.Generator().manual_seed(0))
+    assert all(torch.equal(x, y) for x, y in zip((a, b, s), again))
+    # more slices than eligible (2 x 3 x 3 = 18): with replacement, still only eligible ones
+    _, _, s = sample_slices(target, 40, axes, 0.02, torch.Generator().manual_seed(1))
+    assert set(s.tolist()) <= {3, 4, 5}
+    # nothing labelled: any slice rather than an error
+    _, _, s = sample_slices(torch.zeros_like(target), 5, axes, 0.02, g)
+    assert s.shape == (5,)
+
+
+def test_extract_slices_matches_direct_indexing_with_context() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(2, 1, 8, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8, 8))
+    axes = [2, 0]
+    index = (torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1]), torch.tensor([0, 7, 4]))
+    x, y = extract_slices(image, target, index, axes, context=3)
+    assert x.shape == (3, 3, 8, 8) and y.shape == (3, 8, 8)
+    for i, (a, b, s) in enumerate(zip(*index)):
+        vol = image[b, 0].movedim(axes[a], 0)
+        for j, off in enumerate((-1, 0, 1)):
+            assert torch.equal(x[i, j], vol[min(max(s + off, 0), 7)])
+        assert torch.equal(y[i], target[b].movedim(axes[a], 0)[s])
+
+
+class Threshold2D(torch.nn.Module):
+    """Voxel-wise 'network': class 1 where the centre channel exceeds 0.5 (logits +-20)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        return torch.cat([(0.5 - c) * 40, (c - 0.5) * 40], 1)
+
+
+@pytest.mark.parametrize("axes,context", [([0, 1, 2], 1), ([1], 3), ([2, 0], 1)])
+def test_predict_slicewise_reassembles_the_volume(axes: list[int], context: int) -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 9, 10, 11)  # not multiples of the divisor: padded, cropped back
+    probs = predict_slicewise(Threshold2D(), image, axes, context, batch_size=4, divisor=4)
+    assert probs.shape == (1, 2, 9, 10, 11)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 9, 10, 11))
+    assert torch.equal(probs.argmax(1)[0], (image[0, 0] > 0.5).long())
+
+
+def test_slice_config_rejects_bad_values() -> None:
+    for kw in ({"per_step": 0}, {"axes": [0, 0]}, {"axes": [3]}, {"context": 2}):
+        with pytest.raises(ValueError):
+            SliceConfig(**kw)
+
+
+# ---------------------------------------------------------------------------- volume reuse
+
+
+def test_stream_groups_share_maps() -> None:
+    maps = np.zeros((10, 4, 4, 4), np.uint8)
+    stream = LabelMapStream(maps, list(range(10)), 2, seed=3, reuse_steps=4)
+    batches = [stream.batch(s) for s in range(8)]
+    assert [int(b["group"]) for b in batches] == [0, 0, 0, 0, 1, 1, 1, 1]
+    for b in batches[1:4]:
+        assert torch.equal(b["index"], batches[0]["index"])
+    plain = LabelMapStream(maps, list(range(10)), 2, seed=3)
+    assert [int(plain.batch(s)["group"]) for s in range(3)] == [0, 1, 2]
+
+
+def test_2d_training_is_reproducible_and_reuses_volumes(toy_maps: str, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        _, module, trainer = _run(
+            [
+                *SMOKE_2D,
+                f"data.label_maps={toy_maps}",
+                "+callbacks.digest._target_=test_training.BatchDigest",
+                f"+callbacks.digest.path={out}/dig",
+            ],
+            out,
+        )
+        runs.append(read_digests(out / "dig"))
+    assert runs[0] == runs[1]
+    digests = [r["digest"] for r in runs[0]]
+    assert len(set(digests)) == len(digests)  # new slices every step, even within a group
+    assert module._cache is not None and module._cache[0] == (trainer.global_step - 1) // 2
+    assert trainer.global_step == 6 and 0 <= float(trainer.callback_metrics["val/dice"]) <= 1
+
+
+def test_2d_model_file_and_predictor(toy_maps: str, tmp_path: Path) -> None:
+    _run([*SMOKE_2D, f"data.label_maps={toy_maps}"], tmp_path)
+    net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert meta.unet.spatial_dims == 2 and meta.slices["axes"] == [0, 1, 2]
+    small = save_model(tmp_path / "m.pt", net, meta, half=True)
+    net2, meta2 = load_model(small)
+    assert meta2.slices == meta.slices
+    pred = Predictor([net2], meta2, tta="flip")
+    probs = pred(torch.rand(1, 1, 16, 20, 12))
+    assert probs.shape == (1, 4, 16, 20, 12)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 16, 20, 12), atol=1e-5)
+
+
+def test_2d_needs_a_cubic_patch_and_matching_channels(toy_maps: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cubic"):
+        _run([*SMOKE_2D, f"data.label_maps={toy_maps}", "synth.patch_shape=[32,32,16]"], tmp_path)
+    with pytest.raises(ValueError, match="in_channels"):
+        _run([*SMOKE_2D, f"data.label_maps={toy_maps}", "model.slices.context=3"], tmp_path)
+
+
+# ------------------------------------------------------------------------------- fixed set
+
+
+def test_fixed_set_from_export_trains(toy_maps: str, tmp_path: Path) -> None:
+    out = tmp_path / "fixed"
+    export_dataset(
+        ExportConfig(
+            output=str(out),
+            n=4,
+            label_maps=toy_maps,
+            target="tissue_ventricular",
+            device="cpu",
+            montage=False,
+        ),
+        SynthConfig(patch_shape=[32, 32, 32], voxel_mm=4.0),
+    )
+    table = LabelTable.create("tissue_ventricular")
+    images, targets = load_fixed_set(out, table)
+    assert images.shape == targets.shape == (4, 32, 32, 32) and images.dtype == np.float16
+    assert set(np.unique(targets)) <= set(range(table.target.n_classes))
+    assert (targets > 0).any()
+    with pytest.raises(ValueError, match="classes"):
+        load_fixed_set(out, LabelTable.create("synthseg"))
+    with pytest.raises(ValueError, match="export.json"):
+        load_fixed_set(tmp_path, table)
+    _, _, trainer = _run(
+        [
+            *SMOKE_2D,
+            f"data.label_maps={toy_maps}",
+            "data.target=tissue_ventricular",
+            f"data.fixed_set={out}",
+        ],
+        tmp_path / "run",
+    )
+    assert trainer.global_step == 6
+
+
+# ------------------------------------------------------------------------------- schedule
+
+
+def test_warmup_cosine_shape() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = warmup_cosine(opt, total_iters=100, warmup=0.1, min_factor=0.05)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[9] <= 1.0 and max(lrs) == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # monotone decay after warm-up
+    assert lrs[-1] == pytest.approx(0.05, abs=0.01)
+    with pytest.raises(ValueError):
+        warmup_cosine(opt, total_iters=0)
