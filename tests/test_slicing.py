@@ -149,7 +149,7 @@ def test_2d_model_file_and_predictor(toy_maps: str, tmp_path: Path) -> None:
     _run([*SMOKE_2D, f"data.label_maps={toy_maps}"], tmp_path)
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert meta.unet.spatial_dims == 2 and meta.slices["axes"] == [0, 1, 2]
-    small = save_model(tmp_path / "m.pt", net, meta, half=True)
+    small = save_model(tmp_path / "m.pt", net, meta, precision="int8")
     net2, meta2 = load_model(small)
     assert meta2.slices == meta.slices
     pred = Predictor([net2], meta2, tta="flip")
@@ -218,3 +218,38 @@ def test_warmup_cosine_shape() -> None:
     assert lrs[-1] == pytest.approx(0.05, abs=0.01)
     with pytest.raises(ValueError):
         warmup_cosine(opt, total_iters=0)
+
+
+# ------------------------------------------------------------------------------ model files
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_compact_model_files_stay_close_to_float32(precision: str, tmp_path: Path) -> None:
+    from synthseg_lite.model.artifact import ModelMeta
+    from synthseg_lite.model.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(
+        n_stages=4, base_features=16, max_features=64, deep_supervision=False, spatial_dims=2
+    )
+    net = build_unet(cfg, 4).eval()
+    meta = ModelMeta(cfg, LabelTable.create("tissue"), 1.5, (32, 32, 32), {}, {"axes": [0, 1, 2]})
+    full = save_model(tmp_path / "f32.pt", net, meta)
+    small = save_model(tmp_path / f"{precision}.pt", net, meta, precision=precision)
+    ratio = {"float16": 2, "int8": 4}[precision]
+    assert small.stat().st_size < full.stat().st_size / ratio * 1.3
+    net2, meta2 = load_model(small)
+    assert meta2.slices == {"axes": [0, 1, 2]}
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a, b = torch.softmax(net(x), 1), torch.softmax(net2(x), 1)
+    diff = (a - b).abs()
+    assert diff.mean() < 0.005 and diff.max() < 0.1
+    if precision == "int8":  # each weight within half a quantisation step of its channel
+        for k, v in net.state_dict().items():
+            if v.dim() >= 2:
+                step = v.abs().flatten(1).amax(1) / 127
+                err = (net2.state_dict()[k] - v).abs().flatten(1).amax(1)
+                assert (err <= step / 2 + 1e-7).all(), k
+    with pytest.raises(ValueError, match="precision"):
+        save_model(tmp_path / "x.pt", net, meta, precision="int4")

@@ -5,8 +5,9 @@ Two forms are read by :func:`load_model`:
 * a Lightning checkpoint (``*.ckpt``) written by training, whose ``hyper_parameters`` hold
   ``unet`` (a :class:`UNetConfig` dict), ``label_table`` (:meth:`LabelTable.to_dict`),
   ``spacing_mm`` and ``patch_size``, and whose ``state_dict`` holds the network under ``net.``;
-* a compact model file (``*.pt``) written by :func:`save_model` (optionally fp16 weights), e.g. the
-  model shipped in the package.
+* a compact model file (``*.pt``) written by :func:`save_model` (float32, float16 or int8
+  weights), e.g. the model shipped in the package; ``python -m synthseg_lite.model.artifact
+  CHECKPOINT OUT.pt --precision int8`` converts a training checkpoint.
 """
 
 from __future__ import annotations
@@ -49,27 +50,93 @@ class ModelMeta:
     slices: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"unet": self.unet.to_dict(), "label_table": self.label_table.to_dict(),
-                "spacing_mm": float(self.spacing_mm), "patch_size": list(self.patch_size),
-                "extra": dict(self.extra), "slices": dict(self.slices)}
+        return {
+            "unet": self.unet.to_dict(),
+            "label_table": self.label_table.to_dict(),
+            "spacing_mm": float(self.spacing_mm),
+            "patch_size": list(self.patch_size),
+            "extra": dict(self.extra),
+            "slices": dict(self.slices),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
-        return cls(UNetConfig(**d["unet"]), LabelTable.from_dict(d["label_table"]),
-                   float(d["spacing_mm"]), tuple(int(v) for v in d["patch_size"]), dict(d.get("extra", {})),
-                   dict(d.get("slices") or {}))
+        return cls(
+            UNetConfig(**d["unet"]),
+            LabelTable.from_dict(d["label_table"]),
+            float(d["spacing_mm"]),
+            tuple(int(v) for v in d["patch_size"]),
+            dict(d.get("extra", {})),
+            dict(d.get("slices") or {}),
+        )
 
 
-def save_model(path: str | Path, net: nn.Module, meta: ModelMeta, half: bool = False) -> Path:
-    """Write a compact, self-describing model file atomically (fp16 weights when ``half``)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-             for k, v in net.state_dict().items()}
+#: Weight storage of :func:`save_model`.
+PRECISIONS = ("float32", "float16", "int8")
+
+
+def _encode(v: torch.Tensor, precision: str) -> torch.Tensor | dict[str, torch.Tensor]:
+    """One tensor as stored: float16, or int8 with one float32 scale per slice of dim 0
+    (symmetric, ``v ~ q * scale``) for weights of 2 or more dimensions."""
+    v = v.detach().cpu()
+    if not v.is_floating_point() or precision == "float32":
+        return v
+    if precision == "int8" and v.dim() >= 2:
+        scale = v.abs().flatten(1).amax(1).clamp(min=1e-12) / 127.0
+        shape = (-1,) + (1,) * (v.dim() - 1)
+        q = torch.round(v / scale.view(shape)).clamp(-127, 127).to(torch.int8)
+        return {"int8": q, "scale": scale.float()}
+    return v.half()
+
+
+def _decode(v: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(v, dict):
+        q = v["int8"]
+        return q.float() * v["scale"].view((-1,) + (1,) * (q.dim() - 1))
+    return v.float() if v.is_floating_point() else v
+
+
+def save_model(
+    path: str | Path, net: nn.Module, meta: ModelMeta, precision: str = "float32"
+) -> Path:
+    """Write a compact, self-describing model file atomically.
+
+    Args:
+        precision: weight storage: ``float32``, ``float16`` or ``int8`` (weight tensors quantised
+            per output channel, symmetric; biases and norms in float16). Tensors shared by
+            several state-dict keys (MONAI's DynUNet lists its skip path twice) are stored once.
+
+    Raises:
+        ValueError: unknown ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    state, aliases, seen = {}, {}, {}
+    for k, v in net.state_dict().items():
+        key = (v.data_ptr(), v.shape, v.stride()) if v.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        state[k] = _encode(v, precision)
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}, buf)
+    torch.save(
+        {
+            "format": FORMAT,
+            "meta": meta.to_dict(),
+            "state_dict": state,
+            "aliases": aliases,
+            "precision": precision,
+        },
+        buf,
+    )
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelMeta]:
     """Load a network (eval mode, float32) and its metadata from a ``.pt`` model or ``.ckpt``.
 
     Raises:
@@ -81,17 +148,55 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{path}: not a readable model file ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         meta = ModelMeta.from_dict(ckpt["meta"])
-        state = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and "hyper_parameters" in ckpt and "label_table" in ckpt["hyper_parameters"]:
+        state = {k: _decode(v) for k, v in ckpt["state_dict"].items()}
+        state.update({k: state[v] for k, v in ckpt.get("aliases", {}).items()})
+    elif (
+        isinstance(ckpt, dict)
+        and "hyper_parameters" in ckpt
+        and "label_table" in ckpt["hyper_parameters"]
+    ):
         hp = ckpt["hyper_parameters"]
-        meta = ModelMeta.from_dict({**hp, "extra": {"epoch": ckpt.get("epoch"),
-                                                    "global_step": ckpt.get("global_step")}})
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        meta = ModelMeta.from_dict(
+            {**hp, "extra": {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}}
+        )
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     else:
         raise ValueError(f"{path}: not a synthseg_lite model or training checkpoint")
     net = build_unet(meta.unet, meta.label_table.target.n_classes)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval(), meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m synthseg_lite.model.artifact CHECKPOINT OUT.pt [--precision int8]``."""
+    import argparse
+    import logging
+
+    from synthseg_lite.cli import fail
+
+    parser = argparse.ArgumentParser(description="Convert a training checkpoint to a model file.")
+    parser.add_argument("checkpoint", help="training checkpoint (.ckpt) or model file (.pt)")
+    parser.add_argument("output", help="model file to write (.pt); must not exist")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float16")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = Path(args.output)
+        if out.exists():
+            raise ValueError(f"{out} exists; not overwritten")
+        net, meta = load_model(args.checkpoint)
+        save_model(out, net, meta, args.precision)
+    except ValueError as exc:
+        fail(exc)
+    logging.getLogger(__name__).info(
+        "%s -> %s (%s, %.2f MiB)", args.checkpoint, out, args.precision, out.stat().st_size / 2**20
+    )
+
+
+if __name__ == "__main__":
+    main()
