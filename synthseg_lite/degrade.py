@@ -1,0 +1,349 @@
+"""Degraded versions of real scans, for robustness checks.
+
+Each transform keeps the voxel grid (shape, voxel order, affine), so the ORIGINAL reference
+segmentation still scores a prediction made on the degraded scan:
+
+* :func:`invert_contrast`: a T2-like check from a skull-stripped T1 (CSF bright, WM dark);
+* :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
+  interpolated back to the original grid).
+
+Scans are read as stored on disk (no reorientation) and written under the same file name in
+another folder, as float32, atomically::
+
+    python -m synthseg_lite.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
+    python -m synthseg_lite.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
+        --slice-mm 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from synthseg_lite.cli import user_errors
+from synthseg_lite.io import IMAGE_SUFFIXES, save_volume
+
+__all__ = ["degrade_scans", "invert_contrast", "main", "slab_size", "thick_slices",
+           "through_plane_axis"]
+
+log = logging.getLogger(__name__)
+
+#: Percentiles of the masked intensities between which :func:`invert_contrast` mirrors.
+MIRROR_PERCENTILES = (0.5, 99.5)
+
+#: Relative tolerance under which two voxel sizes count as equal in :func:`through_plane_axis`.
+SPACING_RTOL = 1e-3
+
+
+def _mirror_range(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float, float]:
+    """Boolean mask (default ``data > 0``) and the (lo, hi) percentiles of the masked voxels."""
+    data = np.asarray(data)
+    if mask is None:
+        mask = data > 0
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != data.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from data shape {data.shape}")
+        mask = mask.astype(bool)
+    values = data[mask].astype(np.float64)
+    if values.size == 0:
+        raise ValueError("the mask selects no voxels "
+                         "(expected a skull-stripped scan with a zero background)")
+    if not np.isfinite(values).all():
+        raise ValueError("data contains NaN or Inf inside the mask")
+    lo, hi = np.percentile(values, MIRROR_PERCENTILES)
+    return mask, float(lo), float(hi)
+
+
+def invert_contrast(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Mirror intensities inside a brain mask: a T2-like check from a skull-stripped T1.
+
+    With ``lo``, ``hi`` the 0.5 and 99.5 percentiles of the masked voxels, a masked voxel becomes
+    ``clip(lo + hi - data, lo, hi)`` (bright WM turns dark, dark CSF bright); every voxel outside
+    the mask is 0. For a positive-valued brain (``lo > 0``) the default mask is therefore preserved:
+    ``out > 0`` equals ``data > 0``.
+
+    Args:
+        data: (X, Y, Z) intensities, any scale and dtype.
+        mask: (X, Y, Z) brain mask, any dtype (non-zero = brain); default ``data > 0``.
+
+    Returns:
+        (X, Y, Z) float32, values in ``[lo, hi]`` inside the mask and 0 outside.
+
+    Raises:
+        ValueError: mask of another shape, empty mask, NaN/Inf inside the mask.
+    """
+    return _invert(data, mask)[0]
+
+
+def _invert(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float, float]:
+    """:func:`invert_contrast` and the (lo, hi) it mirrored between."""
+    data = np.asarray(data)
+    mask, lo, hi = _mirror_range(data, mask)
+    out = np.zeros(data.shape, np.float32)
+    out[mask] = np.clip(lo + hi - data[mask].astype(np.float64), lo, hi)
+    return out, lo, hi
+
+
+def _check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spacing must be 3 numbers (mm), got {spacing_mm!r}") from exc
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be 3 positive finite voxel sizes in mm, got {spacing_mm!r}")
+    return spacing  # type: ignore[return-value]
+
+
+def _check_axis(axis: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    return int(axis)
+
+
+def slab_size(spacing_mm: Sequence[float], slice_mm: float, axis: int) -> int:
+    """Voxels per thick slice: ``max(1, round(slice_mm / spacing_mm[axis]))``, halves rounded up.
+
+    Args:
+        spacing_mm: (3,) voxel size in mm along each array axis.
+        slice_mm: simulated slice thickness in mm (> 0).
+        axis: voxel axis of the slices' normal (0, 1 or 2).
+
+    Raises:
+        ValueError: bad spacing, axis or slice thickness.
+    """
+    spacing = _check_spacing(spacing_mm)
+    axis = _check_axis(axis)
+    try:
+        slice_mm = float(slice_mm)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"slice thickness must be a number of mm, got {slice_mm!r}") from exc
+    if not (math.isfinite(slice_mm) and slice_mm > 0):
+        raise ValueError(f"slice thickness must be a positive number of mm, got {slice_mm!r}")
+    return max(1, math.floor(slice_mm / spacing[axis] + 0.5))
+
+
+def thick_slices(data: np.ndarray, spacing_mm: Sequence[float], slice_mm: float,
+                 axis: int) -> np.ndarray:
+    """Simulate a thick-slice acquisition along voxel axis ``axis``, on the original grid.
+
+    Consecutive slabs of ``n`` voxels (:func:`slab_size`) along ``axis`` are averaged (a last,
+    shorter slab is averaged on its own); the slab means, placed at the slab centres, are then
+    linearly interpolated back to every original voxel position along ``axis``, and held constant
+    before the first and after the last centre. Other axes are untouched. ``n == 1`` (e.g.
+    ``slice_mm <= spacing_mm[axis]``) returns an exact float32 copy.
+
+    Args:
+        data: (X, Y, Z) intensities, any real dtype.
+        spacing_mm: (3,) voxel size in mm along each array axis of ``data``.
+        slice_mm: simulated slice thickness in mm (> 0).
+        axis: voxel axis (0, 1 or 2) along which slices are thick.
+
+    Returns:
+        (X, Y, Z) float32.
+
+    Raises:
+        ValueError: data not 3D, bad spacing, axis or slice thickness.
+    """
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3D array, got shape {data.shape}")
+    n = slab_size(spacing_mm, slice_mm, axis)
+    if n == 1:
+        return data.astype(np.float32, copy=True)
+    size = data.shape[axis]
+    starts = np.arange(0, size, n)
+    lengths = np.minimum(starts + n, size) - starts
+    shape = [1, 1, 1]
+    shape[axis] = len(starts)
+    means = np.add.reduceat(data.astype(np.float64), starts, axis=axis) / lengths.reshape(shape)
+    centres = starts + (lengths - 1) / 2.0
+    # Fractional slab index of every voxel position (np.interp holds the ends constant).
+    frac = np.interp(np.arange(size, dtype=np.float64), centres,
+                     np.arange(len(starts), dtype=np.float64))
+    left = np.floor(frac).astype(np.intp)
+    right = np.minimum(left + 1, len(starts) - 1)
+    shape[axis] = size
+    w = (frac - left).reshape(shape)
+    out = (1.0 - w) * np.take(means, left, axis=axis) + w * np.take(means, right, axis=axis)
+    return out.astype(np.float32)
+
+
+def through_plane_axis(spacing_mm: Sequence[float]) -> int:
+    """Voxel axis with the largest spacing (the acquisition's slice axis); the first one on ties.
+
+    Spacings within a relative ``SPACING_RTOL`` (0.1 %) of the largest count as ties, so float
+    noise in an affine does not pick an arbitrary axis of an isotropic scan.
+
+    Args:
+        spacing_mm: (3,) voxel size in mm along each array axis.
+
+    Raises:
+        ValueError: not 3 positive finite numbers.
+    """
+    spacing = _check_spacing(spacing_mm)
+    top = max(spacing)
+    return next(i for i, s in enumerate(spacing) if s >= top * (1 - SPACING_RTOL))
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis of a (4, 4) affine."""
+    norms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+    return float(norms[0]), float(norms[1]), float(norms[2])
+
+
+def _open(path: Path) -> nib.spatialimages.SpatialImage:
+    """Open a scan lazily (header only); check it is 3D once trailing singleton axes are dropped."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
+        raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
+    try:
+        img = nib.load(str(path))
+        img.header  # noqa: B018  (touch the header so a broken file fails here)
+    except Exception as exc:  # nibabel raises many different types
+        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(img.shape)
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+    return img
+
+
+def _read_data(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
+    """(X, Y, Z) float32 data in the on-disk voxel order."""
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
+    data = data.reshape(data.shape[:3]).astype(np.float32)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: contains NaN or Inf values")
+    return data
+
+
+def _plan(scans: Sequence[str | Path], output: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, after every check that can be made before writing anything."""
+    if not scans:
+        raise ValueError("no scans given")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: output exists and is not a folder")
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for scan in scans:
+        by_name[Path(scan).name].append(Path(scan))
+    dup = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if dup:
+        name, paths = next(iter(dup.items()))
+        raise ValueError(f"several inputs share the file name {name} (outputs would collide): "
+                         + ", ".join(str(p) for p in paths))
+    pairs = []
+    for scan in map(Path, scans):
+        dest = output / scan.name
+        same = dest.resolve() == scan.resolve() or (
+            dest.exists() and scan.exists() and os.path.samefile(dest, scan))
+        if same:
+            raise ValueError(f"{dest}: output would overwrite the input {scan}; "
+                             "choose another --output folder")
+        if dest.exists() and not overwrite:
+            raise ValueError(f"{dest}: already exists (use --overwrite to replace it)")
+        pairs.append((scan, dest))
+    return pairs
+
+
+def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bool = False,
+                  slice_mm: float | None = None, axis: int | None = None,
+                  overwrite: bool = False) -> list[Path]:
+    """Write a degraded copy of each scan to ``output/<same file name>``.
+
+    Scans are read as stored (no reorientation; a trailing singleton 4th axis is dropped) and
+    written as float32 with the original affine (and NIfTI header fields), atomically. Everything
+    that can be checked is checked before the first file is written.
+
+    Args:
+        scans: NIfTI/MGZ paths, with distinct file names.
+        output: destination folder (created if needed); must not hold the inputs themselves.
+        invert: apply :func:`invert_contrast` (mask: intensity > 0).
+        slice_mm: apply :func:`thick_slices` with this slice thickness in mm.
+        axis: voxel axis of the thick slices (default per scan: :func:`through_plane_axis`).
+        overwrite: replace existing output files.
+
+    Returns:
+        The written paths.
+
+    Raises:
+        ValueError: not exactly one of ``invert`` / ``slice_mm``; ``axis`` without ``slice_mm``;
+            colliding names; an output that is an input or exists without ``overwrite``; a scan
+            that is missing, unreadable, not 3D or not finite.
+    """
+    if invert == (slice_mm is not None):
+        raise ValueError("give exactly one of --invert or --slice-mm")
+    if slice_mm is not None:
+        slab_size((1.0, 1.0, 1.0), slice_mm, 0)  # validates slice_mm
+    if axis is not None:
+        if slice_mm is None:
+            raise ValueError("--axis only applies with --slice-mm")
+        axis = _check_axis(axis)
+    output = Path(output)
+    pairs = _plan(scans, output, overwrite)
+    images = [_open(src) for src, _ in pairs]
+    written = []
+    with logging_redirect_tqdm():
+        bar = tqdm(pairs, desc="degrade", unit="scan", disable=None if len(pairs) > 1 else True)
+        for (src, dest), img in zip(bar, images):
+            data = _read_data(img, src)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            if invert:
+                out, lo, hi = _invert(data, None)
+                what = f"inverted contrast inside intensity > 0, mirrored in [{lo:.4g}, {hi:.4g}]"
+            else:
+                spacing = _spacing(affine)
+                ax = through_plane_axis(spacing) if axis is None else axis
+                n = slab_size(spacing, slice_mm, ax)  # type: ignore[arg-type]
+                out = thick_slices(data, spacing, slice_mm, ax)  # type: ignore[arg-type]
+                what = (f"{slice_mm:g} mm slices along voxel axis {ax} "
+                        f"({nib.aff2axcodes(affine)[ax]}, spacing {spacing[ax]:.4g} mm): "
+                        f"slabs of {n} voxel(s)")
+            header = None
+            if isinstance(img.header, nib.Nifti1Header):
+                header = img.header.copy()
+                header.set_data_dtype(np.float32)
+                header["cal_min"], header["cal_max"] = 0, 0
+            written.append(save_volume(out, affine, dest, dtype=np.float32, header=header))
+            log.info("%s: %s -> %s", src, what, dest)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write degraded copies of scans; bad input: one ``error:`` line, exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m synthseg_lite.degrade",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("scans", nargs="+", help="NIfTI/MGZ scans (skull-stripped for --invert)")
+    parser.add_argument("--output", required=True, help="output folder; files keep their names")
+    kind = parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--invert", action="store_true",
+                      help="mirror intensities inside the brain (T2-like)")
+    kind.add_argument("--slice-mm", type=float, metavar="MM",
+                      help="simulate slices this thick (mm)")
+    parser.add_argument("--axis", type=int, metavar="N",
+                        help="voxel axis of the thick slices (default: largest spacing)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
+                                      slice_mm=args.slice_mm, axis=args.axis,
+                                      overwrite=args.overwrite))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
