@@ -173,7 +173,8 @@ def load_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m synthseg_lite.model.artifact CHECKPOINT OUT.pt [--precision int8]``."""
+    """``python -m synthseg_lite.model.artifact CHECKPOINT OUT.pt [--precision int8]
+    [--extra KEY=VALUE ...]``."""
     import argparse
     import logging
 
@@ -183,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="training checkpoint (.ckpt) or model file (.pt)")
     parser.add_argument("output", help="model file to write (.pt); must not exist")
     parser.add_argument("--precision", choices=PRECISIONS, default="float16")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stored in the model's metadata (e.g. the training command); repeatable",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -190,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         if out.exists():
             raise ValueError(f"{out} exists; not overwritten")
         net, meta = load_model(args.checkpoint)
+        for item in args.extra:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--extra {item!r}: expected KEY=VALUE")
+            meta.extra[key] = value
         save_model(out, net, meta, args.precision)
     except ValueError as exc:
         fail(exc)
