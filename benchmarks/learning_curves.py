@@ -1,0 +1,86 @@
+"""Learning curves from TensorBoard logs: real-scan Dice (GM, WM, CSF) against training steps.
+
+    python benchmarks/learning_curves.py outputs/train/cpu_main --output docs/learning_curves.png
+    python benchmarks/learning_curves.py on_the_fly=outputs/train/ablation_onthefly \\
+        fixed_500=outputs/train/ablation_fixed500 --output ablation.png
+
+Each argument is a run directory (``NAME=DIR`` to name it in the legend). Writes the figure (one
+panel per real validation set, one colour per class, one line style per run) and, beside it, a
+JSON file with the same points (step, minutes since the start, Dice per set and class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+CLASSES = {"GM": "tab:orange", "WM": "tab:blue", "CSF": "tab:green"}
+STYLES = ["-", "--", ":", "-."]
+
+
+def read_run(run: Path) -> dict:
+    """{set: {class: [(step, minutes, dice), ...]}} from the newest event file of a run."""
+    files = sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise SystemExit(f"error: no TensorBoard event file under {run}")
+    ea = EventAccumulator(str(files[-1]))
+    ea.Reload()
+    tags = ea.Tags()["scalars"]
+    start = ea.Scalars("train/loss")[0].wall_time if "train/loss" in tags else 0.0
+    out: dict = {}
+    for tag in tags:
+        parts = tag.split("/")
+        if len(parts) == 3 and parts[0] == "val_real" and parts[2].startswith("dice_"):
+            out.setdefault(parts[1], {})[parts[2][5:]] = [
+                (e.step, round((e.wall_time - start) / 60, 1), round(e.value, 4))
+                for e in ea.Scalars(tag)
+            ]
+    if not out:
+        raise SystemExit(f"error: {run} has no real-scan validation (train with data/real_val=...)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories, optionally NAME=DIR")
+    parser.add_argument("--output", required=True, type=Path, help="figure (.png)")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        runs[name if sep else Path(item).name] = read_run(Path(path if sep else item))
+    sets = sorted({s for r in runs.values() for s in r})
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
+        for (run_name, data), style in zip(runs.items(), STYLES):
+            for cls, color in CLASSES.items():
+                pts = data.get(set_name, {}).get(cls)
+                if pts:
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[2] for p in pts],
+                        style,
+                        color=color,
+                        marker="o",
+                        ms=3,
+                        label=f"{cls} ({run_name})",
+                    )
+        ax.set(title=f"real scans: {set_name}", xlabel="training step", ylabel="Dice", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.output, dpi=110)
+    args.output.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
