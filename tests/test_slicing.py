@@ -104,6 +104,26 @@ def test_predict_slicewise_reassembles_the_volume(axes: list[int], context: int)
     assert torch.equal(probs.argmax(1)[0], (image[0, 0] > 0.5).long())
 
 
+class AlwaysTissue(torch.nn.Module):
+    """A network that calls everything class 1, blank input included."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        logits[:, 1] = 10.0
+        return logits
+
+
+def test_blank_slices_are_background_without_asking_the_network() -> None:
+    image = torch.zeros(1, 1, 8, 8, 8)
+    image[0, 0, 2:6, 2:6, 2:6] = torch.rand(4, 4, 4) + 0.1
+    probs = predict_slicewise(AlwaysTissue(), image, [0], batch_size=3)
+    labels = probs.argmax(1)[0]
+    assert (labels[:2] == 0).all() and (labels[6:] == 0).all()  # blank sagittal slices
+    assert (labels[2:6] == 1).all()  # slices with signal: the network's answer
+    asked = predict_slicewise(AlwaysTissue(), image, [0], empty_class=None)
+    assert (asked.argmax(1) == 1).all()
+
+
 def test_slice_config_rejects_bad_values() -> None:
     for kw in ({"per_step": 0}, {"axes": [0, 0]}, {"axes": [3]}, {"context": 2}):
         with pytest.raises(ValueError):

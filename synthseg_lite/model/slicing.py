@@ -7,7 +7,10 @@ explicit ``torch.Generator``, ``per_step`` slices among those with enough foregr
 input) in one indexing operation, without a loop over the batch.
 
 Inference: :func:`predict_slicewise` segments a volume slice by slice along each axis and averages
-the softmax over the axes (SynthSeg-like TTA over the three orientations).
+the softmax over the axes (SynthSeg-like TTA over the three orientations). Slices without any
+signal (constant, e.g. the empty slices around a skull-stripped brain) are background without a
+network pass: training only shows slices with labelled tissue, and a network's answer to a blank
+input is arbitrary (it drifts during training).
 
 Orientation convention, shared by training and inference: the slice of axis ``a`` keeps the other
 two RAS axes in their order (axis 0 -> (Y, Z), axis 1 -> (X, Z), axis 2 -> (X, Y)).
@@ -127,6 +130,7 @@ def predict_slicewise(
     context: int = 1,
     batch_size: int = 16,
     divisor: int = 1,
+    empty_class: int | None = 0,
 ) -> torch.Tensor:
     """Class probabilities of a volume from a 2D network, averaged over slicing axes.
 
@@ -137,6 +141,7 @@ def predict_slicewise(
         axes: RAS axes to slice across; the softmax of each is averaged.
         context: input channels (odd), neighbouring slices replicated at the borders.
         batch_size: slices per network call.
+        empty_class: class given to constant input slices (None: ask the network anyway).
 
     Returns:
         (1, K, X, Y, Z) float32 probabilities.
@@ -154,7 +159,14 @@ def predict_slicewise(
         for start in range(0, vol.shape[0], batch_size):
             idx = torch.arange(start, min(start + batch_size, vol.shape[0]), device=vol.device)
             x = padded[idx[:, None] + torch.arange(context, device=vol.device)]  # (n, ctx, H, W)
-            outs.append(torch.softmax(net(x).float(), 1))
+            probs = torch.softmax(net(x).float(), 1)
+            if empty_class is not None:
+                flat = x.flatten(1)
+                blank = flat.amax(1) == flat.amin(1)
+                if blank.any():
+                    probs[blank] = 0.0
+                    probs[blank, empty_class] = 1.0
+            outs.append(probs)
         probs = torch.cat(outs).movedim(0, 1).movedim(1, 1 + axis)[None]  # (1, K, X, Y, Z)
         total = probs if total is None else total.add_(probs)
     return (total / len(axes))[..., : shape[0], : shape[1], : shape[2]]
