@@ -32,7 +32,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from synthseg_lite.cli import user_errors
-from synthseg_lite.io import IMAGE_SUFFIXES, save_volume
+from synthseg_lite.io import read_image, save_volume
 
 __all__ = ["degrade_scans", "invert_contrast", "main", "slab_size", "thick_slices",
            "through_plane_axis"]
@@ -203,23 +203,6 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return float(norms[0]), float(norms[1]), float(norms[2])
 
 
-def _open(path: Path) -> nib.spatialimages.SpatialImage:
-    """Open a scan lazily (header only); check it is 3D once trailing singleton axes are dropped."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
-        raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
-    try:
-        img = nib.load(str(path))
-        img.header  # noqa: B018  (touch the header so a broken file fails here)
-    except Exception as exc:  # nibabel raises many different types
-        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
-    shape = tuple(img.shape)
-    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
-        raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
-    return img
-
-
 def _read_data(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
     """(X, Y, Z) float32 data in the on-disk voxel order."""
     try:
@@ -295,7 +278,7 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         axis = _check_axis(axis)
     output = Path(output)
     pairs = _plan(scans, output, overwrite)
-    images = [_open(src) for src, _ in pairs]
+    images = [read_image(src) for src, _ in pairs]
     written = []
     with logging_redirect_tqdm():
         bar = tqdm(pairs, desc="degrade", unit="scan", disable=None if len(pairs) > 1 else True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Volume", "load_volume", "load_label_map", "save_volume", "atomic_write", "IMAGE_SUFFIXES",
-           "strip_suffix"]
+__all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
+           "IMAGE_SUFFIXES", "strip_suffix"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
@@ -50,7 +50,13 @@ def strip_suffix(path: str | Path) -> str:
     return name
 
 
-def _read(path: str | Path) -> nib.spatialimages.SpatialImage:
+def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI/MGZ image lazily, in its on-disk orientation, as 3D (a 4D file with one
+    volume is sliced to it).
+
+    Raises:
+        ValueError: missing file, other format, unreadable header, or not a single 3D volume.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
@@ -80,7 +86,7 @@ def load_volume(path: str | Path, canonical: bool = True, dtype: np.dtype | None
     Raises:
         ValueError: missing/unreadable file, not 3D, NaN or Inf values.
     """
-    img = _read(path)
+    img = read_image(path)
     if canonical:
         img = nib.as_closest_canonical(img)
     try:
