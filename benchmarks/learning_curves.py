@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from synthseg_lite.cli import fail
 
 CLASSES = {"GM": "tab:orange", "WM": "tab:blue", "CSF": "tab:green"}
 STYLES = ["-", "--", ":", "-."]
@@ -29,7 +33,7 @@ def read_run(run: Path) -> dict:
     """{set: {class: [(step, minutes, dice), ...]}} from the newest event file of a run."""
     files = sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
     if not files:
-        raise SystemExit(f"error: no TensorBoard event file under {run}")
+        fail(f"no TensorBoard event file under {run}")
     ea = EventAccumulator(str(files[-1]))
     ea.Reload()
     tags = ea.Tags()["scalars"]
@@ -43,7 +47,7 @@ def read_run(run: Path) -> dict:
                 for e in ea.Scalars(tag)
             ]
     if not out:
-        raise SystemExit(f"error: {run} has no real-scan validation (train with data/real_val=...)")
+        fail(f"{run} has no real-scan validation (train with data/real_val=...)")
     return out
 
 

@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from synthseg_lite.cli import fail
+
 log = logging.getLogger("real_scans")
 
 CONDITIONS = {
@@ -48,7 +52,7 @@ def datasets(data: Path) -> dict[str, dict]:
     ibsr = sorted(data.glob("ibsr/IBSR_*/IBSR_??.nii.gz"))
     oasis = data / "oasis_vxm" / "t1.nii.gz"
     if not ibsr or not oasis.is_file():
-        raise SystemExit(f"error: real scans not found under {data} (--data)")
+        fail(f"real scans not found under {data} (--data)")
     return {
         "ibsr": {"scans": ibsr, "ref": data / "ibsr", "labels": "ibsr"},
         "oasis": {"scans": [oasis], "ref": data / "oasis_vxm" / "aseg.nii.gz", "labels": "aseg"},
@@ -79,12 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.output.resolve()
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"error: {out} is not empty")
+        fail(f"{out} is not empty")
     conditions = [c for c in args.conditions.split(",") if c]
     if unknown := set(conditions) - set(CONDITIONS):
-        raise SystemExit(
-            f"error: unknown conditions {sorted(unknown)}; choose from {list(CONDITIONS)}"
-        )
+        fail(f"unknown conditions {sorted(unknown)}; choose from {list(CONDITIONS)}")
     py = sys.executable
     sets = datasets(args.data.resolve())
     commands: list[str] = []

@@ -355,11 +355,15 @@ class LabelMapStream(IterableDataset):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         idx = self.batch_indices(step)
         return {
-            "labels": torch.from_numpy(self.maps[idx][:, None]),
+            **self.samples(idx),
             "step": torch.tensor(step),
             "group": torch.tensor(step // self.reuse_steps),
             "index": torch.from_numpy(idx),
         }
+
+    def samples(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The data of one step: ``{"labels": (B, 1, X, Y, Z) uint8}``."""
+        return {"labels": torch.from_numpy(self.maps[idx][:, None])}
 
     def __iter__(self):
         info = get_worker_info()
@@ -394,14 +398,10 @@ class FixedSetStream(LabelMapStream):
         )
         self.images = images
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        idx = self.batch_indices(step)
+    def samples(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         return {
             "image": torch.from_numpy(self.images[idx][:, None].astype(np.float32)),
             "target": torch.from_numpy(self.maps[idx].astype(np.int64)),
-            "step": torch.tensor(step),
-            "group": torch.tensor(step // self.reuse_steps),
-            "index": torch.from_numpy(idx),
         }
 
 

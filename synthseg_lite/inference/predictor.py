@@ -140,7 +140,8 @@ class Predictor:
         roi_size: sliding-window size (voxels; default ``meta.patch_size``); each side is capped
             at the image's and must be a multiple of the network divisor.
         overlap: window overlap fraction in [0, 1).
-        sw_batch_size: windows per network call (2D networks: 16 slices per window).
+        sw_batch_size: windows per network call (3D networks; 2D networks take
+            ``meta.slices["batch_size"]`` slices per call).
     """
 
     def __init__(
@@ -197,7 +198,7 @@ class Predictor:
                 if self.slices is not None:
                     c = self.slices
                     probs = predict_slicewise(
-                        net, x, c.axes, c.context, 16 * self.sw_batch_size, self.meta.unet.divisor
+                        net, x, c.axes, c.context, c.batch_size, self.meta.unet.divisor
                     )
                 else:
                     logits = sliding_window_inference(

@@ -306,13 +306,10 @@ class SynthSegModule(pl.LightningModule):
             main = logits[:, 0] if logits.dim() == batch["image"].dim() + 1 else logits
             if self.unet_cfg.spatial_dims == 2:  # centre channel of the first slices
                 c = batch["image"].shape[1] // 2
-                self._log_image(
-                    "train/synthetic", batch["image"][:, c], batch["target"], main.argmax(1)
-                )
-            else:
-                self._log_image(
-                    "train/synthetic", batch["image"][0, 0], batch["target"][0], main[0].argmax(0)
-                )
+                view = (batch["image"][:, c], batch["target"], main.argmax(1))
+            else:  # the first volume
+                view = (batch["image"][0, 0], batch["target"][0], main[0].argmax(0))
+            self._log_image("train/synthetic", *view)
         return loss
 
     def _tensorboard(self):
@@ -381,13 +378,13 @@ class SynthSegModule(pl.LightningModule):
             )
             self._val_cm += confusion(logits.argmax(1), batch["target"], self._val_cm.shape[0])
             return
-        if self.unet_cfg.spatial_dims == 2:
+        if self.unet_cfg.spatial_dims == 2:  # probabilities (same argmax as logits)
             c = self.slices
-            logits = predict_slicewise(
+            scores = predict_slicewise(
                 self.net, batch["image"], c.axes, c.context, c.batch_size, self.unet_cfg.divisor
             )
         else:
-            logits = sliding_window_inference(
+            scores = sliding_window_inference(
                 batch["image"],
                 tuple(self.synth_cfg.patch_shape),
                 self.cfg.sw_batch_size,
@@ -395,7 +392,7 @@ class SynthSegModule(pl.LightningModule):
                 overlap=self.cfg.sw_overlap,
                 mode="gaussian",
             )
-        pred = self.tissue_lut[logits.argmax(1)]
+        pred = self.tissue_lut[scores.argmax(1)]
         d = _dice(confusion(pred, batch["target"], 4))
         ok = ~torch.isnan(d)
         self._real_sum[dataloader_idx - 1] += torch.where(ok, d, 0)
