@@ -23,6 +23,7 @@ from synthseg_lite.model.artifact import load_model, save_model
 from synthseg_lite.model.schedules import warmup_cosine
 from synthseg_lite.model.slicing import (
     SliceConfig,
+    class_presence,
     extract_slices,
     predict_slicewise,
     sample_slices,
@@ -69,6 +70,42 @@ def test_sample_slices_picks_only_slices_with_foreground() -> None:
     # nothing labelled: any slice rather than an error
     _, _, s = sample_slices(torch.zeros_like(target), 5, axes, 0.02, g)
     assert s.shape == (5,)
+
+
+def test_class_presence_matches_a_direct_check() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 5, (2, 6, 6, 6)) * (torch.rand(2, 6, 6, 6) < 0.1)
+    pres = class_presence(target, [0, 1, 2], 5)
+    assert pres.shape == (3, 2, 6, 5)
+    for a in range(3):
+        for b in range(2):
+            for s in range(6):
+                sl = target[b].movedim(a, 0)[s]
+                assert pres[a, b, s].tolist() == [bool((sl == k).any()) for k in range(5)]
+
+
+def test_class_first_sampling_finds_a_small_structure() -> None:
+    """A class in one voxel of one sample: uniform sampling almost never shows it, class-first
+    sampling shows it in about half of the slices (2 classes, each drawn with probability 1/2)."""
+    target = torch.zeros(2, 24, 24, 24, dtype=torch.long)
+    target[:, 2:22, 2:22, 2:22] = 1
+    target[1, 7, 9, 11] = 2  # the small structure: slices x=7, y=9, z=11 of sample 1
+    hits = {(0, 7), (1, 9), (2, 11)}
+
+    def share(class_prob: float) -> float:
+        g = torch.Generator().manual_seed(0)
+        a, b, s = sample_slices(target, 400, [0, 1, 2], 0.02, g, class_prob)
+        return float(np.mean([(bb == 1 and (aa, ss) in hits) for aa, bb, ss in
+                              zip(a.tolist(), b.tolist(), s.tolist())]))
+
+    assert share(0.0) < 0.05
+    assert 0.15 < share(0.5) < 0.4  # half the slices class-first, half of those for class 2
+    assert 0.35 < share(1.0) < 0.65
+    # same seed -> same slices, with a precomputed presence table or without
+    pres = class_presence(target, [0, 1, 2], 3)
+    one = sample_slices(target, 8, [0, 1, 2], 0.02, torch.Generator().manual_seed(3), 0.5)
+    two = sample_slices(target, 8, [0, 1, 2], 0.02, torch.Generator().manual_seed(3), 0.5, pres)
+    assert all(torch.equal(x, y) for x, y in zip(one, two))
 
 
 def test_extract_slices_matches_direct_indexing_with_context() -> None:
@@ -122,6 +159,11 @@ def test_blank_slices_are_background_without_asking_the_network() -> None:
     assert (labels[2:6] == 1).all()  # slices with signal: the network's answer
     asked = predict_slicewise(AlwaysTissue(), image, [0], empty_class=None)
     assert (asked.argmax(1) == 1).all()
+
+
+def test_slice_config_rejects_bad_class_prob() -> None:
+    with pytest.raises(ValueError, match="class_prob"):
+        SliceConfig(class_prob=1.5)
 
 
 def test_slice_config_rejects_bad_values() -> None:

@@ -213,7 +213,7 @@ def _run(overrides: list[str], tmp: Path) -> tuple:
     return cfg, module, trainer
 
 
-@pytest.mark.parametrize("experiment", ["default", "cpu"])
+@pytest.mark.parametrize("experiment", ["default", "cpu", "structures"])
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
     tiny = [
@@ -228,14 +228,16 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
         [*exp, "trainer=cpu", f"data.label_maps={toy_maps}", *TINY, *tiny], tmp_path
     )
     assert trainer.global_step == 2
-    assert {"train/loss", "val/dice", "val/dice_GM"} <= set(trainer.callback_metrics)
+    k = 32 if experiment == "structures" else 4  # SynthSeg 1.0's 31 structures + background
+    first = "Left-Cerebral-White-Matter" if experiment == "structures" else "GM"
+    assert {"train/loss", "val/dice", f"val/dice_{first}"} <= set(trainer.callback_metrics)
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert meta.patch_size == tuple(cfg.synth.patch_shape) and meta.spacing_mm == cfg.synth.voxel_mm
-    assert meta.unet.n_stages == module.unet_cfg.n_stages and meta.label_table.target.n_classes == 4
+    assert meta.unet.n_stages == module.unet_cfg.n_stages and meta.label_table.target.n_classes == k
     shape = meta.patch_size[: meta.unet.spatial_dims]  # 2D networks take slices
     with torch.no_grad():
         x = torch.rand(1, meta.unet.in_channels, *shape)
-        assert net(x).shape == (1, 4, *shape)
+        assert net(x).shape == (1, k, *shape)
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)[
         "hyper_parameters"
     ]["config"]

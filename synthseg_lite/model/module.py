@@ -28,6 +28,7 @@ from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS, LabelTable, 
 from synthseg_lite.model.loss import LossConfig, SegLoss
 from synthseg_lite.model.slicing import (
     SliceConfig,
+    class_presence,
     extract_slices,
     predict_slicewise,
     sample_slices,
@@ -256,7 +257,11 @@ class SynthSegModule(pl.LightningModule):
             return out
         c = self.slices
         g = make_generator(out["target"].device, seed, step, rank, SLICE_STREAM)
-        index = sample_slices(out["target"], c.per_step, c.axes, c.min_foreground, g)
+        if c.class_prob > 0 and "presence" not in out:  # once per synthesis (kept in the cache)
+            out["presence"] = class_presence(out["target"], c.axes, self.table.target.n_classes)
+        index = sample_slices(
+            out["target"], c.per_step, c.axes, c.min_foreground, g, c.class_prob, out.get("presence")
+        )
         image, target = extract_slices(out["image"], out["target"], index, c.axes, c.context)
         return {**out, "image": image, "target": target}
 

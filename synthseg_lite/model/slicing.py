@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SliceConfig", "extract_slices", "predict_slicewise", "sample_slices"]
+__all__ = [
+    "SliceConfig",
+    "class_presence",
+    "extract_slices",
+    "predict_slicewise",
+    "sample_slices",
+]
 
 
 @dataclass
@@ -39,6 +45,10 @@ class SliceConfig:
         context: slices given as input channels (odd; 1 = plain 2D, 3 = 2.5D); must equal
             ``model.unet.in_channels``.
         batch_size: slices per network call at inference and real-scan validation.
+        class_prob: fraction of each step's slices chosen class-first (nnU-Net's foreground
+            oversampling, per class): a target class present in the volumes is drawn uniformly,
+            then a slice that contains it, so small structures (accumbens, pallidum) are seen as
+            often as large ones; the other slices are drawn uniformly among eligible ones.
     """
 
     per_step: int = 8
@@ -46,6 +56,7 @@ class SliceConfig:
     min_foreground: float = 0.02
     context: int = 1
     batch_size: int = 16
+    class_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
@@ -60,11 +71,36 @@ class SliceConfig:
             raise ValueError(f"slices.context must be odd and >= 1, got {self.context}")
         if not 0 <= self.min_foreground < 1:
             raise ValueError(f"slices.min_foreground must be in [0, 1), got {self.min_foreground}")
+        if not 0 <= self.class_prob <= 1:
+            raise ValueError(f"slices.class_prob must be in [0, 1], got {self.class_prob}")
 
 
 def _stack_axes(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
     """(B, C, X, Y, Z) -> (A, B, C, S, H, W): the volume with each slicing axis moved first."""
     return torch.stack([x.movedim(2 + a, 2) for a in axes])
+
+
+def class_presence(target: torch.Tensor, axes: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Which classes each slice contains.
+
+    Args:
+        target: (B, X, Y, Z) int64 class indices in [0, n_classes); a cube when ``len(axes) > 1``.
+        axes: RAS axes to slice across.
+        n_classes: number of classes K.
+
+    Returns:
+        (A, B, S, K) bool: ``[a, b, s, k]`` is True when slice ``s`` across ``axes[a]`` of sample
+        ``b`` has a voxel of class ``k``. One ``bincount`` per axis, no loop over the batch.
+    """
+    b_ = target.shape[0]
+    out = []
+    for a in axes:
+        t = target.movedim(1 + a, 1)  # (B, S, H, W)
+        s_ = t.shape[1]
+        row = torch.arange(b_ * s_, device=t.device).view(b_, s_, 1, 1) * n_classes
+        counts = torch.bincount((row + t).flatten(), minlength=b_ * s_ * n_classes)
+        out.append(counts.view(b_, s_, n_classes) > 0)
+    return torch.stack(out)
 
 
 def sample_slices(
@@ -73,8 +109,11 @@ def sample_slices(
     axes: Sequence[int],
     min_foreground: float,
     generator: torch.Generator,
+    class_prob: float = 0.0,
+    presence: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pick ``n`` slices with enough foreground, uniformly among eligible (axis, sample, index).
+    """Pick ``n`` slices: ``round(n * class_prob)`` class-first, the rest uniformly among those
+    with enough foreground.
 
     Args:
         target: (B, X, Y, Z) class indices (0 = background); a cube when ``len(axes) > 1``.
@@ -82,17 +121,35 @@ def sample_slices(
         axes: RAS axes to slice across.
         min_foreground: minimum labelled fraction of an eligible slice.
         generator: source of randomness (on ``target``'s device).
+        class_prob: fraction of slices drawn class-first: a foreground class present in the
+            batch uniformly, then uniformly a slice containing it.
+        presence: (A, B, S, K) from :func:`class_presence` (computed when None and needed).
 
     Returns:
         (axis position in ``axes``, sample, slice index), three (n,) int64 tensors.
     """
     fg = _stack_axes((target > 0)[:, None].float(), axes)[:, :, 0].mean((-1, -2))  # (A, B, S)
-    weights = (fg > min_foreground).float().flatten()
-    if weights.sum() == 0:  # nothing labelled: any slice (keeps the step shape)
-        weights = torch.ones_like(weights)
-    k = int(weights.sum().item())
-    flat = torch.multinomial(weights, n, replacement=k < n, generator=generator)
     _, b_, s_ = fg.shape
+    n_cls = round(n * class_prob)
+    picks = []
+    if n_cls > 0:
+        if presence is None:
+            presence = class_presence(target, axes, int(target.max().item()) + 1)
+        per_slice = presence[..., 1:].flatten(0, 2).T.float()  # (K - 1, A * B * S)
+        present = per_slice.sum(1) > 0
+        if present.any():
+            cls = torch.multinomial(present.float(), n_cls, replacement=True, generator=generator)
+            picks.append(torch.multinomial(per_slice[cls], 1, generator=generator)[:, 0])
+        else:
+            n_cls = 0
+    n_uni = n - n_cls
+    if n_uni > 0:
+        weights = (fg > min_foreground).float().flatten()
+        if weights.sum() == 0:  # nothing labelled: any slice (keeps the step shape)
+            weights = torch.ones_like(weights)
+        k = int(weights.sum().item())
+        picks.append(torch.multinomial(weights, n_uni, replacement=k < n_uni, generator=generator))
+    flat = torch.cat(picks)
     return flat // (b_ * s_), (flat // s_) % b_, flat % s_
 
 
