@@ -1,36 +1,13 @@
-"""Write synthetic (image, target) pairs to disk (NIfTI, nnU-Net v2 raw dataset, 2D PNGs, montage).
+"""``python export.py ...`` from a checkout: the ``synthseg-lite-export`` command, same config.
 
-    python export.py output=/tmp/synth n=100 label_maps=../shared/data/label_maps
-    python export.py output=$nnUNet_raw/Dataset500_Synth layout=nnunet target=synthseg n=1000
-    python export.py output=/tmp/synth2d png2d=true synth.patch_shape=[256,256,1]
-
-Settings: conf/export.yaml (export) and conf/synth/ (generator). Bad input: one line on stderr and
-exit code 2. Hydra writes nothing (no outputs/ folder, no log file): see conf/export.yaml.
+The code lives in :mod:`synthseg_lite.commands.export`; ``import export`` gives that module.
 """
 
-from __future__ import annotations
+import sys
 
-import logging
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from synthseg_lite.cli import require, user_errors
-from synthseg_lite.export import ExportConfig, export_dataset
-from synthseg_lite.synth.config import register_configs
-
-log = logging.getLogger("export")
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    require(OmegaConf.missing_keys(cfg))
-    synth = user_errors(lambda: OmegaConf.to_object(cfg.synth))
-    args = OmegaConf.to_container(cfg, resolve=True)
-    args.pop("synth")
-    user_errors(lambda: export_dataset(ExportConfig(**args), synth))
-
+from synthseg_lite.commands import export as _command
 
 if __name__ == "__main__":
-    main()
+    _command.main()
+else:
+    sys.modules[__name__] = _command

@@ -1,0 +1,134 @@
+"""Evaluate segmentations against references, or synthetic images against real ones.
+
+    python evaluate.py pred=DIR ref=DIR ref_labels=ibsr output=DIR
+    python evaluate.py pred=pred_seg.nii.gz ref=aseg.nii.gz ref_labels=aseg output=DIR
+    python evaluate.py mode=quality pred=SYNTHETIC_DIR ref=REAL_DIR output=DIR [mask=LABEL_DIR]
+
+Segmentation mode writes ``summary.json`` (per case, per-class mean, foreground mean: nnU-Net's
+layout, see :mod:`synthseg_lite.metrics` for the empty-class policy), ``metrics.csv``,
+``boxplots.png`` and ``confusion.png``; quality mode writes ``quality_summary.json``,
+``quality.csv`` and ``histograms.png`` (:mod:`synthseg_lite.quality`). Hydra's log and config go
+to ``output`` too. Exit codes: 0 done, 1 some cases skipped, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from synthseg_lite.cli import require, user_errors
+from synthseg_lite.metrics import evaluate_pairs, label_mapping, write_report
+from synthseg_lite.pairing import DEFAULT_PATTERN, pair_cases
+from synthseg_lite.quality import evaluate_quality
+
+log = logging.getLogger("evaluate")
+
+
+@dataclass
+class EvaluateConfig:
+    """``evaluate.py`` arguments (the only place their defaults live).
+
+    Attributes:
+        mode: ``segmentation`` or ``quality`` (synthetic vs real images).
+        pred: predictions (segmentation mode) or synthetic images (quality mode): a file or a
+            folder, searched recursively.
+        ref: references (segmentation mode) or real images (quality mode): a file or a folder.
+        output: output folder.
+        ref_labels: label convention of the references: ``tissue``, ``ibsr``, ``aseg`` or a
+            mapping ``{value: class}`` (e.g. ``'{1:3,2:1,3:2}'``).
+        pred_labels: label convention of the predictions (``aseg`` for a ``synthseg`` model).
+        pred_pattern: regex on the file name without suffix; group ``id`` pairs cases (None:
+            ``(?P<id>.+)_seg`` in segmentation mode, ``(?P<id>.+)`` in quality mode).
+        ref_pattern: the same for references / real images.
+        surface: compute HD95 / HD / ASSD (segmentation mode).
+        plots: write the PNG figures (segmentation mode).
+        mask: quality mode: label maps (file or folder) whose non-zero voxels are the brain;
+            None: the real image's non-zero voxels.
+        mask_pattern: pairs mask files by case id.
+        bins: quality mode: histogram bins.
+    """
+
+    mode: str = "segmentation"
+    pred: str = MISSING
+    ref: str = MISSING
+    output: str = MISSING
+    ref_labels: Any = "tissue"
+    pred_labels: Any = "tissue"
+    pred_pattern: str | None = None
+    ref_pattern: str | None = None
+    surface: bool = True
+    plots: bool = True
+    mask: str | None = None
+    mask_pattern: str = DEFAULT_PATTERN
+    bins: int = 64
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def run(cfg: EvaluateConfig) -> int:
+    """Evaluate; returns the exit code (1 when some cases were skipped).
+
+    Raises:
+        ValueError: bad arguments or nothing could be evaluated.
+    """
+    if cfg.mode == "quality":
+        summary = evaluate_quality(
+            cfg.pred,
+            cfg.ref,
+            cfg.output,
+            cfg.pred_pattern or r"(?P<id>.+)",
+            cfg.ref_pattern or r"(?P<id>.+)",
+            cfg.mask,
+            cfg.mask_pattern,
+            cfg.bins,
+        )
+        log.info(
+            "%d case(s): %s",
+            summary["n_cases"],
+            ", ".join(f"{k} {v:.3f}" for k, v in summary["mean"].items()),
+        )
+    elif cfg.mode == "segmentation":
+        (
+            label_mapping(cfg.pred_labels),
+            label_mapping(cfg.ref_labels),
+        )  # fail on bad presets before any work
+        pairs = pair_cases(
+            cfg.pred,
+            cfg.ref,
+            cfg.pred_pattern or DEFAULT_PATTERN,
+            cfg.ref_pattern or DEFAULT_PATTERN,
+        )
+        summary = evaluate_pairs(pairs, cfg.pred_labels, cfg.ref_labels, cfg.surface)
+        files = write_report(summary, cfg.output, cfg.plots)
+        names = summary["class_names"]
+        for k, m in summary["mean"].items():
+            log.info(
+                "%-10s Dice %.3f  HD95 %.2f mm  ASSD %.2f mm",
+                names[k],
+                m["Dice"],
+                m["HD95"],
+                m["ASSD"],
+            )
+        log.info("%d case(s) -> %s", summary["n_cases"], files["summary"])
+    else:
+        raise ValueError(f"mode must be 'segmentation' or 'quality', got {cfg.mode!r}")
+    for s in summary["skipped"]:
+        log.error("skipped %s: %s", s["case"], s["reason"])
+    return 1 if summary["skipped"] else 0
+
+
+@hydra.main(version_base="1.3", config_path="../conf/cli", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    require(OmegaConf.missing_keys(cfg))
+    sys.exit(user_errors(lambda: run(OmegaConf.to_object(cfg))))
+
+
+if __name__ == "__main__":
+    main()

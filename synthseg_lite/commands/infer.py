@@ -1,0 +1,72 @@
+"""Segment brain MRI scans with a trained synthseg_lite model (fold ensemble, test-time augmentation).
+
+    python infer.py input=SCAN_OR_FOLDER_OR_GLOB output=DIR [model=RUN_DIR_OR_CKPT] [tta=none] ...
+
+Every option is a field of :class:`synthseg_lite.inference.InferenceOptions` (``python infer.py
+--cfg job`` prints them). Outputs go to ``output``, with Hydra's log (``infer.log``) and the
+resolved config (``.hydra/``). Exit codes: 0 all scans segmented, 1 some scans skipped (one line
+each on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, fields
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from synthseg_lite.cli import require, user_errors
+from synthseg_lite.inference import InferenceOptions, segment_scans
+
+log = logging.getLogger("infer")
+
+
+@dataclass
+class InferConfig(InferenceOptions):
+    """``infer.py`` arguments: the inference options plus what to segment, where, with what.
+
+    Attributes:
+        input: a scan, a folder of scans, a glob pattern, or a list of them.
+        output: output folder.
+        model: run directory with fold checkpoints, a ``.ckpt`` or a ``.pt`` file; None: the
+            model shipped in the package.
+    """
+
+    input: Any = MISSING
+    output: str = MISSING
+    model: str | None = None
+
+
+ConfigStore.instance().store(name="infer_schema", node=InferConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf/cli", config_name="infer")
+def main(cfg: DictConfig) -> None:
+    require(OmegaConf.missing_keys(cfg))
+    args = OmegaConf.to_container(cfg, resolve=True)
+    inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
+    results = user_errors(lambda: segment_scans(
+        inputs, args["output"], args["model"],
+        InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})))
+    done = [r for r in results if r.error is None]
+    skipped = [r for r in results if r.error is not None]
+    if done:
+        log.info(
+            "segmented %d scan(s) in %.1f s per scan on average -> %s",
+            len(done),
+            sum(r.seconds for r in done) / len(done),
+            args["output"],
+        )
+    if skipped:
+        log.error("skipped %d of %d scan(s):", len(skipped), len(results))
+        for r in skipped:
+            log.error("  %s", r.error)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

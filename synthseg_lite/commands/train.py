@@ -1,0 +1,141 @@
+"""Train a segmentation network from label maps alone (synthesis on the training device).
+
+    python train.py fold=0                      # nnU-Net-size job for one 12 GB GPU
+    python train.py -m fold=0,1,2,3,4           # 5-fold cross-validation, one directory per fold
+    python train.py experiment=cpu              # small 2 mm model for a CPU
+    python train.py data.label_maps='../shared/data/label_maps/*.nii.gz' data/real_val=ibsr
+    python train.py resume=outputs/train/runs/<run>/checkpoints/last.ckpt
+
+The only place a Hydra DictConfig lives: it is turned into typed objects here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from synthseg_lite.cli import user_errors
+from synthseg_lite.synth.config import register_configs as register_synth_configs
+from synthseg_lite.training import register_configs
+
+log = logging.getLogger("train")
+
+
+def build(cfg: DictConfig):
+    """Typed objects of a run: (datamodule, module, trainer). Plans patch/batch and writes the
+    planned values back into ``cfg`` so the stored configuration is the one that ran."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from synthseg_lite.data import SynthDataModule
+    from synthseg_lite.labels import LabelTable
+    from synthseg_lite.model.module import SynthSegModule
+    from synthseg_lite.model.unet import UNetConfig
+    from synthseg_lite.training import AtomicCheckpointIO, check_accelerator, plan_sizes
+
+    check_accelerator(cfg.trainer.accelerator)
+    if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
+        log.warning("fp16 mixed precision is CUDA-only: training in float32 on the CPU")
+        cfg.trainer.precision = "32-true"
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    pl.seed_everything(int(cfg.seed), workers=True)
+    data_cfg = OmegaConf.to_object(cfg.data)
+    synth_cfg = OmegaConf.to_object(cfg.synth)
+    model_cfg = OmegaConf.to_object(cfg.model)
+    table = LabelTable.create(data_cfg.target, unknown=data_cfg.unknown_labels)
+    out_dir = Path(cfg.paths.output_dir)
+    dm = SynthDataModule(
+        data_cfg,
+        table,
+        cfg.fold,
+        batch_size=1,
+        seed=int(cfg.seed),
+        spacing_mm=synth_cfg.voxel_mm,
+        splits_path=out_dir / "splits.json",
+    )
+    _, maps = dm.load_maps()
+    plan = plan_sizes(
+        cfg.gpu_memory_gb,
+        UNetConfig(**OmegaConf.to_container(cfg.model.unet)),
+        table.target.n_classes,
+        list(synth_cfg.patch_shape),
+        data_cfg.batch_size,
+        maps.shape[1:],
+        synth_cfg.voxel_mm,
+        synth_cfg.partial_volume_factor,
+    )
+    cfg.synth.patch_shape, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
+    synth_cfg.patch_shape, dm.batch_size = list(plan.patch_size), plan.batch_size
+    sched = cfg.model.scheduler
+    module = SynthSegModule(
+        model_cfg,
+        table,
+        synth_cfg,
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(sched) if sched is not None else None,
+        seed=int(cfg.seed),
+        real_val_names=[s.name for s in data_cfg.real_val],
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    metrics = {"val/dice", "val/loss", *(f"val/dice_{n}" for n in table.target.names[1:])}
+    for s in data_cfg.real_val:
+        metrics |= {
+            f"val_real/{s.name}/dice",
+            *(f"val_real/{s.name}/dice_{n}" for n in ("GM", "WM", "CSF")),
+        }
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c and c.get("monitor") and c.monitor not in metrics:
+            raise ValueError(
+                f"callbacks.{name}.monitor={c.monitor} is not logged; choose from {sorted(metrics)}"
+            )
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
+    ]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    if not loggers:  # nothing to report the learning rate to
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    return dm, module, trainer
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train; returns the best value of the monitored metric (for sweepers)."""
+    from synthseg_lite.training import config_differences, read_resume
+
+    if cfg.resume:
+        info = read_resume(cfg.resume)
+        if int(cfg.seed) != info["seed"]:
+            log.warning(
+                "resume: using the checkpoint's seed %d (config has %s)", info["seed"], cfg.seed
+            )
+            cfg.seed = info["seed"]
+    dm, module, trainer = build(cfg)
+    if cfg.resume:
+        for d in config_differences(info["config"], OmegaConf.to_container(cfg, resolve=True))[:20]:
+            log.warning("resume: config differs from the checkpoint's: %s", d)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
+    return None if best is None or best.best_model_score is None else float(best.best_model_score)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return user_errors(lambda: run(cfg))
+
+
+register_synth_configs()
+register_configs()
+# synthesis lives in the module's on_after_batch_transfer on purpose (it needs the device)
+warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer`.*")
+
+if __name__ == "__main__":
+    main()
