@@ -11,6 +11,13 @@ index, so the generator never loops over labels:
 
 Label numbers follow the FreeSurfer colour table (aseg), plus SynthSeg's extra-cerebral labels
 502-530 and its extra ventricle labels 136/137 (left) and 163/164 (right).
+
+Any other label protocol (non-brain anatomy, infant or animal atlases, lesions) is an *open* table:
+:func:`build_label_table` with ``labels="auto"`` (every value found in the training maps, each its
+own Gaussian class, the target every label itself) or with a YAML/TSV protocol file
+(:func:`read_label_protocol`: generation labels, Gaussian classes, left/right pairs, target
+mapping and names, per-class intensity priors as lab2im's ``prior_means``/``prior_stds``).
+Indices are ``uint8`` up to 256 labels, ``int16`` beyond.
 """
 
 from __future__ import annotations
@@ -27,8 +34,12 @@ __all__ = [
     "EXTRACEREBRAL",
     "TARGET_PRESETS",
     "REFERENCE_PRESETS",
+    "STRUCTURE_GROUPS",
     "LabelTable",
     "TargetPreset",
+    "build_label_table",
+    "identity_target",
+    "read_label_protocol",
     "target_preset",
 ]
 
@@ -151,6 +162,21 @@ REFERENCE_PRESETS: dict[str, Mapping[int, int]] = {
     "tissue": {0: 0, 1: 1, 2: 2, 3: 3},
     "ibsr": {0: 0, 1: 3, 2: 1, 3: 2},
     "aseg": dict(TARGET_PRESETS["tissue"].mapping),
+    # The same, but CSF = ventricles only (label 24 background): matches ``tissue_ventricular``.
+    "aseg_ventricular": dict(TARGET_PRESETS["tissue_ventricular"].mapping),
+}
+
+#: Groups of SynthSeg 1.0's 31 structures (FreeSurfer aseg values), for per-structure evaluation:
+#: every structure of the ``synthseg`` preset is in exactly one group.
+STRUCTURE_GROUPS: dict[str, tuple[int, ...]] = {
+    "cerebral WM": (2, 41),
+    "cortex": (3, 42),
+    "ventricles": (4, 43, 5, 44, 14, 15),
+    "deep GM": (10, 49, 11, 50, 12, 51, 13, 52),
+    "hippocampus+amygdala": (17, 53, 18, 54),
+    "accumbens+ventral DC": (26, 58, 28, 60),
+    "cerebellum": (7, 46, 8, 47),
+    "brainstem": (16,),
 }
 
 

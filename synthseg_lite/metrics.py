@@ -1,7 +1,8 @@
 """Segmentation metrics per case and class, and their aggregation (nnU-Net's ``summary.json`` layout).
 
 Both segmentations are converted to class indices with a label mapping (a preset of
-:data:`synthseg_lite.labels.REFERENCE_PRESETS` -- ``tissue``, ``ibsr``, ``aseg`` -- or a custom
+:data:`synthseg_lite.labels.REFERENCE_PRESETS` -- ``tissue``, ``ibsr``, ``aseg`` (FreeSurfer ->
+tissue, CSF with label 24), ``aseg_ventricular`` (CSF = ventricles only) -- or a custom
 ``{value: class}``; values not in the mapping become background) and must share one grid.
 
 Per case and class ``k >= 1``: Dice, IoU, precision, recall, the 95th-percentile and maximum
@@ -43,6 +44,7 @@ __all__ = [
     "class_names",
     "evaluate_pairs",
     "label_mapping",
+    "load_pair",
     "load_segmentation",
     "map_labels",
     "summarise",
@@ -108,10 +110,32 @@ def load_segmentation(path: str | Path) -> Volume:
     return vol
 
 
+def load_pair(pred_path: str | Path, ref_path: str | Path) -> tuple[Volume, Volume]:
+    """Read a prediction and its reference (int64, RAS order), which must share one grid.
+
+    Raises:
+        ValueError: unreadable, non-integer, or not on the same grid (shape or affine).
+    """
+    pred, ref = load_segmentation(pred_path), load_segmentation(ref_path)
+    if pred.data.shape != ref.data.shape or not np.allclose(pred.affine, ref.affine, atol=1e-2):
+        raise ValueError(
+            f"{pred_path}: not on the grid of {ref_path} (shape {pred.data.shape} vs "
+            f"{ref.data.shape}, or another affine)"
+        )
+    return pred, ref
+
+
 def _surface(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
 ) -> tuple[float, float, float]:
     """(HD95, HD, ASSD) in mm of two non-empty boolean masks."""
+    # Crop to the masks' common bounding box plus one voxel: the same edges and distances, and
+    # far less work for small structures in a large volume.
+    nz = np.nonzero(pred | ref)
+    box = tuple(
+        slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in zip(nz, pred.shape)
+    )
+    pred, ref = np.ascontiguousarray(pred[box]), np.ascontiguousarray(ref[box])
     with warnings.catch_warnings():  # MONAI warns about its own use of a deprecated argument
         warnings.simplefilter("ignore", FutureWarning)
         _, dists, _ = get_edge_surface_distance(
@@ -216,14 +240,7 @@ def evaluate_pairs(
     per_case, skipped = [], []
     for case, pred_path, ref_path in pairs:
         try:
-            pred, ref = load_segmentation(pred_path), load_segmentation(ref_path)
-            if pred.data.shape != ref.data.shape or not np.allclose(
-                pred.affine, ref.affine, atol=1e-2
-            ):
-                raise ValueError(
-                    f"{pred_path}: not on the grid of {ref_path} (shape {pred.data.shape} vs "
-                    f"{ref.data.shape}, or another affine)"
-                )
+            pred, ref = load_pair(pred_path, ref_path)
             metrics, confusion = case_metrics(
                 map_labels(pred.data, pmap, str(pred_path)),
                 map_labels(ref.data, rmap, str(ref_path)),
