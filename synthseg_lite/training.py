@@ -26,12 +26,14 @@ __all__ = [
     "check_accelerator",
     "config_differences",
     "plan_sizes",
+from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
     "read_resume",
     "register_configs",
 ]
 
 log = logging.getLogger(__name__)
 
+    "check_resume_compatible",
 
 def register_configs() -> None:
     """Register the ``data`` and ``model`` schemas (``data/schema``, ``model/schema``) in Hydra's
@@ -63,9 +65,17 @@ def check_accelerator(accelerator: str) -> None:
         ValueError: ``accelerator`` is ``gpu``/``cuda`` and CUDA is not available.
     """
     if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        # a run killed mid-write (SIGKILL) leaves its hidden temporary: the next save removes it
+        remove_stale_temporaries(Path(path).parent, ".ckpt")
         raise ValueError(
             "no CUDA GPU found: this job is sized for a 12 GB GPU; on a CPU run "
             "`python train.py experiment=cpu` (small 2 mm model) or `experiment=smoke`, "
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's resume read, always with ``weights_only=True`` (never runs code)."""
+        return load_torch_file(path, map_location or "cpu", "checkpoint")
+
             "or force this job with trainer=cpu"
         )
 
@@ -77,18 +87,50 @@ def read_resume(path: str | Path) -> dict[str, Any]:
         ValueError: missing or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"resume={path}: no such checkpoint")
+    try:  # weights_only: a crafted checkpoint cannot run code
+        ckpt = load_torch_file(path, "cpu", "checkpoint")
+    except ValueError as exc:
+        raise ValueError(f"resume={exc}") from exc
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hp = ckpt["hyper_parameters"]
         return {
             "seed": int(hp["seed"]),
             "global_step": int(ckpt.get("global_step", 0)),
             "config": dict(hp.get("config") or {}),
         }
-    except (KeyError, TypeError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"resume={path}: not a synthseg_lite training checkpoint ({exc})") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"resume={path}: not a synthseg_lite training checkpoint (no {exc})"
+        ) from exc
+
+
+def check_resume_compatible(module: torch.nn.Module, info: Mapping[str, Any], path: str) -> None:
+    """Fail before any training when the checkpoint's weights do not fit the configured network.
+
+    Args:
+        module: the LightningModule built from the current configuration.
+        info: :func:`read_resume`'s result (``shapes``: state-dict key -> tensor shape).
+        path: the checkpoint, for the message.
+
+    Raises:
+        ValueError: missing, unexpected or differently shaped weights (the first one is named).
+    """
+    have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    want = dict(info.get("shapes") or {})
+    missing = sorted(set(have) - set(want))
+    extra = sorted(set(want) - set(have))
+    shaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    if missing or extra or shaped:
+        what = (
+            f"{shaped[0]} is {list(want[shaped[0]])} there, {list(have[shaped[0]])} here"
+            if shaped
+            else f"weights {'missing' if missing else 'unexpected'}: {(missing or extra)[0]}"
+        )
+        raise ValueError(
+            f"resume={path}: checkpoint from an incompatible configuration ({what}; "
+            f"{len(missing) + len(extra) + len(shaped)} mismatch(es)); resume with the run's own "
+            "settings (model.*, data.target)"
+        )
 
 
 def config_differences(
@@ -97,6 +139,7 @@ def config_differences(
     sections: tuple[str, ...] = ("data", "synth", "model", "seed", "fold"),
 ) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (within ``sections``)."""
+            "shapes": {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()},
     diffs: list[str] = []
 
     def walk(a: Any, b: Any, key: str) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from synthseg_lite.io import atomic_write
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.unet import UNetConfig, build_unet
+from synthseg_lite.safety import load_torch_file
 
 __all__ = ["FORMAT", "ModelMeta", "load_model", "save_model"]
 
@@ -139,18 +140,23 @@ def load_model(
 ) -> tuple[nn.Module, ModelMeta]:
     """Load a network (eval mode, float32) and its metadata from a ``.pt`` model or ``.ckpt``.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+    crafted file cannot run code.
+
     Raises:
-        ValueError: missing file or a file that is neither form.
+        ValueError: missing file, a file that is neither form, a file holding other Python
+            objects, or weights that do not fit the described network.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
+    ckpt = load_torch_file(path, map_location, "model file")  # weights_only: never runs code
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(
-            f"{path}: not a readable model file ({type(exc).__name__}: {exc})"
-        ) from exc
+        return _build(ckpt, path)
+    except (KeyError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: a damaged or incompatible model file ({msg})") from exc
+
+
+def _build(ckpt: object, path: Path) -> tuple[nn.Module, ModelMeta]:
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         meta = ModelMeta.from_dict(ckpt["meta"])
         state = {k: _decode(v) for k, v in ckpt["state_dict"].items()}

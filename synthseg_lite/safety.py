@@ -1,0 +1,205 @@
+"""Trust boundaries: files that cannot run code when read, and outputs that never replace inputs.
+
+* :func:`load_torch_file` reads model files and checkpoints with ``torch.load(weights_only=True)``
+  (tensors and plain Python values only: a crafted file cannot run code) and turns every failure
+  into one-line ``ValueError``.
+* :func:`check_outputs` refuses, before any work, an output path that is an input of the same run
+  or an existing file this tool did not write; :func:`record_written` marks the files it wrote
+  (a ledger ``.synthseg_lite_written.json`` per output folder, with each file's size and mtime),
+  so an earlier run's outputs can be skipped or replaced while a user's file never is.
+* :func:`remove_stale_temporaries` removes the hidden ``.<name>.*`` files that
+  :func:`synthseg_lite.io.atomic_write` leaves when a process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "LEDGER",
+    "check_outputs",
+    "check_output_dir",
+    "load_torch_file",
+    "record_written",
+    "remove_stale_temporaries",
+    "written_by_tool",
+]
+
+log = logging.getLogger(__name__)
+
+#: Per output folder: the files this tool wrote there, ``{name: [size, mtime_ns]}``.
+LEDGER = ".synthseg_lite_written.json"
+
+
+def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "model file") -> Any:
+    """Read a ``torch.save`` file without ever unpickling code (``weights_only=True``).
+
+    Args:
+        path: the file.
+        map_location: where tensors go.
+        what: how the file is named in error messages (``model file``, ``checkpoint``).
+
+    Returns:
+        The stored object (dicts, lists, tensors, numbers, strings).
+
+    Raises:
+        ValueError: missing, unreadable, not a torch file, or holding Python objects other than
+            tensors and plain values (the message names the object it would have imported).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such {what}")
+    if not path.is_file():
+        raise ValueError(f"{path}: is a folder, not a {what}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        m = re.search(r"unsupported GLOBAL ([\w.]+)|global ([\w.]+)", str(exc), re.IGNORECASE)
+        if m:
+            name = m.group(1) or m.group(2)
+            raise ValueError(
+                f"{path}: refused: the {what} holds a Python object ({name}) that could run code "
+                "when loaded; only tensors and plain values are read"
+            ) from exc
+        raise ValueError(f"{path}: not a readable {what} (corrupt or not a torch file)") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
+            TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable {what} (truncated, corrupt or not a torch file)") from exc
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _read_ledger(folder: Path) -> dict[str, list[int]]:
+    try:
+        data = json.loads((folder / LEDGER).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def written_by_tool(path: str | Path) -> bool:
+    """Whether ``path`` is a file this tool wrote (recorded by :func:`record_written`) and has not
+    been changed since (same size and modification time)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    stamp = _read_ledger(path.parent).get(path.name)
+    return stamp is not None and list(stamp) == _stamp(path)
+
+
+def record_written(paths: Iterable[str | Path]) -> None:
+    """Mark files as written by this tool (one ledger per folder, updated atomically)."""
+    from synthseg_lite.io import atomic_write
+
+    by_folder: dict[Path, list[Path]] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            by_folder.setdefault(p.parent, []).append(p)
+    for folder, files in by_folder.items():
+        ledger = _read_ledger(folder)
+        ledger.update({f.name: _stamp(f) for f in files})
+        text = json.dumps(ledger, indent=0, sort_keys=True)
+        atomic_write(folder / LEDGER, lambda tmp, text=text: Path(tmp).write_text(text))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_dir(path: str | Path, name: str = "output") -> Path:
+    """Fail early when ``path`` cannot be an output folder.
+
+    Raises:
+        ValueError: ``path`` is a file, or it (or the nearest existing parent) is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}={path}: is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name}={path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={path}: {existing} is not writable")
+    return path
+
+
+def check_outputs(
+    outputs: Iterable[str | Path], inputs: Iterable[str | Path], overwrite: bool = False
+) -> list[Path]:
+    """Check, before any work, that writing ``outputs`` replaces nothing it must not.
+
+    Args:
+        outputs: every file the run is about to write.
+        inputs: every file the run reads (scans, references, label maps, models).
+        overwrite: replace files an earlier run of this tool wrote.
+
+    Returns:
+        The outputs that already exist and were written by an earlier run (to skip, or to replace
+        when ``overwrite``).
+
+    Raises:
+        ValueError: an output is an input (``overwrite`` never lifts this), an output exists and
+            this tool did not write it, or an output path is a folder.
+    """
+    inputs = [Path(p) for p in inputs]
+    resolved = {p.resolve() for p in inputs}
+    earlier: list[Path] = []
+    for out in (Path(p) for p in outputs):
+        if out.resolve() in resolved or any(_same_file(out, i) for i in inputs):
+            raise ValueError(f"output {out} is an input of this run; refusing to overwrite it")
+        if out.is_dir():
+            raise ValueError(f"output {out} is a folder")
+        if out.exists():
+            if not written_by_tool(out):
+                raise ValueError(
+                    f"output {out} exists and was not written by synthseg_lite; refusing to "
+                    "overwrite it (choose another output folder)"
+                )
+            earlier.append(out)
+    return earlier
+
+
+def remove_stale_temporaries(folder: str | Path, suffix: str = "") -> list[Path]:
+    """Remove the hidden temporary files ``.<name>.<8 random characters><suffix>`` that
+    :func:`synthseg_lite.io.atomic_write` leaves in ``folder`` when a process is killed mid-write
+    (SIGKILL, power loss: no exception handler runs).
+
+    Returns:
+        The removed files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(suffix) + "$")
+    removed = []
+    for f in folder.iterdir():
+        if f.name != LEDGER and pattern.match(f.name) and f.is_file():
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d stale temporary file(s) in %s", len(removed), folder)
+    return removed
