@@ -20,20 +20,20 @@ from synthseg_lite.io import atomic_write
 from synthseg_lite.model.module import ModelConfig
 from synthseg_lite.model.planning import Plan, plan_patch_and_batch
 from synthseg_lite.model.unet import UNetConfig
+from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
 
 __all__ = [
     "AtomicCheckpointIO",
     "check_accelerator",
+    "check_resume_compatible",
     "config_differences",
     "plan_sizes",
-from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
     "read_resume",
     "register_configs",
 ]
 
 log = logging.getLogger(__name__)
 
-    "check_resume_compatible",
 
 def register_configs() -> None:
     """Register the ``data`` and ``model`` schemas (``data/schema``, ``model/schema``) in Hydra's
@@ -54,8 +54,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
+        # a run killed mid-write (SIGKILL) leaves its hidden temporary: the next save removes it
+        remove_stale_temporaries(Path(path).parent, ".ckpt")
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
         log.info("checkpoint written: %s", path)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's resume read, always with ``weights_only=True`` (never runs code)."""
+        return load_torch_file(path, map_location or "cpu", "checkpoint")
 
 
 def check_accelerator(accelerator: str) -> None:
@@ -65,17 +73,9 @@ def check_accelerator(accelerator: str) -> None:
         ValueError: ``accelerator`` is ``gpu``/``cuda`` and CUDA is not available.
     """
     if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
-        # a run killed mid-write (SIGKILL) leaves its hidden temporary: the next save removes it
-        remove_stale_temporaries(Path(path).parent, ".ckpt")
         raise ValueError(
             "no CUDA GPU found: this job is sized for a 12 GB GPU; on a CPU run "
             "`python train.py experiment=cpu` (small 2 mm model) or `experiment=smoke`, "
-    def load_checkpoint(
-        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        """Lightning's resume read, always with ``weights_only=True`` (never runs code)."""
-        return load_torch_file(path, map_location or "cpu", "checkpoint")
-
             "or force this job with trainer=cpu"
         )
 
@@ -97,6 +97,7 @@ def read_resume(path: str | Path) -> dict[str, Any]:
             "seed": int(hp["seed"]),
             "global_step": int(ckpt.get("global_step", 0)),
             "config": dict(hp.get("config") or {}),
+            "shapes": {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()},
         }
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(
@@ -139,7 +140,6 @@ def config_differences(
     sections: tuple[str, ...] = ("data", "synth", "model", "seed", "fold"),
 ) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (within ``sections``)."""
-            "shapes": {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()},
     diffs: list[str] = []
 
     def walk(a: Any, b: Any, key: str) -> None:
