@@ -43,6 +43,7 @@ __all__ = [
     "case_metrics",
     "class_names",
     "evaluate_pairs",
+    "jsonable",
     "label_mapping",
     "load_pair",
     "load_segmentation",
@@ -291,11 +292,12 @@ def summarise(per_case: list[dict], names: Sequence[str], skipped: Sequence[dict
     }
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """Plain JSON types (dict keys as strings) from nested dicts, lists and numpy values."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -313,7 +315,7 @@ def write_report(summary: dict, output_dir: str | Path, plots: bool = True) -> d
 
     out = Path(output_dir)
     names = summary["class_names"]
-    text = json.dumps(_jsonable(summary), indent=2, allow_nan=True)
+    text = json.dumps(jsonable(summary), indent=2, allow_nan=True)
     files = {"summary": atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))}
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -334,7 +336,10 @@ def write_report(summary: dict, output_dir: str | Path, plots: bool = True) -> d
         }
         n = summary["n_cases"]
         files["boxplots"] = box_plots(
-            values, out / "boxplots.png", title=f"{n} case(s); distances in mm"
+            values,
+            out / "boxplots.png",
+            title=f"{n} case(s); distances in mm",
+            cases=[c["case"] for c in summary["metric_per_case"]],
         )
         files["confusion"] = confusion_plot(
             summary["confusion"], [names[k] for k in sorted(names)], out / "confusion.png"

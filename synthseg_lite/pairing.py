@@ -90,7 +90,8 @@ def _files(path: Path) -> list[Path]:
 
 
 def find_cases(path: str | Path, pattern: str | None = None) -> dict[str, Path]:
-    """Case id -> file for the NIfTI/MGZ files at ``path`` (a file, or a folder searched recursively).
+    """Case id -> file for the NIfTI/MGZ files at ``path`` (a file, or a folder, searched
+    recursively).
 
     Args:
         path: file or folder.

@@ -20,7 +20,15 @@ from matplotlib.patches import Patch
 
 from synthseg_lite.io import atomic_write
 
-__all__ = ["box_plots", "class_colors", "confusion_plot", "histogram_plot", "qc_figure"]
+__all__ = [
+    "box_plots",
+    "class_colors",
+    "confusion_plot",
+    "histogram_plot",
+    "qc_figure",
+    "structure_box_plot",
+    "structure_colors",
+]
 
 # (fixed axis, horizontal axis, vertical axis, name, left / right / bottom / top direction letters)
 _VIEWS = ((0, 1, 2, "sagittal", "PAIS"), (1, 0, 2, "coronal", "LRIS"), (2, 0, 1, "axial", "LRPA"))
@@ -126,19 +134,67 @@ def qc_figure(
     return _save(fig, path)
 
 
+#: Metrics in [0, 1]: their axis is fixed to 0-1 so figures compare at a glance.
+_UNIT_METRICS = ("Dice", "IoU", "precision", "recall")
+_MARKERS = "osD^vP*Xhp<>"
+#: Up to this many cases, every case gets its own colour and marker, named in a legend; beyond,
+#: only the points outside the whiskers are annotated with their case.
+MAX_LEGEND_CASES = 12
+
+
+def _case_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
+    """(colour, marker) for each of ``n`` cases, all distinct up to 120 cases."""
+    cmap = plt.get_cmap("tab10")
+    return [(cmap(i % 10), _MARKERS[(i // 10) % len(_MARKERS)]) for i in range(n)]
+
+
+def _strip(
+    ax: plt.Axes, values: Sequence[Sequence[float]], cases: Sequence[str], width: float = 0.15
+) -> None:
+    """Points of each box (``values[box][case]``), styled per case; outliers annotated by case."""
+    styles = _case_styles(len(cases))
+    offsets = np.linspace(-width, width, len(cases)) if len(cases) > 1 else np.zeros(1)
+    legend = len(cases) <= MAX_LEGEND_CASES
+    named: set[int] = set()
+    for b, per_case in enumerate(values, start=1):
+        v = np.asarray(per_case, dtype=float)
+        finite = np.isfinite(v)
+        if not finite.any():
+            continue
+        q1, q3 = np.percentile(v[finite], [25, 75])
+        lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+        for c, (case, (color, marker)) in enumerate(zip(cases, styles)):
+            if not finite[c]:
+                continue
+            x = b + offsets[c]
+            ax.plot(x, v[c], marker, ms=4, alpha=0.8, color=color if legend else "k", zorder=4,
+                    label=case if legend and c not in named else None)
+            named.add(c)
+            if not legend and not lo <= v[c] <= hi:
+                ax.annotate(case, (x, v[c]), fontsize=6, xytext=(3, 0),
+                            textcoords="offset points")
+
+
 def box_plots(
-    values: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, title: str = ""
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    title: str = "",
+    cases: Sequence[str] | None = None,
 ) -> Path:
-    """One panel per metric, one box per class (cases as dots).
+    """One panel per metric, one box per class, each case a labelled point.
 
     Args:
-        values: metric -> class name -> per-case values (non-finite values are left out and
-            counted in the tick label).
+        values: metric -> class name -> per-case values, in the order of ``cases`` (non-finite
+            values are left out and counted in the tick label).
         path: PNG to write.
+        cases: case names; up to :data:`MAX_LEGEND_CASES` each has its own colour and marker
+            in a legend, beyond that points outside the whiskers are annotated with their case.
+            Dice, IoU, precision and recall axes are fixed to 0-1.
     """
     metrics = list(values)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4), squeeze=False)
-    rng = np.random.default_rng(0)
+    n = len(next(iter(next(iter(values.values())).values()), []))
+    cases = list(cases) if cases is not None else [f"case {i}" for i in range(n)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         classes = list(values[metric])
         data, ticks = [], []
@@ -151,10 +207,92 @@ def box_plots(
             )
         ax.boxplot(data, showfliers=False)
         ax.set_xticks(range(1, len(classes) + 1), ticks)
-        for i, d in enumerate(data, start=1):
-            ax.plot(i + rng.uniform(-0.12, 0.12, d.size), d, "o", ms=3, alpha=0.6, color="k")
+        _strip(ax, [values[metric][name] for name in classes], cases)
+        if metric in _UNIT_METRICS:
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
+    if len(cases) <= MAX_LEGEND_CASES:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(cases), 6), fontsize=7,
+                   frameon=False)
+    fig.suptitle(title)
+    rows = -(-len(cases) // 6) if len(cases) <= MAX_LEGEND_CASES else 0
+    fig.tight_layout(rect=(0, 0.04 * rows, 1, 1))
+    return _save(fig, path)
+
+
+def structure_colors(values: Sequence[int]) -> list[tuple[float, float, float]]:
+    """RGB colours (0-1) of FreeSurfer label values: FreeSurfer's colour table where the package
+    has it (:mod:`synthseg_lite.lut`), else evenly spread hues."""
+    try:
+        from synthseg_lite.lut import FREESURFER_COLORS
+    except ImportError:
+        FREESURFER_COLORS = {}
+    spread = class_colors(len(values) + 1)[1:, :3]
+    return [
+        tuple(c / 255 for c in FREESURFER_COLORS[v]) if v in FREESURFER_COLORS else tuple(spread[i])
+        for i, v in enumerate(values)
+    ]
+
+
+_LABEL_NAMES = {
+    "HD95": "HD95 (mm)",
+    "ASSD": "ASSD (mm)",
+    "volume_diff_pct": "volume difference (%)",
+    "volume_diff_mm3": "volume difference (mm³)",
+}
+
+
+def structure_box_plot(
+    values: Mapping[str, Mapping[int, Sequence[float]]],
+    cases: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Per-structure box plot: one row per metric, one box per structure in its FreeSurfer colour,
+    each case a labelled point (as :func:`box_plots`); the Dice axis is fixed to 0-1.
+
+    Args:
+        values: metric -> FreeSurfer label value -> per-case values in the order of ``cases``
+            (NaN: not scored, left out; inf: counted above the box).
+        cases: case names.
+        path: PNG to write.
+    """
+    from matplotlib import patheffects
+
+    from synthseg_lite.labels import FREESURFER_NAMES
+
+    _outline = patheffects.withStroke(linewidth=5.5, foreground="0.2")
+    metrics = list(values)
+    labels = list(next(iter(values.values())))
+    colors = structure_colors(labels)
+    fig, axes = plt.subplots(
+        len(metrics), 1, figsize=(max(10, 0.42 * len(labels) + 2), 3.2 * len(metrics) + 1.5),
+        squeeze=False, sharex=True,
+    )
+    for ax, metric in zip(axes[:, 0], metrics):
+        data = [np.asarray(values[metric][v], dtype=float) for v in labels]
+        boxes = ax.boxplot(
+            [x[np.isfinite(x)] for x in data], showfliers=False, patch_artist=True, widths=0.6
+        )
+        for patch, median, color in zip(boxes["boxes"], boxes["medians"], colors):
+            patch.set(facecolor=color, alpha=0.7, edgecolor="0.3")
+            median.set(color=color, linewidth=4, path_effects=[_outline])
+        _strip(ax, [values[metric][v] for v in labels], cases, width=0.2)
+        if metric in _UNIT_METRICS:
+            ax.set_ylim(-0.02, 1.02)
+        for i, x in enumerate(data, start=1):  # infinite distances (a missed structure)
+            if n_inf := int(np.isinf(x).sum()):
+                ax.text(i, 0.97, f"{n_inf}×inf", transform=ax.get_xaxis_transform(),
+                        ha="center", va="top", fontsize=7, color="crimson")
+        ax.set_ylabel(_LABEL_NAMES.get(metric, metric))
+        ax.grid(axis="y", alpha=0.3)
+    ticks = [FREESURFER_NAMES[v] for v in labels]
+    axes[-1, 0].set_xticks(range(1, len(labels) + 1), ticks, rotation=60, ha="right", fontsize=8)
+    if len(cases) <= MAX_LEGEND_CASES:
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        axes[0, 0].legend(handles, names, fontsize=7, loc="lower left", ncol=min(len(cases), 6))
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

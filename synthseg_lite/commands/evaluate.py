@@ -2,11 +2,14 @@
 
     python evaluate.py pred=DIR ref=DIR ref_labels=ibsr output=DIR
     python evaluate.py pred=pred_seg.nii.gz ref=aseg.nii.gz ref_labels=aseg output=DIR
+    python evaluate.py mode=structures pred=out/t1_seg.nii.gz ref=aseg.nii.gz output=DIR
     python evaluate.py mode=quality pred=SYNTHETIC_DIR ref=REAL_DIR output=DIR [mask=LABEL_DIR]
 
 Segmentation mode writes ``summary.json`` (per case, per-class mean, foreground mean: nnU-Net's
 layout, see :mod:`synthseg_lite.metrics` for the empty-class policy), ``metrics.csv``,
-``boxplots.png`` and ``confusion.png``; quality mode writes ``quality_summary.json``,
+``boxplots.png`` and ``confusion.png``; structures mode (FreeSurfer aseg values on both sides,
+per structure, :mod:`synthseg_lite.structure_metrics`) ``summary.json``, ``metrics.csv`` and
+``structures_boxplot.png``; quality mode writes ``quality_summary.json``,
 ``quality.csv`` and ``histograms.png`` (:mod:`synthseg_lite.quality`). Hydra's log and config go
 to ``output`` too. Exit codes: 0 done, 1 some cases skipped, 2 bad arguments.
 """
@@ -22,10 +25,12 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from synthseg_lite.cli import require, user_errors
+from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import option_rows, register_help, with_version
 from synthseg_lite.metrics import evaluate_pairs, label_mapping, write_report
 from synthseg_lite.pairing import DEFAULT_PATTERN, pair_cases
 from synthseg_lite.quality import evaluate_quality
+from synthseg_lite.structure_metrics import evaluate_structures, write_structure_report
 
 log = logging.getLogger("evaluate")
 
@@ -35,16 +40,22 @@ class EvaluateConfig:
     """``evaluate.py`` arguments (the only place their defaults live).
 
     Attributes:
-        mode: ``segmentation`` or ``quality`` (synthetic vs real images).
+        mode: ``segmentation`` (classes through ``ref_labels`` / ``pred_labels``), ``structures``
+            (SynthSeg's 31 structures, both sides in FreeSurfer aseg values; the label options
+            are not used) or ``quality`` (synthetic vs real images).
         pred: predictions (segmentation mode) or synthetic images (quality mode): a file or a
             folder, searched recursively.
         ref: references (segmentation mode) or real images (quality mode): a file or a folder.
         output: output folder.
-        ref_labels: label convention of the references: ``tissue``, ``ibsr``, ``aseg`` or a
-            mapping ``{value: class}`` (e.g. ``'{1:3,2:1,3:2}'``).
-        pred_labels: label convention of the predictions (``aseg`` for a ``synthseg`` model).
+        ref_labels: label convention of the references: ``tissue``, ``ibsr``, ``aseg``
+            (FreeSurfer -> tissue, CSF with label 24), ``aseg_ventricular`` (CSF = ventricles
+            only, as the ``tissue_ventricular`` models predict) or a mapping ``{value: class}``
+            (e.g. ``'{1:3,2:1,3:2}'``).
+        pred_labels: label convention of the predictions (``aseg_ventricular`` gives the tissue
+            view of a structure model's aseg values).
         pred_pattern: regex on the file name without suffix; group ``id`` pairs cases (None:
-            ``(?P<id>.+)_seg`` in segmentation mode, ``(?P<id>.+)`` in quality mode).
+            pairing by layout, see :mod:`synthseg_lite.pairing`, in segmentation and structures
+            modes; ``(?P<id>.+)`` in quality mode).
         ref_pattern: the same for references / real images.
         surface: compute HD95 / HD / ASSD (segmentation mode).
         plots: write the PNG figures (segmentation mode).
@@ -70,6 +81,7 @@ class EvaluateConfig:
 
 
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+register_help("synthseg-lite-evaluate", __doc__, option_rows(EvaluateConfig))
 
 
 def run(cfg: EvaluateConfig) -> int:
@@ -94,17 +106,31 @@ def run(cfg: EvaluateConfig) -> int:
             summary["n_cases"],
             ", ".join(f"{k} {v:.3f}" for k, v in summary["mean"].items()),
         )
+    elif cfg.mode == "structures":
+        pairs = pair_cases(cfg.pred, cfg.ref, cfg.pred_pattern, cfg.ref_pattern)
+        summary = evaluate_structures(pairs, cfg.surface)
+        files = write_structure_report(summary, cfg.output, cfg.plots)
+        for group, m in summary["group_mean"].items():
+            log.info("%-22s Dice %.3f  HD95 %.2f mm", group, m["Dice"], m["HD95"])
+        m = summary["structure_mean"]
+        log.info(
+            "mean over %d structures: Dice %.3f  HD95 %.2f mm  ASSD %.2f mm",
+            summary["n_structures_scored"],
+            m["Dice"],
+            m["HD95"],
+            m["ASSD"],
+        )
+        if summary["not_scored"]:
+            log.warning(
+                "not in any reference (not averaged): %s", ", ".join(summary["not_scored"])
+            )
+        log.info("%d case(s) -> %s", summary["n_cases"], files["summary"])
     elif cfg.mode == "segmentation":
         (
             label_mapping(cfg.pred_labels),
             label_mapping(cfg.ref_labels),
         )  # fail on bad presets before any work
-        pairs = pair_cases(
-            cfg.pred,
-            cfg.ref,
-            cfg.pred_pattern or DEFAULT_PATTERN,
-            cfg.ref_pattern or DEFAULT_PATTERN,
-        )
+        pairs = pair_cases(cfg.pred, cfg.ref, cfg.pred_pattern, cfg.ref_pattern)
         summary = evaluate_pairs(pairs, cfg.pred_labels, cfg.ref_labels, cfg.surface)
         files = write_report(summary, cfg.output, cfg.plots)
         names = summary["class_names"]
@@ -118,13 +144,16 @@ def run(cfg: EvaluateConfig) -> int:
             )
         log.info("%d case(s) -> %s", summary["n_cases"], files["summary"])
     else:
-        raise ValueError(f"mode must be 'segmentation' or 'quality', got {cfg.mode!r}")
+        raise ValueError(
+            f"mode must be 'segmentation', 'structures' or 'quality', got {cfg.mode!r}"
+        )
     for s in summary["skipped"]:
         log.error("skipped %s: %s", s["case"], s["reason"])
     return 1 if summary["skipped"] else 0
 
 
-@hydra.main(version_base="1.3", config_path="../conf/cli", config_name="evaluate")
+@with_version("synthseg-lite-evaluate")
+@hydra_main(config_path="../conf/cli", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     require(OmegaConf.missing_keys(cfg))
     sys.exit(user_errors(lambda: run(OmegaConf.to_object(cfg))))
