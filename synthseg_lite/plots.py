@@ -57,8 +57,12 @@ def qc_figure(
     names: Sequence[str],
     path: str | Path,
     title: str = "",
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
     """Three views of a scan: the image alone, then three slices with the segmentation overlaid.
+
+    The legend lists the classes present in ``labels`` (in their colours), below the panels in as
+    many rows as needed; the figure grows by the legend's height so nothing runs off the edges.
 
     Args:
         image: (X, Y, Z) intensities, RAS order.
@@ -67,16 +71,27 @@ def qc_figure(
         names: class names, index 0 background.
         path: PNG to write (atomically).
         title: figure title.
+        colors: (K,) RGB 0-255 per class (e.g. FreeSurfer's LUT colours, see
+            :mod:`synthseg_lite.lut`); None: :func:`class_colors`.
     """
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     lo, hi = np.percentile(image, [0.5, 99.5])
     img = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    cmap = ListedColormap(class_colors(len(names)))
+    rgba = class_colors(len(names))
+    if colors is not None:
+        rgba[1:, :3] = np.asarray(colors, dtype=float)[1:] / 255
+        rgba[1:, 3] = 1
+    cmap = ListedColormap(rgba)
+    present = [k for k in np.unique(labels).tolist() if 0 < k < len(names)]
+    ncol = 8 if max((len(names[k]) for k in present), default=0) <= 12 else 4
+    legend_rows = -(-len(present) // ncol)
+    legend_in = 0.25 * legend_rows + 0.15
     fg = (labels > 0) | (img > 0.05)
     fg = np.nonzero(fg) if fg.any() else np.nonzero(np.ones_like(labels))
     # Show the bounding box of the head / brain (with a margin), slices at 30, 50, 70 % of it.
     box = [(max(0, int(i.min()) - 5), min(n, int(i.max()) + 6)) for i, n in zip(fg, labels.shape)]
-    fig, axes = plt.subplots(3, 4, figsize=(13, 10), facecolor="black")
+    fig_h = 10 + legend_in
+    fig, axes = plt.subplots(3, 4, figsize=(13, fig_h), facecolor="black")
     for row, (fixed, h, v, view, dirs) in enumerate(_VIEWS):
         lo_i, hi_i = box[fixed]
         positions = [round(lo_i + f * (hi_i - 1 - lo_i)) for f in (0.5, 0.3, 0.5, 0.7)]
@@ -120,17 +135,20 @@ def qc_figure(
                 ax.text(
                     x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=9
                 )
-    handles = [Patch(color=cmap(k), label=n) for k, n in enumerate(names) if k > 0]
-    fig.legend(
-        handles=handles,
-        loc="lower center",
-        ncol=min(len(handles), 8),
-        fontsize=8,
-        frameon=False,
-        labelcolor="white",
-    )
+    handles = [Patch(color=cmap(k), label=f"{names[k]}") for k in present]
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), ncol),
+            fontsize=8,
+            frameon=False,
+            labelcolor="white",
+            columnspacing=1.2,
+            handlelength=1.2,
+        )
     fig.suptitle(title, color="white")
-    fig.tight_layout(rect=(0, 0.05 + 0.02 * ((len(handles) - 1) // 8), 1, 0.97))
+    fig.tight_layout(rect=(0, legend_in / fig_h, 1, 0.97))
     return _save(fig, path)
 
 

@@ -1,42 +1,65 @@
 """Segment scans end to end: read, preprocess, predict, post-process, write.
 
-Per scan ``<name>`` (the file name without its suffix) the output folder receives
-``<name>_seg.<ext>`` (values ``target.values``, on the input's grid and affine), optionally
-``<name>_posteriors.<ext>`` (X, Y, Z, K float32) and ``<name>_qc.png``; ``volumes.csv`` holds one
-row per scan (soft volumes in mm^3). ``<ext>`` is ``mgz`` for MGZ inputs, ``nii.gz`` otherwise.
-A scan that cannot be processed is skipped with a one-line reason; the others go on.
+Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.lut`), its
+FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
+CSF) with its own tables, optionally the posteriors, a QC PNG and a provenance JSON (written last:
+a scan with one is done and skipped on the next run unless ``overwrite``). File names:
+:func:`synthseg_lite.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
+mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs) and
+``report.html`` summarises the study. A scan that cannot be processed is skipped with a one-line
+reason; the others go on.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from synthseg_lite.inference.postprocess import (
     KEEP_LARGEST,
     NativePrediction,
     keep_largest_component,
+    qc_scores,
     to_native,
 )
 from synthseg_lite.inference.predictor import (
     TTA_MODES,
     Predictor,
     default_model_path,
+    find_checkpoints,
     load_ensemble,
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
-from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, load_volume, save_volume, strip_suffix
+from synthseg_lite.io import load_volume, save_volume
+from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
+from synthseg_lite.lut import (
+    LABEL_CONVENTIONS,
+    OutputLabels,
+    output_labels,
+    tissue_view,
+    write_dseg_tsv,
+    write_lut,
+)
+from synthseg_lite.outputs import (
+    DERIVATIVES,
+    Scan,
+    find_scans,
+    merge_volumes,
+    output_paths,
+    provenance,
+    select_part,
+    write_dataset_description,
+    write_json,
+)
 from synthseg_lite.plots import qc_figure
 
 __all__ = [
@@ -52,6 +75,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VOLUMES_CSV = "volumes.csv"
+REPORT_HTML = "report.html"
+#: Default QC threshold: a scan whose score (lowest group confidence) is below it is flagged.
+QC_THRESHOLD = 0.65
 
 
 @dataclass
@@ -72,6 +98,16 @@ class InferenceOptions:
         save_qc: write a QC PNG per scan.
         threads: CPU threads for torch (None: torch's default).
         progress: show a progress bar over scans.
+        labels: output values: ``native`` (structures: FreeSurfer aseg values; tissue: 1 GM,
+            2 WM, 3 CSF) or ``fast`` (FSL FAST's 1 CSF, 2 GM, 3 WM for tissue outputs, including
+            the tissue view of a structure model).
+        overwrite: segment scans again whose outputs exist (default: skip them, so an interrupted
+            study resumes).
+        num_parts: split the study into this many parts (array jobs).
+        part_id: which part (0-based) this run segments: every ``num_parts``-th scan of the
+            sorted study, starting at ``part_id``.
+        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``.
+        report: write ``report.html`` for the study (all rows of ``volumes.csv``).
     """
 
     device: str = "auto"
@@ -86,6 +122,12 @@ class InferenceOptions:
     save_qc: bool = True
     threads: int | None = None
     progress: bool = True
+    labels: str = "native"
+    overwrite: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+    qc_threshold: float = QC_THRESHOLD
+    report: bool = True
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
@@ -98,6 +140,11 @@ class InferenceOptions:
             raise ValueError(
                 f"percentiles must be [low, high] in [0, 100], got {list(self.percentiles)}"
             )
+        if self.labels not in LABEL_CONVENTIONS:
+            raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {self.labels!r}")
+        if not 0 <= self.qc_threshold <= 1:
+            raise ValueError(f"qc_threshold must be in [0, 1], got {self.qc_threshold}")
+        select_part([], self.num_parts, self.part_id)  # validates num_parts / part_id
 
 
 @dataclass
@@ -106,10 +153,14 @@ class ScanResult:
 
     Attributes:
         input: the scan.
-        outputs: written files by kind (``seg``, ``posteriors``, ``qc``); empty when skipped.
+        outputs: written files by kind (see :func:`~synthseg_lite.outputs.output_paths`); for a
+            scan left as it was (``done``), its existing files.
         volumes_mm3: class name -> soft volume (mm^3).
         seconds: wall time for this scan.
         error: why the scan was skipped (one line), or None.
+        case: case id (``subject`` in ``volumes.csv``).
+        qc: QC scores (``qc_score`` and one per group), in [0, 1].
+        done: its outputs existed already and were kept (``overwrite=false``).
     """
 
     input: Path
@@ -117,6 +168,9 @@ class ScanResult:
     volumes_mm3: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    case: str = ""
+    qc: dict[str, float] = field(default_factory=dict)
+    done: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,42 +184,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Scans named by files, folders (their NIfTI/MGZ files, not recursive) and glob patterns.
+    """Scans named by files, folders (searched recursively) and glob patterns, as absolute paths
+    (see :func:`synthseg_lite.outputs.find_scans`).
 
     Raises:
         ValueError: nothing matches.
     """
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    found: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(
-                f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES)
-            )
-        elif p.exists():
-            found.append(p)
-        elif glob.has_magic(str(item)):
-            found += sorted(
-                Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file()
-            )
-        else:
-            raise ValueError(f"input {item}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise ValueError(f"input {inputs}: no scans found (NIfTI or MGZ files)")
-    return unique
+    return [s.path.resolve() for s in find_scans(inputs).scans]
 
 
-def output_paths(scan: Path, output_dir: Path) -> dict[str, Path]:
-    """Where the outputs of ``scan`` go."""
-    name = strip_suffix(scan)
-    ext = ".mgz" if scan.name.lower().endswith(".mgz") else ".nii.gz"
-    return {
-        "seg": output_dir / f"{name}_seg{ext}",
-        "posteriors": output_dir / f"{name}_posteriors{ext}",
-        "qc": output_dir / f"{name}_qc.png",
+def qc_groups(target: TargetPreset) -> dict[str, list[int]]:
+    """Class groups scored by QC: the structure groups (``labels.STRUCTURE_GROUPS``) when they
+    cover every class of the target, else one group per class (e.g. GM, WM, CSF)."""
+    index = {v: k for k, v in enumerate(target.values) if k}
+    groups = {
+        name: [index[v] for v in values if v in index] for name, values in STRUCTURE_GROUPS.items()
     }
+    groups = {name: classes for name, classes in groups.items() if classes}
+    if {k for c in groups.values() for k in c} == set(index.values()):
+        return groups
+    return {target.names[k]: [k] for k in range(1, target.n_classes)}
 
 
 def segment_volume(
@@ -185,7 +223,8 @@ def segment_volume(
         device: where to compute.
 
     Returns:
-        :class:`~synthseg_lite.inference.postprocess.NativePrediction`.
+        :class:`~synthseg_lite.inference.postprocess.NativePrediction`, with its QC scores
+        (:func:`~synthseg_lite.inference.postprocess.qc_scores` over :func:`qc_groups`).
 
     Raises:
         ValueError: empty or constant image.
@@ -197,108 +236,207 @@ def segment_volume(
     )
     probs = predictor(image)[0]
     probs = keep_largest_component(probs, opts.keep_largest)
-    return to_native(probs, geom, keep_posteriors=opts.save_posteriors)
+    pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors)
+    pred.qc = qc_scores(probs, qc_groups(meta.label_table.target))
+    return pred
 
 
-def _write_volumes(path: Path, names: Sequence[str], results: Sequence[ScanResult]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["scan", "total_brain_mm3", *names[1:]])
-    for r in results:
-        if r.error is None:
-            fg = [r.volumes_mm3[n] for n in names[1:]]
-            writer.writerow([str(r.input), f"{sum(fg):.1f}", *(f"{v:.1f}" for v in fg)])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+@dataclass
+class _Writer:
+    """What every scan of a run shares: model, label conventions, provenance."""
+
+    predictor: Predictor
+    opts: InferenceOptions
+    device: torch.device
+    labels: OutputLabels
+    tissue: tuple[np.ndarray, OutputLabels] | None
+    provenance: dict
+    root: Path
 
 
-def _segment_one(
-    scan: Path,
-    out: dict[str, Path],
-    predictor: Predictor,
-    opts: InferenceOptions,
-    device: torch.device,
-) -> dict[str, float]:
-    vol = load_volume(scan, canonical=False)
+def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    dtype = np.uint8 if values.max(initial=0) < 256 else np.int16
+    save_volume(values.astype(dtype), affine, path)
+
+
+def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
+    """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
+    vol = load_volume(scan.path, canonical=False)
     if not np.any(vol.data):
-        raise ValueError(f"{scan}: image is empty (all zeros)")
-    pred = segment_volume(vol.data, vol.affine, predictor, opts, device)
-    target = predictor.meta.label_table.target
-    values = np.asarray(target.values)
-    dtype = np.uint8 if values.max() < 256 else np.int16
-    save_volume(values[pred.labels].astype(dtype), vol.affine, out["seg"])
+        raise ValueError(f"{scan.path}: image is empty (all zeros)")
+    pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device)
+    target = w.predictor.meta.label_table.target
+    names = target.names
+    written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
+    _save_labels(w.labels.lut()[pred.labels], vol.affine, out["seg"])
+    write_lut(out["lut"], w.labels, f"{scan.case}: {w.labels.desc} labels (synthseg_lite)")
+    write_dseg_tsv(out["tsv"], w.labels)
+    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    hard = np.bincount(pred.labels.ravel(), minlength=len(names)).astype(float) * voxel_mm3
+    soft = np.asarray(pred.volumes_mm3, dtype=float)
+    qc = pred.qc
+    row: dict[str, object] = {
+        "subject": scan.case,
+        "qc_score": qc["qc_score"],
+        "qc_flag": qc["qc_score"] < w.opts.qc_threshold,
+        "total_intracranial_mm3": hard[1:].sum(),
+        "total_intracranial_soft_mm3": soft[1:].sum(),
+    }
+    for k in range(1, len(names)):
+        row[f"{names[k]}_mm3"] = hard[k]
+        row[f"{names[k]}_soft_mm3"] = soft[k]
+    if w.tissue is not None:
+        group, tissue = w.tissue
+        _save_labels(tissue.lut()[group[pred.labels]], vol.affine, out["tissue"])
+        write_lut(out["tissue_lut"], tissue, f"{scan.case}: tissue view (synthseg_lite)")
+        write_dseg_tsv(out["tissue_tsv"], tissue)
+        written |= {k: out[k] for k in ("tissue", "tissue_lut", "tissue_tsv")}
+        t_hard = np.bincount(group, weights=hard, minlength=4)
+        t_soft = np.bincount(group, weights=soft, minlength=4)
+        for t in range(1, 4):
+            row[f"{tissue.names[t]}_mm3"] = t_hard[t]
+            row[f"{tissue.names[t]}_soft_mm3"] = t_soft[t]
+    row |= {f"qc_{g}": v for g, v in qc.items() if g != "qc_score"}
     if pred.posteriors is not None:
         save_volume(np.moveaxis(pred.posteriors, 0, -1), vol.affine, out["posteriors"])
-    if opts.save_qc:
+        written["posteriors"] = out["posteriors"]
+    if w.opts.save_qc:
         ornt = nib.orientations.io_orientation(vol.affine)
         ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
         ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
-        qc_figure(ras_image, pred.labels_ras, ras_affine, target.names, out["qc"], title=scan.name)
-    return {name: float(v) for name, v in zip(target.names, pred.volumes_mm3)}
+        qc_figure(
+            ras_image, pred.labels_ras, ras_affine, w.labels.names, out["qc"],
+            title=f"{scan.case}   QC {qc['qc_score']:.2f}", colors=w.labels.colors,
+        )
+        written["qc"] = out["qc"]
+    row["seg_file"] = _rel(out["seg"], w.root)
+    row["qc_png"] = _rel(out["qc"], w.root) if w.opts.save_qc else ""
+    merge_volumes(w.root / VOLUMES_CSV, [row])
+    sources = (
+        {"Sources": [f"bids:raw:{scan.path.relative_to(_bids_root(scan)).as_posix()}"]}
+        if scan.bids is not None and _bids_root(scan) is not None
+        else {}
+    )
+    write_json(
+        out["json"],
+        w.provenance | sources | {
+            "input": str(scan.path.resolve()),
+            "case": scan.case,
+            "labels": {"convention": w.opts.labels, "desc": w.labels.desc},
+            "qc": qc,
+            "outputs": {k: _rel(v, out["json"].parent) for k, v in written.items()},
+        },
+    )
+    written["json"] = out["json"]
+    result = ScanResult(scan.path, written, case=scan.case, qc=qc)
+    result.volumes_mm3 = {n: float(v) for n, v in zip(names, soft)}
+    return result
+
+
+def _rel(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _bids_root(scan: Scan) -> Path | None:
+    """The dataset folder of a BIDS scan (the parent of ``sub-*``)."""
+    for parent in scan.path.parents:
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return None
 
 
 def segment_scans(
     inputs: str | Path | Sequence[str | Path],
-    output_dir: str | Path,
+    output_dir: str | Path | None,
     model: str | Path | None = None,
     options: InferenceOptions | None = None,
 ) -> list[ScanResult]:
     """Segment every scan named by ``inputs`` into ``output_dir``.
 
     Args:
-        inputs: files, folders or glob patterns (see :func:`expand_inputs`).
-        output_dir: created if needed. Outputs never replace an input file.
+        inputs: files, folders (searched recursively), BIDS datasets or glob patterns (see
+            :func:`synthseg_lite.outputs.find_scans`).
+        output_dir: created if needed; None for a BIDS dataset: its own ``derivatives/``. Outputs
+            never replace an input file; existing outputs are kept unless ``options.overwrite``.
         model: a run directory (fold checkpoints, see
             :func:`~synthseg_lite.inference.predictor.find_checkpoints`), a ``.ckpt`` or a ``.pt``
             file; None: the model shipped in the package.
         options: see :class:`InferenceOptions`.
 
     Returns:
-        One :class:`ScanResult` per scan, skipped scans included (``error`` set).
+        One :class:`ScanResult` per scan of this part, skipped scans included (``error`` set) and
+        scans already done (``done`` set).
 
     Raises:
         ValueError: no scans, bad options or no usable model (scan-level problems do not raise).
     """
     opts = options or InferenceOptions()
-    scans = expand_inputs(inputs)
+    study = find_scans(inputs, output_dir)
+    if output_dir is None:
+        if len(study.bids_roots) != 1:
+            raise ValueError("output=... is required (it may be left out for one BIDS dataset)")
+        output_dir = study.bids_roots[0]
     output_dir = Path(output_dir)
+    scans = select_part(study.scans, opts.num_parts, opts.part_id)
     device = resolve_device(opts.device)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
-    nets, meta = load_ensemble(model if model is not None else default_model_path(), device)
+    model_path = Path(model) if model is not None else default_model_path()
+    nets, meta = load_ensemble(model_path, device)
     predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
+    target = meta.label_table.target
+    root = study.root(output_dir)
+    w = _Writer(
+        predictor, opts, device, output_labels(target, opts.labels),
+        tissue_view(target, opts.labels),
+        provenance(find_checkpoints(model_path), asdict(opts), model=str(model_path)), root,
+    )
+    if any(s.bids is not None for s in study.scans):
+        write_dataset_description(output_dir, study.bids_roots)
     log.info(
-        "%d scan(s) -> %s (device %s, %d pass(es) per scan, %.2f mm)",
-        len(scans),
-        output_dir,
-        device,
-        predictor.n_passes,
+        "%d scan(s) (part %d of %d: %d) -> %s (device %s, %d pass(es) per scan, %.2f mm)",
+        len(study.scans), opts.part_id, opts.num_parts, len(scans), output_dir / (
+            DERIVATIVES if root != output_dir else ""), device, predictor.n_passes,
         meta.spacing_mm,
     )
-    inputs_set = set(scans)
+    inputs_set = {s.path.resolve() for s in study.scans} | study.protected
     seen: set[Path] = set()
     results: list[ScanResult] = []
-    for scan in tqdm(scans, desc="scans", unit="scan", disable=not opts.progress):
-        out = output_paths(scan, output_dir)
-        result = ScanResult(scan)
-        start = time.perf_counter()
-        try:
-            clash = [p for p in out.values() if p.resolve() in inputs_set or p in seen]
-            if clash:
-                raise ValueError(
-                    f"{scan}: output {clash[0]} would replace an input or another scan's output"
-                )
-            seen.update(out.values())
-            result.volumes_mm3 = _segment_one(scan, out, predictor, opts, device)
-            keep = {"seg": True, "posteriors": opts.save_posteriors, "qc": opts.save_qc}
-            result.outputs = {k: v for k, v in out.items() if keep[k]}
-        except (ValueError, OSError, RuntimeError, MemoryError) as exc:  # bad scan, disk, memory
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            result.error = msg if str(scan) in msg else f"{scan}: {msg}"
-            log.warning("skipped %s", result.error)
-            log.debug("details", exc_info=True)
-        result.seconds = time.perf_counter() - start
-        results.append(result)
-        if result.error is None:
-            log.info("%s: %.1f s", scan.name, result.seconds)
-            _write_volumes(output_dir / VOLUMES_CSV, meta.label_table.target.names, results)
+    with logging_redirect_tqdm():
+        for scan in tqdm(scans, desc="scans", unit="scan", disable=not opts.progress):
+            out = output_paths(scan, output_dir, w.labels.desc)
+            if not opts.overwrite and out["json"].is_file() and out["seg"].is_file():
+                log.info("%s: outputs exist, kept (overwrite=true to segment it again)", scan.case)
+                results.append(ScanResult(scan.path, {"seg": out["seg"]}, case=scan.case, done=True))
+                continue
+            result = ScanResult(scan.path, case=scan.case)
+            start = time.perf_counter()
+            try:
+                ours = out["json"].is_file()  # earlier outputs of this tool may be replaced
+                clash = [
+                    p for p in out.values()
+                    if p in seen or (p.resolve() in inputs_set and not ours)
+                ]
+                if clash:
+                    raise ValueError(
+                        f"{scan.path}: output {clash[0]} would replace an input or another scan's"
+                        " output"
+                    )
+                seen.update(out.values())
+                result = _segment_one(scan, out, w)
+            except (ValueError, OSError, RuntimeError, MemoryError) as exc:  # bad scan, disk, memory
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                result.error = msg if str(scan.path) in msg else f"{scan.path}: {msg}"
+                log.warning("skipped %s", result.error)
+                log.debug("details", exc_info=True)
+            result.seconds = time.perf_counter() - start
+            results.append(result)
+            if result.error is None:
+                log.info("%s: %.1f s, QC %.2f", scan.case, result.seconds, result.qc["qc_score"])
+    if opts.report and (root / VOLUMES_CSV).is_file():
+        from synthseg_lite.report import write_report
+
+        write_report(root, opts.qc_threshold)
     return results

@@ -7,11 +7,14 @@
 * :func:`to_native` puts the probabilities back into the full resampled grid, resamples them (not
   the labels) linearly onto the RAS grid of the scan, takes the argmax there and reorients the
   result to the on-disk voxel order, so it shares the input's shape and affine.
+* :func:`qc_scores` rates a prediction from its own probabilities (automated QC, see the README's
+  "Outputs").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ from monai.transforms.utils import get_largest_connected_component_mask
 
 from synthseg_lite.inference.preprocess import Geometry, from_ras, resample
 
-__all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "to_native"]
+__all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "qc_scores", "to_native"]
 
 #: Allowed values of ``keep_largest``.
 KEEP_LARGEST = ("none", "brain", "labels")
@@ -73,12 +76,14 @@ class NativePrediction:
         labels_ras: (X, Y, Z) int64 class indices in RAS order (for QC figures).
         volumes_mm3: (K,) float64 soft volume of each class (sum of probabilities x voxel volume).
         posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
+        qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
     """
 
     labels: np.ndarray
     labels_ras: np.ndarray
     volumes_mm3: np.ndarray
     posteriors: np.ndarray | None = None
+    qc: dict[str, float] = field(default_factory=dict)
 
 
 def to_native(
@@ -123,3 +128,35 @@ def to_native(
     labels = from_ras(best_k, geom.ornt)
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
     return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes, post)
+
+
+def qc_scores(probs: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Confidence of a prediction per group of classes, in [0, 1].
+
+    For each group (e.g. a structure group, or a tissue class), the mean over the voxels whose
+    argmax is a class of the group of the maximum class probability there: 1 when the network
+    (averaged over folds and test-time passes) is certain everywhere, lower where classes compete
+    (boundaries, unfamiliar contrast, artefacts). A group with no voxel scores 0.
+
+    Args:
+        probs: (K, X, Y, Z) float class probabilities (sum 1 over K).
+        groups: group name -> class indices (no background).
+
+    Returns:
+        group name -> score, plus ``"qc_score"``: the lowest group score (the scan's score).
+    """
+    n_classes = probs.shape[0]
+    group_of = torch.full((n_classes,), -1, dtype=torch.long, device=probs.device)
+    for g, classes in enumerate(groups.values()):
+        group_of[torch.as_tensor(list(classes), dtype=torch.long, device=probs.device)] = g
+    top, labels = probs.max(0)
+    gid = group_of[labels]
+    valid = gid >= 0
+    n = len(groups)
+    counts = torch.bincount(gid[valid], minlength=n).double()
+    sums = torch.zeros(n, dtype=torch.float64, device=probs.device)
+    sums.index_add_(0, gid[valid], top[valid].double())
+    score = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    out = {name: float(v) for name, v in zip(groups, score.cpu())}
+    out["qc_score"] = min(out.values()) if out else 0.0
+    return out

@@ -1,0 +1,229 @@
+"""``report.html``: one self-contained page summarising a segmented study (opens offline).
+
+Built from the study's ``volumes.csv`` (every row, earlier runs included): the QC scores sorted
+worst first with flags, every scan's QC thumbnail (relative links to the QC PNGs beside the
+segmentations), a plot of each volume across scans with outliers (robust z-score
+``0.6745 (x - median) / MAD`` beyond :data:`OUTLIER_Z`) labelled by case (inline PNG), and the
+volumes table. No script, stylesheet or font is fetched from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from synthseg_lite import __version__
+from synthseg_lite.io import atomic_write
+from synthseg_lite.outputs import read_volumes
+
+__all__ = ["OUTLIER_Z", "REPORT_HTML", "outliers", "robust_z", "volume_plot", "write_report"]
+
+log = logging.getLogger(__name__)
+
+REPORT_HTML = "report.html"
+#: |robust z| above this marks a volume as an outlier.
+OUTLIER_Z = 3.0
+
+_CSS = """
+body{font-family:sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+th{background:#eee;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left}
+tr.flag td{background:#fdd}
+.scroll{max-height:420px;overflow:auto;border:1px solid #ccc;display:inline-block;max-width:100%}
+.thumbs{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:330px}
+figure img{width:330px;border:1px solid #999}
+figcaption{font-size:12px}
+.bad{color:#b00;font-weight:bold}
+"""
+
+
+def robust_z(values: Sequence[float]) -> np.ndarray:
+    """(N,) robust z-scores ``0.6745 (x - median) / MAD`` (NaN stays NaN; 0 when MAD is 0)."""
+    x = np.asarray(values, dtype=float)
+    med = np.nanmedian(x) if np.isfinite(x).any() else np.nan
+    mad = np.nanmedian(np.abs(x - med)) if np.isfinite(x).any() else np.nan
+    if not mad or not np.isfinite(mad):
+        return np.where(np.isfinite(x), 0.0, np.nan)
+    return 0.6745 * (x - med) / mad
+
+
+def _float(v: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _volume_columns(header: Sequence[str]) -> list[str]:
+    """Hard-volume columns (``<label>_mm3``), in CSV order."""
+    return [c for c in header if c.endswith("_mm3") and not c.endswith("_soft_mm3")]
+
+
+def outliers(
+    rows: Sequence[Mapping[str, str]], columns: Sequence[str], z: float = OUTLIER_Z
+) -> list[tuple[str, str, float, float]]:
+    """``(case, column, volume, robust z)`` for every volume with ``|robust z| > z``."""
+    found = []
+    for col in columns:
+        vals = [_float(r.get(col, "")) for r in rows]
+        for r, v, s in zip(rows, vals, robust_z(vals)):
+            if np.isfinite(s) and abs(s) > z:
+                found.append((r["subject"], col, v, float(s)))
+    return sorted(found, key=lambda t: -abs(t[3]))
+
+
+def volume_plot(rows: Sequence[Mapping[str, str]], columns: Sequence[str], ncols: int = 4) -> bytes:
+    """PNG: one panel per volume column, each scan a point (in case order), outliers in red and
+    labelled with their case; the median and the +-3 robust-z band drawn."""
+    n = max(len(columns), 1)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.4 * nrows), squeeze=False)
+    cases = [r["subject"] for r in rows]
+    x = np.arange(len(rows))
+    for ax, col in zip(axes.flat, columns):
+        v = np.array([_float(r.get(col, "")) for r in rows])
+        s = robust_z(v)
+        out = np.isfinite(s) & (np.abs(s) > OUTLIER_Z)
+        ax.plot(x[~out], v[~out], "o", ms=3, color="#1f77b4")
+        ax.plot(x[out], v[out], "o", ms=4, color="#d62728")
+        if np.isfinite(v).any():
+            med = np.nanmedian(v)
+            mad = np.nanmedian(np.abs(v - med))
+            ax.axhline(med, color="grey", lw=0.8)
+            if mad > 0:
+                band = OUTLIER_Z * mad / 0.6745
+                ax.axhspan(med - band, med + band, color="grey", alpha=0.12, lw=0)
+        for i in np.flatnonzero(out):
+            ax.annotate(cases[i], (x[i], v[i]), fontsize=7, color="#d62728", xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set_title(col.removesuffix("_mm3") + " (mm³)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xticks([])
+        ax.set_xlim(-1, max(len(rows), 2))
+    for ax in list(axes.flat)[len(columns):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], flags: Sequence[bool]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join(
+        ('<tr class="flag">' if f else "<tr>") + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+        for r, f in zip(rows, flags)
+    )
+    return f'<div class="scroll"><table><tr>{head}</tr>\n{body}</table></div>'
+
+
+def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes.csv") -> Path:
+    """Write ``<root>/report.html`` from ``<root>/volumes.csv``.
+
+    Args:
+        root: the study's output folder (where ``volumes.csv`` is).
+        qc_threshold: the QC threshold used for the flags (shown on the page).
+
+    Raises:
+        ValueError: no ``volumes.csv`` in ``root``.
+    """
+    root = Path(root)
+    header, rows = read_volumes(root / csv_name)
+    if not header:
+        raise ValueError(f"{root / csv_name}: no volumes table to report")
+    rows = sorted(rows, key=lambda r: r["subject"])
+    worst = sorted(rows, key=lambda r: (_float(r.get("qc_score", "")), r["subject"]))
+    flagged = [r for r in rows if r.get("qc_flag") == "1"]
+    qc_cols = [c for c in header if c.startswith("qc_") and c not in ("qc_png",)]
+    esc = html.escape
+
+    def thumb_link(r: Mapping[str, str]) -> str:
+        png = r.get("qc_png", "")
+        return f'<a href="{esc(png)}">QC image</a>' if png else ""
+
+    qc_rows = [
+        [esc(r["subject"])]
+        + [esc(r.get(c, "")) for c in qc_cols]
+        + [thumb_link(r)]
+        for r in worst
+    ]
+    qc_table = _table(["case", *qc_cols, "image"], qc_rows, [r.get("qc_flag") == "1" for r in worst])
+
+    vol_cols = _volume_columns(header)
+    found = outliers(rows, vol_cols)
+    out_table = (
+        _table(
+            ["case", "volume", "mm³", "robust z"],
+            [[esc(c), esc(col), f"{v:.1f}", f"{z:+.1f}"] for c, col, v, z in found],
+            [False] * len(found),
+        )
+        if found
+        else "<p>No volume with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
+    )
+    plot = base64.b64encode(volume_plot(rows, vol_cols)).decode() if vol_cols else ""
+    plot_img = f'<img alt="volumes across scans" src="data:image/png;base64,{plot}">' if plot else ""
+
+    def figure(r: Mapping[str, str]) -> str:
+        png, case = esc(r["qc_png"]), esc(r["subject"])
+        cls = "bad" if r.get("qc_flag") == "1" else ""
+        return (
+            f'<figure><a href="{png}"><img src="{png}" loading="lazy" alt="QC {case}"></a>'
+            f'<figcaption><span class="{cls}">{case}: QC {esc(r.get("qc_score", ""))}</span>'
+            "</figcaption></figure>"
+        )
+
+    thumbs = "\n".join(figure(r) for r in worst if r.get("qc_png"))
+    other = [c for c in header if c not in ("qc_png",)]
+    vol_table = _table(
+        other, [[esc(r.get(c, "")) for c in other] for r in rows],
+        [r.get("qc_flag") == "1" for r in rows],
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>synthseg_lite study report</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>synthseg_lite study report</h1>
+<p>{len(rows)} scan(s); <b>{len(flagged)} flagged</b> (QC score &lt; {qc_threshold:.2f});
+{len(found)} volume outlier(s) (|robust z| &gt; {OUTLIER_Z:.0f}).
+Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by synthseg_lite {__version__} from
+<a href="{esc(csv_name)}">{esc(csv_name)}</a>.</p>
+<p>QC score: for each structure group (tissue class for a tissue model), the mean over the voxels
+predicted in it of the network's highest class probability (averaged over folds and test-time
+passes); the scan's score is its lowest group. Flag: score below the threshold.</p>
+<h2>Quality control, worst first</h2>
+{qc_table}
+<h2>Volumes across scans</h2>
+<p>Each point a scan (in case order); grey: median and the |robust z| &le; {OUTLIER_Z:.0f} band;
+red: outliers, labelled by case.</p>
+{plot_img}
+<h3>Outliers</h3>
+{out_table}
+<h2>QC images, worst first</h2>
+<div class="thumbs">
+{thumbs}
+</div>
+<h2>Volumes (mm³)</h2>
+{vol_table}
+</body></html>
+"""
+    path = root / REPORT_HTML
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    log.info("report: %s", path)
+    return path
