@@ -35,7 +35,12 @@ def build(cfg: DictConfig):
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.model.module import SynthSegModule
     from synthseg_lite.model.unet import UNetConfig
-    from synthseg_lite.training import AtomicCheckpointIO, check_accelerator, plan_sizes
+    from synthseg_lite.training import (
+        AtomicCheckpointIO,
+        check_accelerator,
+        plan_guard,
+        plan_sizes,
+    )
 
     check_accelerator(cfg.trainer.accelerator)
     if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
@@ -73,6 +78,16 @@ def build(cfg: DictConfig):
     )
     cfg.synth.patch_shape, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
     synth_cfg.patch_shape, dm.batch_size = list(plan.patch_size), plan.batch_size
+    guard = plan_guard(  # memory figures at the first step; smaller plan if it runs out
+        plan,
+        cfg.gpu_memory_gb,
+        UNetConfig(**OmegaConf.to_container(cfg.model.unet)),
+        table.target.n_classes,
+        maps.shape[1:],
+        synth_cfg.voxel_mm,
+        synth_cfg.partial_volume_factor,
+        out_dir / "plan.json",
+    )
     sched = cfg.model.scheduler
     module = SynthSegModule(
         model_cfg,
@@ -102,14 +117,18 @@ def build(cfg: DictConfig):
     if not loggers:  # nothing to report the learning rate to
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=[*callbacks, guard],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     return dm, module, trainer
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train; returns the best value of the monitored metric (for sweepers)."""
-    from synthseg_lite.training import config_differences, read_resume
+    from synthseg_lite.model.planning import Plan
+    from synthseg_lite.training import config_differences, fit_with_oom_fallback, read_resume
 
     if cfg.resume:
         info = read_resume(cfg.resume)
@@ -122,7 +141,16 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.resume:
         for d in config_differences(info["config"], OmegaConf.to_container(cfg, resolve=True))[:20]:
             log.warning("resume: config differs from the checkpoint's: %s", d)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+
+    def rebuild(plan: Plan):  # the planner keeps a plan that fits; the stored config gets it
+        cfg.synth.patch_shape, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
+        return build(cfg)
+
+    dm, module, trainer = fit_with_oom_fallback(
+        (dm, module, trainer),
+        lambda dm, module, trainer: trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume),
+        rebuild,
+    )
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     return None if best is None or best.best_model_score is None else float(best.best_model_score)
 

@@ -23,6 +23,7 @@ __all__ = [
     "generator_bytes",
     "network_elements",
     "plan_patch_and_batch",
+    "shrink_plan",
 ]
 
 #: nnU-Net v2 ``ExperimentPlanner.UNet_reference_val_3d``: feature-map elements (one sample) that
@@ -153,4 +154,46 @@ def plan_patch_and_batch(
         per = estimate_memory_gb(unet, patch, 1, n_classes, map_shape, partial_volume_factor)
         batch_size = max(min_batch, int(gpu_memory_gb // per))
     gb = estimate_memory_gb(unet, patch, batch_size, n_classes, map_shape, partial_volume_factor)
-    return Plan(tuple(patch), int(batch_size), round(gb, 2))
+    return Plan(tuple(patch), int(batch_size), round(gb, 4))
+
+
+def shrink_plan(
+    failed: Plan,
+    unet: UNetConfig,
+    n_classes: int,
+    map_shape: Sequence[int],
+    voxel_mm: float,
+    partial_volume_factor: int = 1,
+) -> Plan:
+    """The next plan after ``failed`` ran out of memory: the planner's own rules, for a budget just
+    below ``failed``'s estimate.
+
+    Starting from ``failed.patch_size``, the patch axis that is largest relative to the data shrinks
+    by the network divisor until the estimate at batch size 2 is below what failed; the batch then
+    fills that budget. So a batch the planner had grown above 2 comes down first, then the patch
+    shrinks one divisor step per failure, and once the patch is at its minimum (2 divisors per
+    axis) the batch drops to 1. A failed batch of 1 stays 1 (only the patch shrinks).
+
+    Raises:
+        ValueError: nothing smaller than ``failed`` exists (minimum patch at batch size 1).
+    """
+    failed_gb = estimate_memory_gb(
+        unet, failed.patch_size, failed.batch_size, n_classes, map_shape, partial_volume_factor
+    )
+    try:
+        return plan_patch_and_batch(
+            failed_gb * (1 - 1e-9),
+            unet,
+            n_classes,
+            failed.patch_size,
+            map_shape,
+            voxel_mm,
+            partial_volume_factor,
+            1 if failed.batch_size <= 1 else None,
+        )
+    except ValueError:
+        raise ValueError(
+            f"out of memory with patch {list(failed.patch_size)} and batch size "
+            f"{failed.batch_size}, the smallest plan for this network: use a smaller network "
+            "(model.unet.*) or a larger voxel size (synth.voxel_mm)"
+        ) from None
