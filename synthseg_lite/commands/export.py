@@ -15,15 +15,22 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from synthseg_lite.cli import require, user_errors
+from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import option_rows, register_help, with_version
 from synthseg_lite.export import ExportConfig, export_dataset
-from synthseg_lite.synth.config import register_configs
+from synthseg_lite.synth.config import SynthConfig, register_configs
 
 log = logging.getLogger("export")
+register_help(
+    "synthseg-lite-export",
+    __doc__,
+    option_rows(ExportConfig) + option_rows(SynthConfig, "synth."),
+)
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@with_version("synthseg-lite-export")
+@hydra_main(config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     require(OmegaConf.missing_keys(cfg))
     synth = user_errors(lambda: OmegaConf.to_object(cfg.synth))

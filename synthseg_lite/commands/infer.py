@@ -19,7 +19,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from synthseg_lite.cli import require, user_errors
+from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import option_rows, register_help, with_version
 from synthseg_lite.inference import InferenceOptions, segment_scans
 
 log = logging.getLogger("infer")
@@ -42,9 +43,11 @@ class InferConfig(InferenceOptions):
 
 
 ConfigStore.instance().store(name="infer_schema", node=InferConfig)
+register_help("synthseg-lite-infer", __doc__, option_rows(InferConfig))
 
 
-@hydra.main(version_base="1.3", config_path="../conf/cli", config_name="infer")
+@with_version("synthseg-lite-infer")
+@hydra_main(config_path="../conf/cli", config_name="infer")
 def main(cfg: DictConfig) -> None:
     require(OmegaConf.missing_keys(cfg))
     args = OmegaConf.to_container(cfg, resolve=True)

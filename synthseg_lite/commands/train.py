@@ -18,7 +18,17 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from synthseg_lite.cli import user_errors
+from synthseg_lite.cli import hydra_main, user_errors
+from synthseg_lite.commands.common import (
+    config_groups,
+    option_rows,
+    register_help,
+    with_version,
+    yaml_key_docs,
+)
+from synthseg_lite.data import DataConfig
+from synthseg_lite.model.module import ModelConfig
+from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.config import register_configs as register_synth_configs
 from synthseg_lite.training import register_configs
 
@@ -155,7 +165,8 @@ def run(cfg: DictConfig) -> float | None:
     return None if best is None or best.best_model_score is None else float(best.best_model_score)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@with_version("synthseg-lite-train")
+@hydra_main(config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return user_errors(lambda: run(cfg))
 
@@ -167,3 +178,14 @@ warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batc
 
 if __name__ == "__main__":
     main()
+register_help(
+    "synthseg-lite-train",
+    __doc__,
+    [
+        *yaml_key_docs(Path(__file__).parents[1] / "conf" / "train.yaml"),
+        *option_rows(DataConfig, "data.", skip=["data.real_val"]),
+        *option_rows(SynthConfig, "synth."),
+        *option_rows(ModelConfig, "model.", skip=["model.optimizer", "model.scheduler"]),
+    ],
+    groups=config_groups(Path(__file__).parents[1] / "conf"),
+)

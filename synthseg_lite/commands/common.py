@@ -1,0 +1,230 @@
+"""What the four commands share: ``--version`` and a ``--help`` page generated from the
+dataclasses that define the options (their ``Attributes:`` docstring sections), so each option's
+description and default are written once, next to the field.
+
+``--help`` is Hydra's own help (``hydra/help`` config group): :func:`register_help` stores a page
+as ``hydra/help=<command>`` and each command's YAML selects it (``override hydra/help: ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import MISSING
+
+__all__ = [
+    "config_groups",
+    "field_docs",
+    "help_page",
+    "option_rows",
+    "register_help",
+    "version",
+    "with_version",
+    "yaml_key_docs",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: One row of a help page: (dotted key, default as typed on the command line, description).
+Row = tuple[str, str, str]
+
+_ENTRY = re.compile(r"^ {4}(\w+)(?: \([^)]*\))?:\s*(.*)$")
+
+
+def version() -> str:
+    """The installed package's version (single source: ``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("synthseg_lite")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"
+
+
+def with_version(command: str) -> Callable[[F], F]:
+    """Decorate a ``@hydra.main`` function: ``--version`` prints ``<command> <version>`` and
+    returns before Hydra parses the command line."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def main(*args: Any, **kwargs: Any) -> Any:
+            if "--version" in sys.argv[1:]:
+                print(f"{command} {version()}")
+                return None
+            return fn(*args, **kwargs)
+
+        return main  # type: ignore[return-value]
+
+    return wrap
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> description, from the ``Attributes:`` sections of ``cls`` and its bases
+    (Google style: ``name: text`` indented 4 spaces, continuation lines indented further)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.getdoc(klass) if "__doc__" in vars(klass) else None
+        if not doc or "Attributes:" not in doc:
+            continue
+        name = None
+        for line in doc.split("Attributes:", 1)[1].splitlines()[1:]:
+            if line.strip() and not line.startswith(" "):
+                break  # next section
+            m = _ENTRY.match(line)
+            if m:
+                name = m.group(1)
+                docs[name] = m.group(2).strip()
+            elif name and line.startswith(" " * 5) and line.strip():
+                docs[name] += " " + line.strip()
+    return docs
+
+
+def _one_line(text: str, width: int = 110) -> str:
+    """``text`` without reST markup, cut after its first sentence when longer than ``width``."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    if len(text) <= width:
+        return text
+    depth = 0
+    for i, c in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "." and depth == 0 and text[i + 1 : i + 2] in (" ", "") and i > 20:
+            if not text[: i + 1].endswith(("e.g.", "i.e.")):
+                return text[: i + 1]
+    return text
+
+
+def _format(value: Any) -> str:
+    """A default as it is typed on the command line (Hydra's override grammar)."""
+    if value is MISSING or value is dataclasses.MISSING:
+        return "???"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_format(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def option_rows(cls: type, prefix: str = "", skip: Iterable[str] = ()) -> list[Row]:
+    """Every option of dataclass ``cls`` (nested dataclasses flattened to dotted keys).
+
+    Args:
+        cls: a dataclass.
+        prefix: prepended to each key (e.g. ``"synth."``).
+        skip: dotted keys (with the prefix) to leave out, e.g. fields set by a config group.
+    """
+    skip = set(skip)
+    docs = field_docs(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+    for name in names:  # undocumented: the class summary, or the field whose text explains it
+        if not docs.get(name):
+            ref = next((k for k, v in docs.items() if re.search(rf"\b{name}\b", v)), None)
+            docs[name] = summary if len(names) == 1 else f"see {prefix}{ref}" if ref else ""
+    rows: list[Row] = []
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if key in skip:
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        if dataclasses.is_dataclass(default):
+            rows += option_rows(type(default), key + ".", skip)
+            continue
+        rows.append((key, _format(default), _one_line(docs.get(f.name, ""))))
+    return rows
+
+
+def yaml_key_docs(path: str | Path) -> list[Row]:
+    """Top-level scalar keys of a YAML config with the ``#`` comment lines right above them."""
+    rows: list[Row] = []
+    comment: list[str] = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            comment.append(line.lstrip("# ").strip())
+            continue
+        m = re.match(r"^(\w+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+        if m and m.group(2) and m.group(1) not in ("defaults", "hydra"):
+            text = m.group(3) or " ".join(comment)
+            rows.append((m.group(1), m.group(2), _one_line(text)))
+        comment = []
+    return rows
+
+
+def config_groups(
+    conf_dir: str | Path, exclude: Iterable[str] = ("cli", "hydra")
+) -> dict[str, list[str]]:
+    """Config group -> its YAML choices under ``conf_dir`` (e.g. ``experiment: [cpu, smoke]``)."""
+    conf_dir = Path(conf_dir)
+    found: dict[str, list[str]] = {}
+    for f in sorted(conf_dir.rglob("*.yaml")):
+        group = f.parent.relative_to(conf_dir).as_posix()
+        if group != "." and group.split("/")[0] not in set(exclude):
+            found.setdefault(group, []).append(f.stem)
+    return found
+
+
+def help_page(
+    command: str, summary: str, rows: Sequence[Row], groups: dict[str, list[str]] | None = None
+) -> str:
+    """The text of ``<command> --help`` (a Hydra help template).
+
+    Args:
+        command: installed command name, e.g. ``synthseg-lite-infer``.
+        summary: one line saying what the command does.
+        rows: the options (see :func:`option_rows`).
+        groups: config group -> its choices, listed above the options (see :func:`config_groups`).
+    """
+    script = command.removeprefix("synthseg-lite-") + ".py"
+    summary = " ".join(summary.strip().split("\n\n")[0].split())  # first paragraph
+    width = min(max(len(k) + len(v) + 1 for k, v, _ in rows), 44)
+    rows = [tuple(s.replace("$", "$$") for s in row) for row in rows]  # Hydra's string.Template
+    lines = [
+        f"{command}: {summary.replace('$', '$$')}",
+        "",
+        f"Usage: {command} [KEY=VALUE ...]   (from a checkout: python {script} [KEY=VALUE ...])",
+        "",
+    ]
+    if groups:
+        lines += ["Config groups (GROUP=CHOICE; choices of each group):"]
+        lines += [f"  {g}: {', '.join(c)}" for g, c in groups.items()] + [""]
+    lines.append("Options (KEY=DEFAULT  description; ??? = required):")
+    for key, default, text in rows:
+        lines.append(f"  {key + '=' + default:<{width}}  {text}".rstrip())
+    lines += [
+        "",
+        "Print the resolved configuration with --cfg job; the version with --version; Hydra's own"
+        " flags (multirun -m, sweeps) with --hydra-help.",
+    ]
+    return "\n".join(lines).replace("${", "\\${")  # OmegaConf must not read it as interpolation
+
+
+def register_help(
+    command: str, summary: str, rows: Sequence[Row], groups: dict[str, list[str]] | None = None
+) -> None:
+    """Store :func:`help_page` as ``hydra/help=<command with _ for ->`` in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(
+        group="hydra/help",
+        name=command.replace("-", "_"),
+        node={
+            "app_name": command,
+            "header": "",
+            "footer": "",
+            "template": help_page(command, summary, rows, groups),
+        },
+    )
