@@ -1,3 +1,31 @@
-"""synthseg_lite: train brain-MRI segmentation from label maps alone."""
+"""synthseg_lite: train brain-MRI segmentation from label maps alone.
 
-__version__ = "0.1.0"
+    import synthseg_lite
+    result = synthseg_lite.segment("t1.nii.gz")   # labels, probabilities, volumes, affine
+
+``import synthseg_lite`` stays light: :func:`segment` and :class:`SegmentationResult`
+(:mod:`synthseg_lite.api`) load torch and the model on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("synthseg_lite")  # single source: pyproject.toml
+except PackageNotFoundError:  # a checkout that was never installed
+    __version__ = "0+unknown"
+
+if TYPE_CHECKING:
+    from synthseg_lite.api import SegmentationResult, segment
+
+__all__ = ["SegmentationResult", "__version__", "segment"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("segment", "SegmentationResult"):
+        from synthseg_lite import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'synthseg_lite' has no attribute {name!r}")

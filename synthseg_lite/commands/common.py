@@ -40,13 +40,9 @@ _ENTRY = re.compile(r"^ {4}(\w+)(?: \([^)]*\))?:\s*(.*)$")
 
 def version() -> str:
     """The installed package's version (single source: ``pyproject.toml``)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    from synthseg_lite import __version__
 
-    try:
-        return dist_version("synthseg_lite")
-    except PackageNotFoundError:  # imported from a checkout that was never installed
-        return "0+unknown"
+    return __version__
 
 
 def with_version(command: str) -> Callable[[F], F]:

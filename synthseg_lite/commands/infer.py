@@ -33,8 +33,9 @@ class InferConfig(InferenceOptions):
     Attributes:
         input: a scan, a folder of scans, a glob pattern, or a list of them.
         output: output folder.
-        model: run directory with fold checkpoints, a ``.ckpt`` or a ``.pt`` file; None: the
-            model shipped in the package.
+        model: ``tissue`` (GM, WM, ventricular CSF) or ``structures`` (SynthSeg's structures):
+            a model shipped in the package; or a run directory with fold checkpoints, a ``.ckpt``
+            or a ``.pt`` file. None: ``tissue``.
     """
 
     input: Any = MISSING

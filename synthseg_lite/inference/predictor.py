@@ -25,11 +25,13 @@ from synthseg_lite.model.artifact import ModelMeta, load_model
 from synthseg_lite.model.slicing import SliceConfig, predict_slicewise
 
 __all__ = [
+    "SHIPPED_MODELS",
     "TTA_MODES",
     "Predictor",
     "default_model_path",
     "find_checkpoints",
     "load_ensemble",
+    "resolve_model",
     "tta_flips",
 ]
 
@@ -51,6 +53,33 @@ def default_model_path() -> Path:
     path = Path(str(resources.files("synthseg_lite").joinpath(DEFAULT_MODEL)))
     if not path.is_file():
         raise ValueError(f"no model is shipped at {path}; pass model=RUN_DIR_OR_CHECKPOINT")
+    return path
+
+
+#: Names of the shipped models (``model=tissue`` / ``model=structures``) -> file in the package.
+SHIPPED_MODELS = {"tissue": DEFAULT_MODEL, "structures": "resources/model_structures.pt"}
+
+
+def resolve_model(model: str | Path | None = None) -> Path:
+    """Where the model named by ``model=`` is: the one rule of ``infer.py`` and
+    :func:`synthseg_lite.segment`.
+
+    Args:
+        model: ``"tissue"`` (also None: the default) or ``"structures"``: a model shipped in the
+            package (a folder of that name is written ``./tissue``); anything else: a run
+            directory, a ``.ckpt`` or a ``.pt`` file (checked by :func:`find_checkpoints`).
+
+    Raises:
+        ValueError: a shipped model that this installation does not have.
+    """
+    name = "tissue" if model is None else str(model)
+    if name not in SHIPPED_MODELS:
+        return Path(model)
+    if name == "tissue":
+        return default_model_path()
+    path = Path(str(resources.files("synthseg_lite").joinpath(SHIPPED_MODELS[name])))
+    if not path.is_file():
+        raise ValueError(f"the {name.removesuffix('s')} model is not shipped in this installation")
     return path
 
 
@@ -175,7 +204,7 @@ class Predictor:
 
     @property
     def n_passes(self) -> int:
-        """Network passes per image (models x TTA flips)."""
+        """Predictions averaged per image (models x TTA flips)."""
         return len(self.nets) * len(self.flips)
 
     @torch.inference_mode()
@@ -185,6 +214,16 @@ class Predictor:
         Args:
             image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
                 multiple of the network divisor.
+    @property
+    def passes_text(self) -> str:
+        """What runs per image, for the log: e.g. ``6 network passes (1 model x 2 TTA flips x 3
+        slicing axes)``; a 2D network goes over the volume once per slicing axis."""
+        axes = len(self.slices.axes) if self.slices is not None else 1
+        parts = [f"{len(self.nets)} model(s)", f"{len(self.flips)} TTA flip(s)"]
+        if self.slices is not None:
+            parts.append(f"{axes} slicing axes")
+        return f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
+
 
         Returns:
             (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.

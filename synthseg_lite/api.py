@@ -1,0 +1,158 @@
+"""The Python API: segment one scan in memory with the pipeline of ``synthseg-lite-infer``.
+
+    import synthseg_lite
+    result = synthseg_lite.segment("t1.nii.gz")              # shipped tissue model
+    result.labels, result.probabilities, result.volumes, result.affine
+    result.save("t1_seg.nii.gz")
+
+The steps are those of :func:`synthseg_lite.inference.segment_volume` (reorientation, resampling,
+intensity rescaling, network with TTA, connected components, back to the scan's grid); only the
+file handling of a study (output tree, ``volumes.csv``, report) is left to the command.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SegmentationResult", "segment"]
+
+
+@dataclass
+class SegmentationResult:
+    """One segmented scan, on the scan's own grid (its on-disk voxel order).
+
+    Attributes:
+        labels: (X, Y, Z) uint8 (int16 for values >= 256) output label values: tissue model 1 GM,
+            2 WM, 3 CSF (``labels="fast"``: 1 CSF, 2 GM, 3 WM); structure model FreeSurfer aseg
+            values. 0 is background.
+        probabilities: (K, X, Y, Z) float32 class probabilities (sum 1 over K); class k is
+            ``names[k]`` and has the value ``values[k]``.
+        affine: (4, 4) float64 voxel -> world (mm) matrix of the scan.
+        names: class names, background first.
+        values: output label value of each class.
+        volumes: class name -> volume in mm^3 of the label volume (voxel count x voxel volume),
+            background left out.
+        soft_volumes: class name -> sum of probabilities x voxel volume (mm^3), background left
+            out.
+        qc: QC scores in [0, 1] (``qc_score``: the lowest group confidence, as in ``volumes.csv``).
+        model: the model file or run directory used.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    affine: np.ndarray
+    names: tuple[str, ...]
+    values: tuple[int, ...]
+    volumes: dict[str, float]
+    soft_volumes: dict[str, float]
+    qc: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+
+    def save(self, path: str | Path) -> Path:
+        """Write the label volume (NIfTI, or MGZ for a ``.mgz`` name) atomically; returns ``path``.
+
+        Raises:
+            ValueError: ``path`` exists (an input is never overwritten; remove it first).
+        """
+        from synthseg_lite.io import save_volume
+
+        path = Path(path)
+        if path.exists():
+            raise ValueError(f"{path} exists; choose another name or remove it first")
+        return save_volume(self.labels, self.affine, path)
+
+
+@functools.lru_cache(maxsize=2)
+def _ensemble(path: str, device: str) -> tuple[list, Any]:
+    """Loaded networks of a model, kept for the next call (same model and device)."""
+    from synthseg_lite.inference.predictor import load_ensemble
+
+    return load_ensemble(path, device)
+
+
+def _read(scan: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(data, affine) of a path, a nibabel image or a ``(data, affine)`` pair."""
+    if isinstance(scan, (str, Path)):
+        from synthseg_lite.io import load_volume
+
+        vol = load_volume(scan, canonical=False)
+        return np.asarray(vol.data), np.asarray(vol.affine, dtype=np.float64)
+    if hasattr(scan, "affine") and hasattr(scan, "get_fdata"):
+        data = np.asarray(scan.dataobj, dtype=np.float32)
+        return np.squeeze(data, axis=3) if data.ndim == 4 and data.shape[3] == 1 else data, (
+            np.asarray(scan.affine, dtype=np.float64)
+        )
+    if isinstance(scan, tuple) and len(scan) == 2:
+        data, affine = np.asarray(scan[0]), np.asarray(scan[1], dtype=np.float64)
+        if data.ndim != 3 or affine.shape != (4, 4):
+            raise ValueError(
+                f"expected a (X, Y, Z) array and a (4, 4) affine, got {data.shape} and "
+                f"{affine.shape}"
+            )
+        return data, affine
+    raise ValueError(
+        "scan must be a file path, a nibabel image or a (data, affine) pair, got "
+        f"{type(scan).__name__}"
+    )
+
+
+def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> SegmentationResult:
+    """Segment one brain MRI scan.
+
+    Args:
+        scan_or_path: a NIfTI/MGZ file, a nibabel image, or a ``(data, affine)`` pair with data
+            (X, Y, Z) in any intensity scale and affine (4, 4) voxel -> world in mm.
+        model: ``"tissue"`` (GM, WM, ventricular CSF; shipped), ``"structures"`` (SynthSeg's
+            structures; shipped when present), a run directory, a ``.ckpt`` or a ``.pt`` file.
+        **options: any field of :class:`~synthseg_lite.inference.InferenceOptions`, e.g.
+            ``tta="none"``, ``device="cuda"``, ``threads=1``, ``labels="fast"`` (the options about
+            files, studies and reports have no effect here).
+
+    Returns:
+        :class:`SegmentationResult`.
+
+    Raises:
+        ValueError: unknown option, unreadable or empty scan, missing model.
+    """
+    import torch
+
+    from synthseg_lite.inference.pipeline import InferenceOptions, resolve_device, segment_volume
+    from synthseg_lite.inference.predictor import Predictor, resolve_model
+    from synthseg_lite.lut import output_labels
+
+    known = {f.name for f in fields(InferenceOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
+    opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
+    data, affine = _read(scan_or_path)
+    if not np.any(data):
+        raise ValueError("image is empty (all zeros)")
+    device = resolve_device(opts.device)
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    path = resolve_model(model)
+    nets, meta = _ensemble(str(path), str(device))
+    predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
+    pred = segment_volume(data, affine, predictor, opts, device)
+    out = output_labels(meta.label_table.target, opts.labels)
+    lut = out.lut()
+    labels = lut[pred.labels].astype(np.uint8 if lut.max(initial=0) < 256 else np.int16)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    hard = np.bincount(pred.labels.ravel(), minlength=len(out.names)) * voxel_mm3
+    return SegmentationResult(
+        labels=labels,
+        probabilities=pred.posteriors,
+        affine=affine,
+        names=tuple(out.names),
+        values=tuple(int(v) for v in out.values),
+        volumes={n: float(v) for n, v in zip(out.names[1:], hard[1:])},
+        soft_volumes={n: float(v) for n, v in zip(out.names[1:], pred.volumes_mm3[1:])},
+        qc=dict(pred.qc),
+        model=str(path),
+    )
