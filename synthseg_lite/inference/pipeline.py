@@ -12,7 +12,6 @@ reason; the others go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -41,8 +40,6 @@ from synthseg_lite.inference.predictor import (
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
 from synthseg_lite.io import load_volume, save_volume
-from synthseg_lite.safety import check_outputs, record_written
-from synthseg_lite.validate import scan_problem, scan_warnings
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
     LABEL_CONVENTIONS,
@@ -267,11 +264,6 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
     vol = load_volume(scan.path, canonical=False)
     if not np.any(vol.data):
         raise ValueError(f"{scan.path}: image is empty (all zeros)")
-    problem = scan_problem(vol.data[::2, ::2, ::2], scan.path)  # e.g. a label map given as a scan
-    if problem:
-        raise ValueError(problem)
-    for warning in scan_warnings(vol.data.shape, vol.spacing, scan.path):
-        log.warning(warning)
     pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device)
     target = w.predictor.meta.label_table.target
     names = target.names
@@ -355,32 +347,6 @@ def _bids_root(scan: Scan) -> Path | None:
     return None
 
 
-def _listed_in_sidecar(path: Path, sidecar: Path) -> bool:
-    """Whether an earlier run's provenance sidecar lists ``path`` as one of its outputs."""
-    try:
-        listed = json.loads(sidecar.read_text()).get("outputs", {}).values()
-    except (OSError, ValueError, AttributeError):
-        return False
-    return any((sidecar.parent / rel).resolve() == path.resolve() for rel in listed)
-
-
-def _check_study_outputs(
-    scans: Sequence[Scan], all_scans: Sequence[Scan], output_dir: Path, desc: str
-) -> None:
-    """Before any scan is segmented: no output may replace a scan of this study, or a file that
-    an earlier run of this tool did not write (a reference segmentation next to the scans).
-
-    Raises:
-        ValueError: the first such output (``overwrite`` does not lift this).
-    """
-    inputs = [s.path for s in all_scans]
-    for scan in scans:
-        out = output_paths(scan, output_dir, desc)
-        check_outputs(
-            out.values(), inputs, ours=lambda p, j=out["json"]: _listed_in_sidecar(p, j)
-        )
-
-
 def segment_scans(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path | None,
@@ -437,7 +403,6 @@ def segment_scans(
         meta.spacing_mm,
     )
     inputs_set = {s.path.resolve() for s in study.scans} | study.protected
-    _check_study_outputs(scans, study.scans, output_dir, w.labels.desc)
     seen: set[Path] = set()
     results: list[ScanResult] = []
     with logging_redirect_tqdm():
@@ -468,7 +433,6 @@ def segment_scans(
                 log.warning("skipped %s", result.error)
                 log.debug("details", exc_info=True)
             result.seconds = time.perf_counter() - start
-            record_written(result.outputs.values())  # ours: a later run may skip or replace them
             results.append(result)
             if result.error is None:
                 log.info("%s: %.1f s, QC %.2f", scan.case, result.seconds, result.qc["qc_score"])

@@ -207,13 +207,6 @@ class Predictor:
         """Predictions averaged per image (models x TTA flips)."""
         return len(self.nets) * len(self.flips)
 
-    @torch.inference_mode()
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """Predict class probabilities.
-
-        Args:
-            image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
-                multiple of the network divisor.
     @property
     def passes_text(self) -> str:
         """What runs per image, for the log: e.g. ``6 network passes (1 model x 2 TTA flips x 3
@@ -224,6 +217,13 @@ class Predictor:
             parts.append(f"{axes} slicing axes")
         return f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
 
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Predict class probabilities.
+
+        Args:
+            image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
+                multiple of the network divisor.
 
         Returns:
             (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
