@@ -21,12 +21,12 @@ from synthseg_lite.export import ExportConfig, export_dataset
 from synthseg_lite.synth.config import SynthConfig, register_configs
 
 log = logging.getLogger("export")
+register_configs()
 register_help(
     "synthseg-lite-export",
     __doc__,
     option_rows(ExportConfig) + option_rows(SynthConfig, "synth."),
 )
-register_configs()
 
 
 @with_version("synthseg-lite-export")

@@ -173,11 +173,6 @@ def main(cfg: DictConfig) -> float | None:
 
 register_synth_configs()
 register_configs()
-# synthesis lives in the module's on_after_batch_transfer on purpose (it needs the device)
-warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer`.*")
-
-if __name__ == "__main__":
-    main()
 register_help(
     "synthseg-lite-train",
     __doc__,
@@ -189,3 +184,8 @@ register_help(
     ],
     groups=config_groups(Path(__file__).parents[1] / "conf"),
 )
+# synthesis lives in the module's on_after_batch_transfer on purpose (it needs the device)
+warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer`.*")
+
+if __name__ == "__main__":
+    main()
