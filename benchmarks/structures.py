@@ -1,0 +1,326 @@
+"""A structure model on the shared real scans: per-structure Dice on OASIS as it is and degraded,
+the tissue view on OASIS and IBSR, and per-group learning curves from a run's checkpoints.
+
+    python benchmarks/structures.py --output results_structures/                  # model=structures
+    python benchmarks/structures.py --model outputs/train/<run>/checkpoints/last.ckpt --output r/
+    python benchmarks/structures.py --model tissue --output r_tissue/  # tissue view only
+    python benchmarks/structures.py --checkpoints 'outputs/train/<run>/checkpoints/step*.ckpt' \\
+        --output curves/                                # learning curves (OASIS, per group)
+
+Every number comes from the project's command-line tools, run as subprocesses as a user would
+(the commands are logged and stored in the JSON):
+
+* ``python -m synthseg_lite.degrade`` derives OASIS' degraded versions (same grid, so the aseg
+  stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
+  ``benchmarks/real_scans.py``);
+* ``python infer.py model=<model>`` segments them (default options), and IBSR's 10 scans
+  (``--ibsr-conditions``, default ``original``);
+* ``python evaluate.py mode=structures`` scores OASIS per structure against its FreeSurfer aseg
+  (SynthSeg 1.0's 31 structures, group means, CSF apart); ``python evaluate.py`` scores the tissue
+  view (a structure segmentation grouped with ``pred_labels=aseg_ventricular``) against
+  ``ref_labels=aseg_ventricular`` (OASIS) and ``ibsr`` (IBSR). A tissue model (values 1 GM, 2 WM,
+  3 CSF, detected from its output) gets the tissue view only.
+
+Output: ``results.json`` (per condition: Dice per structure, structure mean, group means, the
+weakest structure, tissue Dice, inference seconds; the commands) and ``results.md`` (tables).
+With ``--checkpoints``: ``learning_curve.json`` and ``learning_curve.png`` (OASIS Dice per
+structure group and the structure mean against the training step, read from the checkpoint
+name ``...step=N...`` / ``...stepN...``). Needs ``../shared/data/real`` (``--data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from real_scans import CLASSES, CONDITIONS, run  # noqa: E402
+
+from synthseg_lite.cli import fail  # noqa: E402
+from synthseg_lite.labels import STRUCTURE_GROUPS  # noqa: E402
+from synthseg_lite.pairing import find_cases  # noqa: E402
+from synthseg_lite.structure_metrics import check_structure_labels  # noqa: E402
+
+log = logging.getLogger("structures")
+
+
+def only_prediction(folder: Path) -> Path:
+    """The one segmentation ``infer.py`` wrote under ``folder``."""
+    cases = find_cases(folder)
+    if len(cases) != 1:
+        fail(f"expected one segmentation under {folder}, found {sorted(cases)}")
+    return next(iter(cases.values()))
+
+
+def is_structure_segmentation(path: Path) -> bool:
+    """True for FreeSurfer aseg values (a structure model), False for tissue values."""
+    try:
+        check_structure_labels(np.asarray(nib.load(str(path)).dataobj), str(path))
+    except ValueError:
+        return False
+    return True
+
+
+def read_structures(summary_path: Path) -> dict:
+    """Dice per structure, structure mean, group means, the weakest structure, CSF (or None)."""
+    s = json.loads(summary_path.read_text())
+    dice = {
+        s["structures"][v]: round(float(m["Dice"]), 4)
+        for v, m in s["mean"].items()
+        if not np.isnan(m["Dice"])
+    }
+    worst = min(dice, key=dice.get)
+    return {
+        "structures": dice,
+        "structure_mean": round(s["structure_mean"]["Dice"], 4),
+        "groups": {g: round(m["Dice"], 4) for g, m in s["group_mean"].items()},
+        "weakest": [worst, dice[worst]],
+        "not_scored": s["not_scored"],
+        "csf_24": None if s["csf"] is None else round(s["csf"]["Dice"], 4),
+    }
+
+
+def read_tissue(summary_path: Path) -> dict[str, float]:
+    s = json.loads(summary_path.read_text())
+    names = {str(k): v for k, v in s["class_names"].items()}
+    return {names[k]: round(float(v["Dice"]), 4) for k, v in s["mean"].items()}
+
+
+class Bench:
+    """Runs the tools for one model and collects the figures."""
+
+    def __init__(self, args: argparse.Namespace, out: Path):
+        self.args, self.out, self.py = args, out, sys.executable
+        self.commands: list[str] = []
+        self.kind: str | None = None if args.kind == "auto" else args.kind
+
+    def infer(self, scans: list[str], folder: Path, model: str) -> float:
+        extra = [f"threads={self.args.threads}"] if self.args.threads else []
+        t0 = time.perf_counter()
+        run(
+            [self.py, "infer.py", f"input=[{','.join(scans)}]", f"output={folder}",
+             f"model={model}", *extra],
+            self.commands,
+        )
+        return round((time.perf_counter() - t0) / len(scans), 1)
+
+    def evaluate(self, pred: Path, ref: Path, folder: Path, *options: str) -> Path:
+        run(
+            [self.py, "evaluate.py", f"pred={pred}", f"ref={ref}", f"output={folder}", *options],
+            self.commands,
+        )
+        return folder / "summary.json"
+
+    def degraded(self, scans: list[str], cond: str, dataset: str) -> list[str]:
+        if not CONDITIONS[cond]:
+            return scans
+        folder = self.out / "scans" / cond / dataset
+        run(
+            [self.py, "-m", "synthseg_lite.degrade", *scans, "--output", str(folder),
+             *CONDITIONS[cond]],
+            self.commands,
+        )
+        return [str(folder / Path(s).name) for s in scans]
+
+    def oasis(self, cond: str, model: str, tag: str, tissue: bool = True) -> dict:
+        """Segment OASIS (``cond``) with ``model``; per-structure (and tissue) Dice."""
+        data = self.args.data
+        scans = self.degraded([str(data / "oasis_vxm" / "t1.nii.gz")], cond, "oasis")
+        seg_dir = self.out / "seg" / tag / "oasis"
+        seconds = self.infer(scans, seg_dir, model)
+        pred = only_prediction(seg_dir)
+        if self.kind is None:
+            self.kind = "structures" if is_structure_segmentation(pred) else "tissue"
+            log.info("the model writes %s segmentations", self.kind)
+        ref = data / "oasis_vxm" / "aseg.nii.gz"
+        result: dict = {"infer_seconds": seconds}
+        if self.kind == "structures":
+            ev = self.evaluate(pred, ref, self.out / "eval" / tag / "oasis", "mode=structures")
+            result |= read_structures(ev)
+        if tissue:
+            result["tissue"] = read_tissue(
+                self.evaluate(
+                    pred, ref, self.out / "eval" / tag / "oasis_tissue",
+                    f"pred_labels={self.pred_labels()}", "ref_labels=aseg_ventricular",
+                )
+            )
+        log.info("%s oasis: %s", tag, {k: v for k, v in result.items() if k != "structures"})
+        return result
+
+    def ibsr(self, cond: str, model: str) -> dict:
+        scans = sorted(str(p) for p in self.args.data.glob("ibsr/IBSR_*/IBSR_??.nii.gz"))
+        if not scans:
+            fail(f"IBSR scans not found under {self.args.data}")
+        scans = self.degraded(scans, cond, "ibsr")
+        seg_dir = self.out / "seg" / cond / "ibsr"
+        seconds = self.infer(scans, seg_dir, model)
+        if self.kind is None:
+            self.kind = (
+                "structures"
+                if is_structure_segmentation(next(iter(find_cases(seg_dir).values())))
+                else "tissue"
+            )
+        ev = self.evaluate(
+            seg_dir, self.args.data / "ibsr", self.out / "eval" / cond / "ibsr",
+            f"pred_labels={self.pred_labels()}", "ref_labels=ibsr",
+        )
+        result = {"infer_seconds": seconds, "tissue": read_tissue(ev)}
+        log.info("%s ibsr: %s", cond, result)
+        return result
+
+    def pred_labels(self) -> str:
+        return "aseg_ventricular" if self.kind == "structures" else "tissue"
+
+
+def step_of(path: Path) -> int:
+    """Training step from a checkpoint name (``step=1500.ckpt``, ``step1500.ckpt``), else the
+    checkpoint's ``global_step``."""
+    if m := re.search(r"step[=_-]?(\d+)", path.name):
+        return int(m.group(1))
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
+
+
+def learning_curve(bench: Bench, patterns: list[str]) -> dict:
+    files = sorted({Path(f) for p in patterns for f in glob.glob(p)}, key=step_of)
+    if not files:
+        fail(f"no checkpoint matches {patterns}")
+    bench.kind = "structures"
+    points = []
+    for ckpt in files:
+        step = step_of(ckpt)
+        r = bench.oasis("original", str(ckpt), f"step{step}", tissue=False)
+        points.append({"step": step, "checkpoint": str(ckpt)} | r)
+    return {"points": points}
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in curve["points"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.get_cmap("tab10")
+    for i, group in enumerate(STRUCTURE_GROUPS):
+        ax.plot(steps, [p["groups"][group] for p in curve["points"]], "o-", ms=3,
+                color=colors(i), label=group)
+    ax.plot(steps, [p["structure_mean"] for p in curve["points"]], "k-", lw=2.5,
+            label="mean (31 structures)")
+    ax.set(xlabel="training step", ylabel="Dice on the OASIS scan", ylim=(0, 1),
+           title="real-scan Dice per structure group")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _f(v: float, fmt: str = "{:.3f}") -> str:
+    return "n/a" if v is None or np.isnan(v) else fmt.format(v)
+
+
+def markdown(record: dict) -> str:
+    oasis, lines = record["oasis"], []
+    conds = [c for c in oasis if "structures" in oasis[c]]
+    if conds:
+        lines += [
+            "| structure | " + " | ".join(conds) + " |",
+            "|---|" + "---|" * len(conds),
+        ]
+        names = list(oasis[conds[0]]["structures"])
+        for name in names:
+            vals = [oasis[c]["structures"].get(name, float("nan")) for c in conds]
+            lines.append(f"| {name} | " + " | ".join(_f(v) for v in vals) + " |")
+        for group in STRUCTURE_GROUPS:
+            vals = [oasis[c]["groups"][group] for c in conds]
+            lines.append(f"| *{group}* | " + " | ".join(_f(v) for v in vals) + " |")
+        vals = [oasis[c]["structure_mean"] for c in conds]
+        lines.append("| **mean (31)** | " + " | ".join(_f(v, "**{:.3f}**") for v in vals) + " |")
+        lines.append(
+            "| weakest | " + " | ".join(
+                f"{oasis[c]['weakest'][0]} {oasis[c]['weakest'][1]:.3f}" for c in conds
+            ) + " |"
+        )
+        lines.append("")
+    lines += ["| condition | dataset | " + " | ".join(CLASSES) + " |",
+              "|---|---|" + "---|" * len(CLASSES)]
+    for dataset in ("oasis", "ibsr"):
+        for cond, r in record[dataset].items():
+            if "tissue" in r:
+                vals = " | ".join(_f(r["tissue"].get(c, float("nan"))) for c in CLASSES)
+                lines.append(f"| {cond} | {dataset} | {vals} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, type=Path, help="results folder (new)")
+    parser.add_argument("--model", default="structures",
+                        help="infer.py's model=: 'structures', 'tissue', a file or a run folder")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="OASIS conditions, comma-separated")
+    parser.add_argument("--ibsr-conditions", default="original",
+                        help="IBSR conditions (tissue view), comma-separated; '' for none")
+    parser.add_argument("--kind", choices=("auto", "structures", "tissue"), default="auto",
+                        help="what the model writes (auto: from its first output)")
+    parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
+    parser.add_argument("--checkpoints", nargs="+", default=None,
+                        help="checkpoint files or globs: learning curves on OASIS instead")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = args.output.resolve()
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty")
+    args.data = args.data.resolve()
+    if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
+        fail(f"the OASIS scan is not under {args.data} (--data)")
+    lists = {}
+    for opt in ("conditions", "ibsr_conditions"):
+        lists[opt] = [c for c in getattr(args, opt).split(",") if c]
+        if unknown := set(lists[opt]) - set(CONDITIONS):
+            fail(f"unknown --{opt.replace('_', '-')} {sorted(unknown)}; choose from "
+                 f"{list(CONDITIONS)}")
+    bench = Bench(args, out)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoints:
+        curve = learning_curve(bench, args.checkpoints)
+        curve |= {"seconds": round(time.perf_counter() - t0, 1), "commands": bench.commands}
+        (out / "learning_curve.json").write_text(json.dumps(curve, indent=1))
+        plot_curve(curve, out / "learning_curve.png")
+        print(f"wrote {out / 'learning_curve.json'} and {out / 'learning_curve.png'}")
+        return
+    record: dict = {"model": args.model, "oasis": {}, "ibsr": {}}
+    for cond in lists["conditions"]:
+        record["oasis"][cond] = bench.oasis(cond, args.model, cond)
+    for cond in lists["ibsr_conditions"]:
+        record["ibsr"][cond] = bench.ibsr(cond, args.model)
+    record |= {
+        "kind": bench.kind,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "commands": bench.commands,
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    table = markdown(record)
+    (out / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
