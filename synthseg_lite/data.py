@@ -1,9 +1,9 @@
 """Label maps in memory, cross-validation folds, and the batch streams that feed the generator.
 
-Only cheap CPU work happens here. Label maps are read once (``io.load_label_map``), encoded to
-uint8 generation indices (``LabelTable.encode``), cropped to their labelled box plus a margin and
-padded to one common shape, so that hundreds of maps fit in memory as one ``(N, X, Y, Z)`` uint8
-array. Each training step then picks ``B`` maps; the synthesis itself runs on the training device
+Only cheap CPU work happens here. Label maps are read once (``io.load_label_map``, resampled to
+1 mm when they have another voxel size), encoded to uint8 generation indices (int16 beyond 256
+labels; ``LabelTable.encode``), cropped to their labelled box plus a margin and padded to one
+common shape, so that hundreds of maps fit in memory as one ``(N, X, Y, Z)`` array. Each training step then picks ``B`` maps; the synthesis itself runs on the training device
 (:class:`synthseg_lite.model.module.SynthSegModule`).
 
 Reproducibility: the maps of step ``s`` on rank ``r`` are drawn with a generator seeded from
@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, load_label_map, load_volume, strip_suffix
-from synthseg_lite.labels import LabelTable
+from synthseg_lite.labels import LabelTable, build_label_table
 from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
 
 # fmt: off
 __all__ = [
     "DataConfig", "FixedSetStream", "LabelMapStream", "PhantomConfig", "RealValDataset", "RealValSet", "StepLoader",
     "SynthDataModule", "SyntheticValSet", "crop_to_labels", "fold_ids", "kfold_splits",
-    "load_fixed_set", "load_label_maps", "load_or_create_splits", "load_real_case", "phantom_label_maps",
-    "resolve_paths", "stack_maps",
+    "label_values", "load_fixed_set", "load_label_maps", "load_or_create_splits", "load_real_case",
+    "make_label_table", "phantom_label_maps", "read_label_map_1mm", "resolve_paths", "stack_maps",
 ]
 # fmt: on
 
@@ -85,11 +85,15 @@ class DataConfig:
     """The ``data`` config group: where the label maps come from and how batches are drawn.
 
     Attributes:
-        label_maps: glob or folder of label maps (NIfTI/MGZ, FreeSurfer labels); None uses the
-            embedded phantoms.
+        label_maps: glob or folder of label maps (NIfTI/MGZ, any voxel size: resampled to 1 mm
+            by nearest neighbour); None uses the embedded phantoms.
         phantoms: phantom settings (when ``label_maps`` is None).
+        labels: label protocol: ``freesurfer`` (FreeSurfer/SynthSeg table), ``auto`` (every
+            value found in the maps is a generation label with its own Gaussian class) or the
+            path of a YAML/TSV protocol file (:func:`synthseg_lite.labels.read_label_protocol`).
         target: target preset (``tissue``, ``tissue_ventricular``, ``synthseg``) or
-            ``{label: class}``.
+            ``{label: class}``; None: ``tissue`` for ``labels=freesurfer``, else the protocol
+            file's target or every generation label itself.
         unknown_labels: ``warn`` (map to background) or ``error`` for labels outside the table.
         margin_vox: background kept around the labelled box of each map (voxels).
         n_folds: cross-validation folds.
@@ -109,7 +113,8 @@ class DataConfig:
 
     label_maps: str | None = None
     phantoms: PhantomConfig = field(default_factory=PhantomConfig)
-    target: Any = "tissue"
+    labels: str = "freesurfer"
+    target: Any = None
     unknown_labels: str = "warn"
     margin_vox: int = 4
     n_folds: int = 5
@@ -170,9 +175,10 @@ def crop_to_labels(indices: np.ndarray, margin: int) -> np.ndarray:
 
 
 def stack_maps(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """Centre-pad (X, Y, Z) uint8 maps to their largest extent per axis: (N, X, Y, Z) uint8."""
+    """Centre-pad (X, Y, Z) index maps to their largest extent per axis: (N, X, Y, Z), same
+    dtype (uint8, or int16 for tables of more than 256 labels)."""
     shape = np.max([m.shape for m in maps], axis=0)
-    out = np.zeros((len(maps), *shape), np.uint8)
+    out = np.zeros((len(maps), *shape), maps[0].dtype)
     for i, m in enumerate(maps):
         o = (shape - m.shape) // 2
         out[i, o[0] : o[0] + m.shape[0], o[1] : o[1] + m.shape[1], o[2] : o[2] + m.shape[2]] = m
@@ -184,20 +190,67 @@ def _encode(raw: np.ndarray, table: LabelTable, margin: int, source: str) -> np.
     return table.encode(cropped, source)
 
 
+def read_label_map_1mm(path: str | Path) -> np.ndarray:
+    """A label map in RAS order on a 1 mm grid (the generator's input grid): maps of any other
+    voxel size are resampled by nearest neighbour (voxels as areas, ``scipy.ndimage.zoom`` with
+    ``grid_mode``), with a log line.
+
+    Returns:
+        (X, Y, Z) int32 label values.
+    """
+    from scipy.ndimage import zoom
+
+    vol = load_label_map(path)
+    if np.allclose(vol.spacing, 1.0, atol=0.01):
+        return vol.data
+    data = zoom(vol.data, vol.spacing, order=0, mode="nearest", grid_mode=True)
+    log.info(
+        "%s: voxel size %s mm, resampled (nearest neighbour) to 1 mm: %s -> %s voxels",
+        path, tuple(round(s, 3) for s in vol.spacing), vol.data.shape, data.shape,
+    )
+    return data
+
+
+def label_values(paths: Sequence[Path]) -> list[int]:
+    """Sorted label values found in the label maps (for ``data.labels=auto``)."""
+
+    def one(p: Path) -> np.ndarray:
+        return np.unique(load_label_map(p).data)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        found = list(pool.map(one, paths))
+    return sorted({int(v) for u in found for v in u})
+
+
+def make_label_table(cfg: DataConfig) -> LabelTable:
+    """The label table of ``cfg`` (``data.labels``, ``data.target``, ``data.unknown_labels``);
+    with ``labels=auto`` the label values are read from the maps (or the phantoms)."""
+    values = None
+    if cfg.labels == "auto":
+        if cfg.label_maps:
+            values = label_values(resolve_paths(cfg.label_maps))
+        else:
+            from synthseg_lite.phantom import make_phantom_label_maps
+
+            p = cfg.phantoms
+            maps = make_phantom_label_maps(p.n, tuple(p.shape), p.seed)
+            values = sorted({int(v) for m in maps for v in np.unique(m)})
+        log.info("data.labels=auto: %d generation labels %s", len(values), values[:20])
+    return build_label_table(cfg.labels, cfg.target, cfg.unknown_labels, values)
+
+
 def load_label_maps(
     paths: Sequence[Path], table: LabelTable, margin: int = 4
 ) -> tuple[list[str], np.ndarray]:
-    """Read, encode, crop and stack label maps (RAS, assumed 1 mm).
+    """Read (resampled to 1 mm, :func:`read_label_map_1mm`), encode, crop and stack label maps.
 
     Returns:
-        ids (file names without suffix) and a (N, X, Y, Z) uint8 array of generation indices.
+        ids (file names without suffix) and a (N, X, Y, Z) array of generation indices
+        (``table.index_dtype``: uint8, or int16 beyond 256 labels).
     """
 
     def one(p: Path) -> np.ndarray:
-        vol = load_label_map(p)
-        if not np.allclose(vol.spacing, 1.0, atol=0.05):
-            log.warning("%s: voxel size %s mm; label maps are used as 1 mm", p, vol.spacing)
-        return _encode(vol.data, table, margin, str(p))
+        return _encode(read_label_map_1mm(p), table, margin, str(p))
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         maps = list(pool.map(one, paths))
@@ -425,7 +478,7 @@ def load_fixed_set(folder: str | Path, table: LabelTable) -> tuple[np.ndarray, n
             f"training predicts {list(table.target.names)} (export with the same target)"
         )
     values = np.asarray(meta["label_values_in_files"], dtype=np.int64)
-    lut = np.zeros(256, dtype=np.uint8)
+    lut = np.zeros(max(256, int(values.max()) + 1), dtype=np.uint8)
     lut[values] = np.arange(len(values), dtype=np.uint8)
     names = sorted(p.name for p in (folder / "labels").glob("*.nii.gz"))
     if not names:
@@ -598,8 +651,9 @@ class SynthDataModule(pl.LightningDataModule):
                 log.info("no data.label_maps given: using %d procedural phantoms", c.phantoms.n)
                 self._maps = phantom_label_maps(c.phantoms, self.table, c.margin_vox)
             log.info(
-                "label maps in memory: %s uint8 (%.0f MB)",
+                "label maps in memory: %s %s (%.0f MB)",
                 self._maps[1].shape,
+                self._maps[1].dtype,
                 self._maps[1].nbytes / 2**20,
             )
         return self._maps

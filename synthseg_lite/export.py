@@ -3,7 +3,7 @@
 Writes ``n`` samples of :class:`~synthseg_lite.synth.SynthGenerator` to disk:
 
 * ``layout="nifti"``: ``images/NAME.nii.gz`` (float32 in [0, 1]) and ``labels/NAME.nii.gz``
-  (uint8, the target preset's label *values*); RAS affine with ``synth.voxel_mm`` voxels, the
+  (uint8, or int16 beyond 255, the target's label *values*); RAS affine with ``synth.voxel_mm`` voxels, the
   volume centred on the origin.
 * ``layout="nnunet"``: an nnU-Net v2 raw dataset, ``imagesTr/NAME_0000.nii.gz``,
   ``labelsTr/NAME.nii.gz`` (class *indices* 0..K-1, as nnU-Net requires consecutive labels) and
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synthseg_lite.data import PhantomConfig, phantom_label_maps, resolve_paths
+from synthseg_lite.data import DataConfig, PhantomConfig, make_label_table, phantom_label_maps, resolve_paths
 from synthseg_lite.data import load_label_maps as load_maps
 from synthseg_lite.io import atomic_write, save_volume
 from synthseg_lite.labels import LabelTable
@@ -58,8 +58,11 @@ class ExportConfig:
         n: number of samples.
         label_maps: folder, glob pattern or file of label maps; None uses ``n_phantoms``
             embedded phantoms of ``phantom_shape`` voxels.
-        target: target preset name (``tissue``, ``tissue_ventricular``, ``synthseg``) or a
-            mapping {FreeSurfer label: class index}.
+        labels: label protocol, as ``data.labels`` in training: ``freesurfer``, ``auto`` (every
+            value found in the maps) or a YAML/TSV protocol file.
+        target: target preset name (``tissue``, ``tissue_ventricular``, ``synthseg``), a
+            mapping {label: class index}, or None (``tissue`` for ``freesurfer``, else the
+            protocol file's target or every label itself).
         seed: random seed.
         batch_size: samples generated per call.
         device: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
@@ -76,7 +79,8 @@ class ExportConfig:
     output: str
     n: int = 20
     label_maps: str | None = None
-    target: str | dict = "tissue"
+    labels: str = "freesurfer"
+    target: str | dict | None = None
     seed: int = 0
     batch_size: int = 2
     device: str = "auto"
@@ -233,9 +237,12 @@ def _save_montage(rows: list[tuple[str, np.ndarray, np.ndarray]], n_classes: int
 
 def _describe(p: dict[str, float]) -> str:
     res = ("native" if p["res_spacing_mm"] == 0
+           else f"{p['res_spacing_mm']:.1f} mm iso" if p.get("res_iso", 0)
            else f"{p['res_spacing_mm']:.1f} mm axis {int(p['res_axis'])}")
-    return (f"res {res} | bias {p['bias_std']:.2f} | gamma {p['gamma']:.2f} | "
-            f"scale {p['scale_mean']:.2f} | flip {int(p['flip'])} strip {int(p['skull_strip'])}")
+    bias = f"{p['bias_std']:.2f}" if p["bias_std"] > 0 else "off"
+    return (f"res {res} | bias {bias} | bg {p.get('background_mean', 0):.0f} | "
+            f"gamma {p['gamma']:.2f} | scale {p['scale_mean']:.2f} | flip {int(p['flip'])} "
+            f"strip {int(p['skull_strip'])}")
 
 
 @dataclass
@@ -244,7 +251,7 @@ class _Writer:
 
     out: Path
     nnunet: bool
-    lut: np.ndarray  # class index -> value written in the label files (uint8)
+    lut: np.ndarray  # class index -> value written in the label files (uint8 or int16)
     affine: np.ndarray
     png2d_size: int | None  # None: no PNGs
 
@@ -259,7 +266,7 @@ class _Writer:
         img_dir, lab_dir = self.dirs(self.out)
         labels = self.lut[target]
         save_volume(image, self.affine, img_dir / f"{img_name}.nii.gz", dtype=np.float32)
-        save_volume(labels, self.affine, lab_dir / f"{name}.nii.gz", dtype=np.uint8)
+        save_volume(labels, self.affine, lab_dir / f"{name}.nii.gz", dtype=self.lut.dtype)
         if self.png2d_size:
             z, size = image.shape[2] // 2, self.png2d_size
             img_dir, lab_dir = self.dirs(self.out / "png2d")
@@ -280,13 +287,16 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     out = Path(cfg.output).expanduser()
-    table = LabelTable.create(cfg.target)
+    _prepare_output(out, cfg.overwrite, create=False)  # fail early, before loading the maps
+    table = make_label_table(DataConfig(
+        label_maps=cfg.label_maps, labels=cfg.labels, target=cfg.target,
+        phantoms=PhantomConfig(cfg.n_phantoms, list(cfg.phantom_shape), cfg.seed)))
     values = np.asarray(table.target.values)
     nnunet = cfg.layout == "nnunet"
     lut = np.arange(len(values)) if nnunet else values
-    if lut.max() > 255:
-        raise ValueError(f"target label values up to {lut.max()} do not fit uint8 label files")
-    _prepare_output(out, cfg.overwrite, create=False)  # fail early, before loading the maps
+    if lut.min() < 0 or lut.max() > 32767:
+        raise ValueError(f"target label values {lut.min()}..{lut.max()} do not fit int16 label files")
+    lut = lut.astype(np.uint8 if lut.max() <= 255 else np.int16)
     map_names, maps = load_label_maps(cfg.label_maps, table, cfg.n_phantoms, cfg.phantom_shape,
                                       cfg.seed)
     _prepare_output(out, cfg.overwrite, create=True)
@@ -298,7 +308,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
 
     gen = SynthGenerator(synth, table).to(device)
     affine = voxel_affine(tuple(synth.patch_shape), synth.voxel_mm)
-    writer = _Writer(out, nnunet, lut.astype(np.uint8), affine,
+    writer = _Writer(out, nnunet, lut, affine,
                      cfg.png2d_size if cfg.png2d else None)
     width = max(5, len(str(cfg.n - 1)))
     rows, records, bs = [], [], cfg.batch_size
@@ -309,7 +319,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
             labels = torch.from_numpy(maps[choice][:, None]).to(device)
             batch = gen(labels, make_generator(device, cfg.seed, step))
             images = batch.image[:, 0].float().cpu().numpy()
-            targets = batch.target.to(torch.uint8).cpu().numpy()  # class indices < 256
+            targets = batch.target.cpu().numpy()  # class indices
             params = {k: v.float().cpu().numpy() for k, v in batch.params.items()}
             for b in range(min(bs, cfg.n - step * bs)):  # file writing only; synthesis is batched
                 i = step * bs + b

@@ -41,8 +41,7 @@ def build(cfg: DictConfig):
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from synthseg_lite.data import SynthDataModule
-    from synthseg_lite.labels import LabelTable
+    from synthseg_lite.data import SynthDataModule, make_label_table
     from synthseg_lite.model.module import SynthSegModule
     from synthseg_lite.model.unet import UNetConfig
     from synthseg_lite.training import (
@@ -64,7 +63,7 @@ def build(cfg: DictConfig):
     data_cfg = OmegaConf.to_object(cfg.data)
     synth_cfg = OmegaConf.to_object(cfg.synth)
     model_cfg = OmegaConf.to_object(cfg.model)
-    table = LabelTable.create(data_cfg.target, unknown=data_cfg.unknown_labels)
+    table = make_label_table(data_cfg)
     out_dir = Path(cfg.paths.output_dir)
     dm = SynthDataModule(
         data_cfg,

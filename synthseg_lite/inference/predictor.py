@@ -189,6 +189,13 @@ class Predictor:
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.flips = tta_flips(tta)
+        if not meta.label_table.flip_consistent and any(0 in axes for axes in self.flips):
+            # a left/right flip would average left and right classes into 0.5 / 0.5
+            log.warning(
+                "left/right flip test-time augmentation turned off: the model's target has "
+                "left/right classes without declared pairs (declare lr_pairs in the label protocol)"
+            )
+            self.flips = [axes for axes in self.flips if 0 not in axes]
         self.roi_size = tuple(int(v) for v in (roi_size or meta.patch_size))
         div = meta.unet.divisor
         self.slices = SliceConfig(**meta.slices) if meta.unet.spatial_dims == 2 else None

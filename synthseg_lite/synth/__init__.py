@@ -32,7 +32,8 @@ class SynthBatch:
     Attributes:
         image: (B, 1, *P) float32 in [0, 1].
         target: (B, *P) int64 target class indices.
-        labels: (B, 1, *P) uint8 warped (flipped, stripped) generation indices.
+        labels: (B, 1, *P) warped (flipped, stripped) generation indices, dtype of the input
+            maps (uint8, or int16 for tables of more than 256 labels).
         params: per-sample scalars (B,) for logging.
     """
 
@@ -87,14 +88,20 @@ class SynthGenerator(nn.Module):
             class_tissue[cls] = int(tissue.get(value, 0))
         self.register_buffer("class_tissue", torch.tensor(class_tissue), persistent=False)
         self.register_buffer("target_lut", torch.tensor(table.target_lut, dtype=torch.long), persistent=False)
+        priors = None  # (C, 4) per-class mean/std ranges, NaN = global; None: no class has one
+        if table.priors:
+            nan = (float("nan"),) * 2
+            priors = torch.tensor([(*(m or nan), *(s or nan)) for m, s in table.priors], dtype=torch.float32)
+        self.register_buffer("class_priors", priors, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
         return sample_params(self.cfg, labels.shape[0], tuple(labels.shape[2:]), self.table.n_classes,
-                             generator, brain_bbox(labels, self.brain), self.class_tissue)
+                             generator, brain_bbox(labels, self.brain), self.class_tissue,
+                             self.class_priors)
 
     def apply(self, labels: torch.Tensor, p: SynthParams) -> SynthBatch:
-        """Deterministic synthesis from label maps (B, 1, X, Y, Z) uint8 and parameters."""
+        """Deterministic synthesis from label maps (B, 1, X, Y, Z) (uint8/int16) and parameters."""
         cfg, f = self.cfg, self.cfg.partial_volume_factor
         shape = tuple(int(s) * f for s in cfg.patch_shape)
         grid = sampling_grid(p.matrix, p.centre, p.velocity, shape, cfg.voxel_mm / f,
@@ -109,10 +116,10 @@ class SynthGenerator(nn.Module):
         image = apply_bias(image, p.bias)
         image = apply_gamma(rescale_minmax(image), p.log_gamma)
         image = simulate_resolution(image, p.res_axis, p.res_spacing_mm, p.res_thickness_mm, p.res_alpha,
-                                    p.res_native, cfg.voxel_mm)
+                                    p.res_native, cfg.voxel_mm, p.res_iso)
         image = add_noise(image, p.noise_std, p.noise, cfg.noise.kind)
         target = remap_labels(warped, self.target_lut)[:, 0]
-        return SynthBatch(image.contiguous(), target, warped.to(torch.uint8), p.summary())
+        return SynthBatch(image.contiguous(), target, warped.to(labels.dtype), p.summary())
 
     @torch.no_grad()
     def forward(self, labels: torch.Tensor, generator: torch.Generator) -> SynthBatch:

@@ -76,6 +76,11 @@ class GMMConfig:
         mean: range of class means.
         std: range of class standard deviations.
         background_zero_prob: probability that the background is exactly 0 (skull-stripped look).
+        background_low_prob: probability that the background is dark but not zero: mean ~
+            U(background_low_mean), std ~ U(background_low_std) (SynthSeg: 0.25, with [0, 15] and
+            [0, 5]; exclusive with the zero background, drawn from the same uniform as in SynthSeg).
+            0 = off, the default (the random stream of existing settings is unchanged);
+            ``synth=synthseg`` sets SynthSeg's value.
         prior_prob: probability that a sample's brain classes take a tissue prior instead of random
             means (SynthSeg's informative priors mixed with random ones; 0 = off, the default).
             The prior below is T1-like: GM ~ U(prior_gm), WM = GM + U(prior_wm_minus_gm),
@@ -85,6 +90,9 @@ class GMMConfig:
     mean: list[float] = field(default_factory=lambda: [0.0, 255.0])
     std: list[float] = field(default_factory=lambda: [0.0, 35.0])
     background_zero_prob: float = 0.05
+    background_low_prob: float = 0.0
+    background_low_mean: list[float] = field(default_factory=lambda: [0.0, 15.0])
+    background_low_std: list[float] = field(default_factory=lambda: [0.0, 5.0])
     prior_prob: float = 0.0
     prior_gm: list[float] = field(default_factory=lambda: [80.0, 150.0])
     prior_wm_minus_gm: list[float] = field(default_factory=lambda: [25.0, 85.0])
@@ -99,10 +107,13 @@ class BiasConfig:
     Attributes:
         std: range of the per-sample std of the log-field.
         control_points: size of the coarse Gaussian grid per axis.
+        prob: probability that a sample gets a bias field (SynthSeg: 0.95; 1 = always, the
+            default, which keeps the random stream of existing settings).
     """
 
     std: list[float] = field(default_factory=lambda: [0.0, 0.6])
     control_points: int = 4
+    prob: float = 1.0
 
 
 @dataclass
@@ -122,6 +133,11 @@ class ResolutionConfig:
         thickness_min_mm: slice thickness ~ U(thickness_min_mm, spacing), mm.
         alpha: range of the Gaussian slice-profile factor (sigma = alpha * 0.75 * thickness / voxel).
         prob_native: probability of keeping the native resolution.
+        iso_prob: of the other samples, fraction acquired at an isotropic low resolution instead
+            of thick slices along one axis: spacing ~ U(iso_spacing_mm) on all three axes,
+            thickness ~ U(thickness_min_mm, spacing) (SynthSeg's p_iso: 0.1 with [1, 4] mm).
+            0 = off, the default (keeps the random stream); ``synth=synthseg`` sets 0.1.
+        iso_spacing_mm: range of the isotropic spacing, mm.
     """
 
     enabled: bool = True
@@ -129,6 +145,8 @@ class ResolutionConfig:
     thickness_min_mm: float = 1.0
     alpha: list[float] = field(default_factory=lambda: [0.95, 1.05])
     prob_native: float = 0.05
+    iso_prob: float = 0.0
+    iso_spacing_mm: list[float] = field(default_factory=lambda: [1.0, 4.0])
 
 
 @dataclass
@@ -182,9 +200,47 @@ class SynthConfig:
                           ("gmm.prior_wm_minus_gm", self.gmm.prior_wm_minus_gm),
                           ("resolution.spacing_mm", self.resolution.spacing_mm),
                           ("resolution.alpha", self.resolution.alpha), ("noise.std", self.noise.std),
-                          ("spatial.svf_std_mm", self.spatial.svf_std_mm)):
+                          ("spatial.svf_std_mm", self.spatial.svf_std_mm),
+                          ("gmm.background_low_mean", self.gmm.background_low_mean),
+                          ("gmm.background_low_std", self.gmm.background_low_std),
+                          ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm)):
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
+        for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
+                           ("bias.prob", self.bias.prob), ("resolution.iso_prob", self.resolution.iso_prob)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
+        for name, prob in (("flip.prob", self.flip.prob), ("skull_strip.prob", self.skull_strip.prob),
+                           ("skull_strip.keep_csf_prob", self.skull_strip.keep_csf_prob),
+                           ("gmm.background_zero_prob", self.gmm.background_zero_prob),
+                           ("gmm.prior_prob", self.gmm.prior_prob),
+                           ("resolution.prob_native", self.resolution.prob_native)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
+        for name, low in (("gmm.std", self.gmm.std[0]), ("bias.std", self.bias.std[0]),
+                          ("noise.std", self.noise.std[0]), ("spatial.svf_std_mm", self.spatial.svf_std_mm[0]),
+                          ("gmm.background_low_std", self.gmm.background_low_std[0]),
+                          ("gamma.std", self.gamma.std), ("spatial.rotation_deg", self.spatial.rotation_deg),
+                          ("spatial.shear", self.spatial.shear),
+                          ("spatial.translation_mm", self.spatial.translation_mm),
+                          ("gmm.prior_jitter", self.gmm.prior_jitter)):
+            if low < 0:
+                raise ValueError(f"synth.{name} must not be negative (a spread or a maximum), got {low}")
+        for name, low in (("spatial.scaling", self.spatial.scaling[0]),
+                          ("resolution.spacing_mm", self.resolution.spacing_mm[0]),
+                          ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm[0]),
+                          ("resolution.thickness_min_mm", self.resolution.thickness_min_mm),
+                          ("spatial.integration_spacing_mm", self.spatial.integration_spacing_mm)):
+            if low <= 0:
+                raise ValueError(f"synth.{name} must be > 0, got {low}")
+        for name, n, least in (("spatial.svf_control_points", self.spatial.svf_control_points, 2),
+                               ("spatial.svf_steps", self.spatial.svf_steps, 0),
+                               ("bias.control_points", self.bias.control_points, 2)):
+            if n < least:
+                raise ValueError(f"synth.{name} must be >= {least}, got {n}")
+        if self.gmm.background_zero_prob + self.gmm.background_low_prob > 1.0:
+            raise ValueError("synth.gmm.background_zero_prob + background_low_prob must be <= 1, got "
+                             f"{self.gmm.background_zero_prob} + {self.gmm.background_low_prob}")
 
 
 def register_configs() -> None:

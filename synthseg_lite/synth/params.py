@@ -50,6 +50,8 @@ class SynthParams:
         res_axis: (B,) int64 axis of the simulated acquisition (0, 1, 2).
         res_spacing_mm, res_thickness_mm, res_alpha: (B,) slice spacing, thickness, profile factor.
         res_native: (B,) bool, keep native resolution.
+        res_iso: (B,) bool, isotropic low resolution (all three axes at ``res_spacing_mm``)
+            instead of thick slices along ``res_axis``.
         noise_std: (B,) noise std on [0, 1] images; noise: (B, 2, *P) standard normal fields
             (empty when noise is off).
     """
@@ -72,6 +74,7 @@ class SynthParams:
     res_native: torch.Tensor
     noise_std: torch.Tensor
     noise: torch.Tensor
+    res_iso: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -90,11 +93,13 @@ class SynthParams:
             "skull_strip": self.strip.float(),
             "gmm_mean": self.means.mean(1),
             "gmm_std": self.stds.mean(1),
+            "background_mean": self.means[:, 0],
             "bias_std": self.bias.flatten(1).std(1),
             "gamma": self.log_gamma.exp(),
             "res_spacing_mm": torch.where(self.res_native, 0.0, self.res_spacing_mm),
             "res_thickness_mm": torch.where(self.res_native, 0.0, self.res_thickness_mm),
             "res_axis": self.res_axis.float(),
+            "res_iso": (self.res_iso & ~self.res_native).float(),
             "noise_std": self.noise_std,
         }
 
@@ -115,6 +120,14 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1)
     rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1)
     return rx.view(-1, 3, 3) @ ry.view(-1, 3, 3) @ rz.view(-1, 3, 3)
+
+
+def _uniform_ranges(g: torch.Generator, batch: int, ranges: torch.Tensor,
+                    default: list[float]) -> torch.Tensor:
+    """(B, C) uniform draws, class c in ``ranges[c]`` ((C, 2), NaN rows: ``default``)."""
+    lo = torch.nan_to_num(ranges[:, 0], nan=float(default[0]))
+    hi = torch.nan_to_num(ranges[:, 1], nan=float(default[1]))
+    return torch.rand((batch, ranges.shape[0]), generator=g, device=g.device) * (hi - lo) + lo
 
 
 def _tissue_prior(cfg: SynthConfig, means: torch.Tensor, class_tissue: torch.Tensor | None,
@@ -140,7 +153,8 @@ def control_grid(extent_mm: float, spacing_mm: float) -> int:
 
 def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], n_classes: int,
                   g: torch.Generator, bbox: torch.Tensor | None = None,
-                  class_tissue: torch.Tensor | None = None) -> SynthParams:
+                  class_tissue: torch.Tensor | None = None,
+                  class_priors: torch.Tensor | None = None) -> SynthParams:
     """Draw the parameters of ``batch`` samples.
 
     Args:
@@ -153,6 +167,9 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
             drawn where the patch stays inside it (default: the whole input).
         class_tissue: (C,) int64 tissue of each class (0 other, 1 GM, 2 WM, 3 CSF), needed when
             ``cfg.gmm.prior_prob > 0``.
+        class_priors: (C, 4) float per-class uniform ranges (mean low, mean high, std low, std
+            high; NaN: ``cfg.gmm.mean``/``cfg.gmm.std``), from the label table; None: every class
+            uses the global ranges (the same draws as before priors existed).
     """
     dev, B = g.device, batch
     P = [int(p) for p in cfg.patch_shape]
@@ -190,19 +207,31 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     keep_csf = _bernoulli(g, B, cfg.skull_strip.keep_csf_prob)
 
     # -- GMM (class 0 is the background)
-    means = _uniform(g, (B, n_classes), *cfg.gmm.mean)
-    stds = _uniform(g, (B, n_classes), *cfg.gmm.std)
+    if class_priors is None:
+        means = _uniform(g, (B, n_classes), *cfg.gmm.mean)
+        stds = _uniform(g, (B, n_classes), *cfg.gmm.std)
+    else:  # same number of draws, per-class ranges
+        means = _uniform_ranges(g, B, class_priors[:, :2].to(dev), cfg.gmm.mean)
+        stds = _uniform_ranges(g, B, class_priors[:, 2:].to(dev), cfg.gmm.std)
     if cfg.gmm.prior_prob > 0:  # drawn only when on, so the default stream does not change
         means = _tissue_prior(cfg, means, class_tissue, g)
-    bg_zero = _bernoulli(g, B, cfg.gmm.background_zero_prob)
+    # One uniform chooses the background, as in SynthSeg: zero (p0), else low (p_low), else random.
+    bg_draw = torch.rand(B, generator=g, device=dev)
+    bg_zero = bg_draw < cfg.gmm.background_zero_prob
     means[:, 0] = torch.where(bg_zero, 0.0, means[:, 0])
     stds[:, 0] = torch.where(bg_zero, 0.0, stds[:, 0])
+    if cfg.gmm.background_low_prob > 0:  # drawn only when on
+        bg_low = ~bg_zero & (bg_draw < cfg.gmm.background_zero_prob + cfg.gmm.background_low_prob)
+        means[:, 0] = torch.where(bg_low, _uniform(g, (B,), *cfg.gmm.background_low_mean), means[:, 0])
+        stds[:, 0] = torch.where(bg_low, _uniform(g, (B,), *cfg.gmm.background_low_std), stds[:, 0])
     f = cfg.partial_volume_factor
     gmm_noise = torch.randn((B, 1, *[p * f for p in P]), generator=g, device=dev)
 
     # -- bias, gamma
     k = cfg.bias.control_points
     bias = torch.randn((B, 1, k, k, k), generator=g, device=dev) * _uniform(g, (B,), *cfg.bias.std).view(B, 1, 1, 1, 1)
+    if cfg.bias.prob < 1:  # drawn only when on; a zero log-field is no bias
+        bias = bias * _bernoulli(g, B, cfg.bias.prob).view(B, 1, 1, 1, 1)
     log_gamma = torch.randn(B, generator=g, device=dev) * cfg.gamma.std
 
     # -- resolution
@@ -212,6 +241,13 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     res_thickness = rs.thickness_min_mm + torch.rand(B, generator=g, device=dev) * (res_spacing - rs.thickness_min_mm).clamp(min=0)
     res_alpha = _uniform(g, (B,), *rs.alpha)
     res_native = _bernoulli(g, B, rs.prob_native) | (not rs.enabled)
+    res_iso = torch.zeros(B, dtype=torch.bool, device=dev)
+    if rs.iso_prob > 0:  # drawn only when on: isotropic spacing and thickness replace the axis ones
+        res_iso = _bernoulli(g, B, rs.iso_prob)
+        iso_spacing = _uniform(g, (B,), *rs.iso_spacing_mm)
+        iso_thickness = rs.thickness_min_mm + torch.rand(B, generator=g, device=dev) * (iso_spacing - rs.thickness_min_mm).clamp(min=0)
+        res_spacing = torch.where(res_iso, iso_spacing, res_spacing)
+        res_thickness = torch.where(res_iso, iso_thickness, res_thickness)
 
     # -- noise
     if cfg.noise.kind == "none":
@@ -223,4 +259,4 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
 
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
-                       noise_std, noise)
+                       noise_std, noise, res_iso)

@@ -1,4 +1,5 @@
-"""Resolution stage: thick-slice acquisition along one axis, then back to the output grid.
+"""Resolution stage: thick-slice acquisition along one axis (or isotropic low resolution on all
+three), then back to the output grid.
 
 As in the SynthSeg paper (section 3.1.4): Gaussian slice profile with
 ``sigma = alpha * 0.75 * thickness / voxel``, sampling at the slice spacing, linear interpolation back.
@@ -57,23 +58,27 @@ def apply_along_axis(image: torch.Tensor, matrices: torch.Tensor, axis: int) -> 
 
 def simulate_resolution(image: torch.Tensor, axis: torch.Tensor, spacing_mm: torch.Tensor,
                         thickness_mm: torch.Tensor, alpha: torch.Tensor, native: torch.Tensor,
-                        voxel_mm: float) -> torch.Tensor:
-    """Simulate a thick-slice acquisition along a per-sample axis.
+                        voxel_mm: float, iso: torch.Tensor | None = None) -> torch.Tensor:
+    """Simulate a thick-slice acquisition along a per-sample axis, or an isotropic one.
 
     Args:
         image: (B, 1, X, Y, Z) float.
         axis: (B,) int64 in {0, 1, 2}. spacing_mm, thickness_mm, alpha: (B,). native: (B,) bool.
         voxel_mm: output voxel size (mm).
+        iso: (B,) bool, isotropic: the same spacing and thickness along all three axes
+            (``axis`` ignored); None: no isotropic sample.
 
     Returns:
-        (B, 1, X, Y, Z): unchanged where ``native``; elsewhere blurred and resampled along ``axis``.
+        (B, 1, X, Y, Z): unchanged where ``native``; elsewhere blurred and resampled along ``axis``
+        (or along every axis where ``iso``).
     """
     out = image.clone()
     for ax in range(3):  # loop over the 3 axes, never over samples
-        sel = torch.nonzero((axis == ax) & ~native).flatten()
+        along = axis == ax if iso is None else (axis == ax) | iso
+        sel = torch.nonzero(along & ~native).flatten()
         if sel.numel() == 0:
             continue
         mats = resolution_matrices(image.shape[2 + ax], spacing_mm[sel] / voxel_mm,
                                    thickness_mm[sel] / voxel_mm, alpha[sel], native[sel])
-        out[sel] = apply_along_axis(image[sel], mats.to(image.dtype), ax)
+        out[sel] = apply_along_axis(out[sel], mats.to(image.dtype), ax)  # iso: axes compose
     return out
