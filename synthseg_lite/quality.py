@@ -7,8 +7,11 @@ or the real image's non-zero voxels for skull-stripped scans):
   percentiles inside the mask map to [0, 1] (the scanners' units differ);
 * intensity histograms inside the mask (density over ``bins`` bins of [0, 1]) and their overlap
   (histogram intersection, 1 = identical distributions);
-* SSIM and PSNR (scikit-image, ``data_range=1``) averaged over the axial (RAS z) slices that
-  contain brain; identical slices give PSNR = +inf.
+* SSIM (scikit-image, ``data_range=1``) averaged over the axial (RAS z) slices that contain brain;
+* PSNR (dB, ``data_range=1``) on the volume made of those slices (one mean squared error; a
+  per-slice mean would be +inf as soon as one slice is identical); +inf only for identical volumes.
+
+The two images (and the mask) must share a grid: same shape and same affine.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from synthseg_lite.io import atomic_write, load_volume, strip_suffix
+from synthseg_lite.io import Volume, atomic_write, load_volume, strip_suffix
 from synthseg_lite.pairing import find_cases
 
-__all__ = ["QUALITY_METRICS", "evaluate_quality", "image_quality"]
+__all__ = ["QUALITY_METRICS", "check_same_grid", "evaluate_quality", "image_quality"]
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +74,28 @@ def image_quality(
     h_s = np.histogram(s[mask], edges, density=True)[0]
     h_r = np.histogram(r[mask], edges, density=True)[0]
     inter = float(np.minimum(h_s, h_r).sum() * (edges[1] - edges[0]))
-    ssim, psnr = [], []
-    for z in np.nonzero(mask.any((0, 1)))[0]:
-        a, b = r[..., z], s[..., z]
-        ssim.append(structural_similarity(a, b, data_range=1.0))
-        psnr.append(
-            peak_signal_noise_ratio(a, b, data_range=1.0) if not np.array_equal(a, b) else np.inf
-        )
+    slab = np.nonzero(mask.any((0, 1)))[0]
+    ssim = [structural_similarity(r[..., z], s[..., z], data_range=1.0) for z in slab]
+    a, b = r[..., slab], s[..., slab]
+    psnr = np.inf if np.array_equal(a, b) else peak_signal_noise_ratio(a, b, data_range=1.0)
     return {
         "SSIM": float(np.mean(ssim)),
-        "PSNR": float(np.mean(psnr)),
+        "PSNR": float(psnr),
         "hist_intersection": inter,
         "hist_synth": h_s,
         "hist_real": h_r,
         "bins": edges,
     }
+
+
+def check_same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> None:
+    """Raise ``ValueError`` unless two volumes share a grid (shape and affine within ``tol_mm``)."""
+    if a.data.shape != b.data.shape:
+        raise ValueError(f"{b.path}: shape {b.data.shape} differs from {a.path}: {a.data.shape}")
+    if not np.allclose(a.affine, b.affine, atol=tol_mm):
+        raise ValueError(
+            f"{b.path}: not on the grid of {a.path} (affines differ; resample one onto the other)"
+        )
 
 
 def evaluate_quality(
@@ -134,9 +144,12 @@ def evaluate_quality(
     for case, (s_path, r_path) in pairs.items():
         try:
             s, r = load_volume(s_path), load_volume(r_path)
+            check_same_grid(r, s)
             m = None
             if case in masks:
-                m = load_volume(masks[case], dtype=None).data != 0
+                mv = load_volume(masks[case], dtype=None)
+                check_same_grid(r, mv)
+                m = mv.data != 0
             elif mask is not None:
                 raise ValueError(f"no mask for case {case!r} in {mask}")
             q = image_quality(s.data, r.data, m, bins)
