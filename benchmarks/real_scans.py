@@ -14,7 +14,7 @@ user would run them (the commands are logged and stored in the JSON):
 * ``python infer.py`` segments them with the model (default TTA), ``python -m
   synthseg_lite.baseline`` with the 3-class Gaussian mixture;
 * ``python evaluate.py`` scores both against the references (IBSR manual labels; FreeSurfer aseg
-  for OASIS), Dice per class.
+  for OASIS with ``ref_labels=aseg_ventricular``: CSF = ventricles), Dice per class.
 
 Output: ``<output>/results.json`` (mean Dice per condition, dataset, method and class, plus the
 commands) and ``<output>/results.md`` (the table). Needs ``../shared/data/real`` (``--data``).
@@ -55,7 +55,12 @@ def datasets(data: Path) -> dict[str, dict]:
         fail(f"real scans not found under {data} (--data)")
     return {
         "ibsr": {"scans": ibsr, "ref": data / "ibsr", "labels": "ibsr"},
-        "oasis": {"scans": [oasis], "ref": data / "oasis_vxm" / "aseg.nii.gz", "labels": "aseg"},
+        # ventricles-only CSF, as the tissue_ventricular models predict and IBSR counts it
+        "oasis": {
+            "scans": [oasis],
+            "ref": data / "oasis_vxm" / "aseg.nii.gz",
+            "labels": "aseg_ventricular",
+        },
     }
 
 

@@ -12,7 +12,8 @@ people have (the rules are the same for predictions and references):
   ``subjects/bert/mri/aseg.mgz`` -> ``bert``; there only ``aseg``, ``aparc+aseg`` (if no
   ``aseg``) and ``*_seg`` files count (not ``T1.mgz``, ``norm.mgz``, ...).
 * **anything else**: the file name without its suffix and without a trailing ``_seg`` / ``_dseg``
-  (``infer.py``'s ``IBSR_01_seg.nii.gz`` -> ``IBSR_01``); a plain name (nnU-Net's
+  (``infer.py``'s ``IBSR_01_seg.nii.gz`` -> ``IBSR_01``); an ``aseg`` file elsewhere takes its
+  folder's name (``oasis/aseg.nii.gz`` -> ``oasis``); a plain name (nnU-Net's
   ``labelsTr/case.nii.gz`` or its predictions ``case.nii.gz``) is the id as it is.
 
 A segmentation-named file (``_seg``, ``_dseg``, ``aseg``, or any file in a ``labelsTr`` /
@@ -72,6 +73,8 @@ def case_key(path: Path, root: Path) -> tuple[str, int] | None:
         return (subject, 1) if name == "aparc+aseg" else None
     if m := _SEG_SUFFIX.fullmatch(name):
         return m.group("id"), 3
+    if name in ("aseg", "aparc+aseg"):  # a FreeSurfer aseg outside mri/: its folder is the case
+        return path.parent.name, 3 if name == "aseg" else 1
     return name, 2 if folders and folders[-1] in _LABEL_FOLDERS else 0
 
 

@@ -176,6 +176,9 @@ def test_pairing_freesurfer_subjects(tmp_path):
     ]
     pairs = pair_cases(tmp_path / "mirror", subjects)
     assert [(c, p.name, r.name) for c, p, r in pairs] == [("ernie", "T1_seg.mgz", "aseg.mgz")]
+    _touch(tmp_path / "oasis" / "t1.nii.gz")  # an aseg beside its scan (no mri/ folder)
+    aseg = _touch(tmp_path / "oasis" / "aseg.nii.gz")
+    assert find_cases(tmp_path / "oasis") == {"oasis": aseg}  # the scan is never a reference
 
 
 def test_pairing_bids_derivatives(tmp_path):
