@@ -40,7 +40,9 @@ from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS
 
 __all__ = [
     "METRICS",
+    "LabelConventionError",
     "case_metrics",
+    "check_convention",
     "class_names",
     "evaluate_pairs",
     "jsonable",
@@ -225,6 +227,45 @@ def class_names(n_classes: int) -> list[str]:
     return list(tissue) if n_classes == len(tissue) else [f"class_{k}" for k in range(n_classes)]
 
 
+class LabelConventionError(ValueError):
+    """A segmentation does not follow the label preset it was said to follow."""
+
+
+def check_convention(
+    data: np.ndarray, spec: str | Mapping, mapping: Mapping[int, int], source: str, side: str
+) -> None:
+    """Refuse a segmentation whose values a *preset* does not know (custom mappings may select
+    on purpose): e.g. a structure model's aseg values scored as ``tissue``.
+
+    Args:
+        data: (X, Y, Z) raw label values.
+        spec: the preset name or mapping given by the user (only names are checked).
+        mapping: its ``{value: class}`` mapping.
+        source: file name for the message.
+        side: ``pred`` or ``ref`` (the option is ``<side>_labels``).
+
+    Raises:
+        LabelConventionError: over 20 % of the labelled voxels have values the preset lacks.
+    """
+    if not isinstance(spec, str):
+        return
+    values, counts = np.unique(data, return_counts=True)
+    unknown = np.array([v != 0 and int(v) not in mapping for v in values], dtype=bool)
+    fg = counts[values != 0].sum()
+    if fg and counts[unknown].sum() > 0.2 * fg:
+        aseg = bool(np.isin(values, (41, 42)).any())
+        raise LabelConventionError(
+            f"{source}: {100 * counts[unknown].sum() / fg:.0f}% of the labelled voxels have values "
+            f"{values[unknown][:8].tolist()} unknown to {side}_labels={spec!r}"
+            + (
+                f"; FreeSurfer aseg values: use {side}_labels=aseg_ventricular for the tissue "
+                "view or mode=structures to score each structure"
+                if aseg
+                else "; give the right preset or a {value: class} mapping"
+            )
+        )
+
+
 def evaluate_pairs(
     pairs: Sequence[tuple[str, Path, Path]],
     pred_labels: str | Mapping = "tissue",
@@ -242,6 +283,8 @@ def evaluate_pairs(
     for case, pred_path, ref_path in pairs:
         try:
             pred, ref = load_pair(pred_path, ref_path)
+            check_convention(pred.data, pred_labels, pmap, str(pred_path), "pred")
+            check_convention(ref.data, ref_labels, rmap, str(ref_path), "ref")
             metrics, confusion = case_metrics(
                 map_labels(pred.data, pmap, str(pred_path)),
                 map_labels(ref.data, rmap, str(ref_path)),
@@ -249,6 +292,8 @@ def evaluate_pairs(
                 n_classes,
                 surface,
             )
+        except LabelConventionError:
+            raise  # the wrong option: every case would be wrong the same way
         except ValueError as exc:
             skipped.append({"case": case, "reason": str(exc).splitlines()[0]})
             log.warning("skipped %s: %s", case, skipped[-1]["reason"])

@@ -104,6 +104,18 @@ def test_tissue_prediction_scored_per_structure_is_refused(tmp_path):
         evaluate_structures(pairs)
 
 
+def test_structure_prediction_scored_as_tissue_is_refused(tmp_path):
+    from synthseg_lite.metrics import LabelConventionError, evaluate_pairs
+
+    pred, ref = _pair()
+    pred[22:30, 4:12, 4:12] = 42  # right cortex: values the tissue preset does not know
+    pairs = [("c", _save(tmp_path / "p.nii.gz", pred), _save(tmp_path / "r.nii.gz", ref))]
+    with pytest.raises(LabelConventionError, match="pred_labels=aseg_ventricular"):
+        evaluate_pairs(pairs, "tissue", "aseg_ventricular")
+    summary = evaluate_pairs(pairs, "aseg_ventricular", "aseg_ventricular")  # the tissue view
+    assert summary["n_cases"] == 1
+
+
 def test_evaluate_command_structures_mode(tmp_path):
     from synthseg_lite.commands.evaluate import EvaluateConfig, run
 
