@@ -163,7 +163,8 @@ def pair_cases(
         ValueError: nothing to pair.
     """
     if Path(pred).is_file() and Path(ref).is_file():
-        return [(strip_suffix(pred), Path(pred), Path(ref))]
+        key = case_key(Path(pred), Path(pred).parent)  # out/t1_seg.nii.gz -> t1
+        return [(key[0] if key else strip_suffix(pred), Path(pred), Path(ref))]
     preds, refs = find_cases(pred, pred_pattern), find_cases(ref, ref_pattern)
     common = sorted(set(preds) & set(refs))
     for side, only in (
