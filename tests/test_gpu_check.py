@@ -164,3 +164,106 @@ def test_plan_guard_without_a_budget_records_explicit_sizes(tmp_path: Path) -> N
     rec = json.loads((tmp_path / "plan.json").read_text())
     assert rec["estimated_gb"] is None and rec["gpu_memory_gb"] is None
     assert rec["patch_size"] == [32, 32, 32] and rec["batch_size"] == 2
+
+
+# ------------------------------------------------------------------ benchmarks/gpu_check.py
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check_lines(lines: list[dict], device: str) -> None:
+    assert [r["part"] for r in lines] == ["generator", "train", "inference", "correctness"]
+    assert not [r["error"] for r in lines if "error" in r]
+    gen, train, infer, correct = lines
+    assert {tuple(r["patch"]) for r in gen["results"]} == {(48, 48, 48), (32, 32, 32)}
+    assert sorted({r["batch_size"] for r in gen["results"]}) == [1, 2, 4, 8]
+    assert all(r["samples_per_s"] > 0 for r in gen["results"])
+    assert 0 < gen["default_job"]["synth_share_of_step"] < 1
+    peak = "peak_allocated_gb" if device.startswith("cuda") else "peak_rss_gb"
+    for run in train["runs"]:
+        assert run["s_per_step"] > 0 and run["steps"] >= 2 and run["estimated_gb"] > 0
+        assert run[peak] > 0 and run["peak_over_estimate"] > 0
+        assert math.prod(run["patch_size"]) <= 32**3 and run["batch_size"] >= 1
+    assert infer["seg_shape"] == [64, 64, 64] and infer["seconds_per_scan"] > 0
+    assert infer["tta"] == "flip" and infer["window"] == [32, 32, 32]
+    assert correct["same_batch"] and correct["loss_decreases"] and correct["ok"]
+
+
+def test_gpu_check_tiny_runs_every_part_on_cpu(gpu_check, tmp_path: Path) -> None:
+    """``--device cpu --tiny`` (one budget and precision here; all of them: the slow test)."""
+    out = tmp_path / "results" / "gpu.json"
+    args = ["--device", "cpu", "--tiny", "--budgets", "0.06", "--precisions", "bf16-mixed"]
+    lines = gpu_check.main([*args, "--output", str(out)])
+    _check_lines(lines, "cpu")
+    (run,) = lines[1]["runs"]
+    assert run["precision"] == "bf16-mixed" and run["gpu_memory_gb"] == 0.06
+    assert (run["patch_size"], run["batch_size"]) == ([32, 32, 32], 4)  # planned for 0.06 GB
+    assert [json.loads(ln) for ln in out.read_text().splitlines()] == lines
+
+
+def test_gpu_check_a_failing_part_is_recorded_and_the_next_runs(
+    gpu_check, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(s):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(gpu_check.PART_FUNCTIONS, "generator", broken)
+    monkeypatch.setitem(gpu_check.PART_FUNCTIONS, "train", lambda s: {"runs": []})
+    out = tmp_path / "gpu.json"
+    out.write_text('{"part": "earlier"}\n')
+    s = gpu_check.Settings(device="cpu", tiny=True)
+    emitted: list[str] = []
+    lines = gpu_check.run_parts(s, ["generator", "train"], out, emitted.append)
+    assert "illegal memory access" in lines[0]["error"] and lines[1]["runs"] == []
+    assert [json.loads(e)["part"] for e in emitted] == ["generator", "train"]
+    assert [json.loads(ln)["part"] for ln in out.read_text().splitlines()] == [
+        "earlier",
+        "generator",
+        "train",
+    ]  # appended, never overwritten
+
+
+def test_gpu_check_refuses_bad_arguments(gpu_check) -> None:
+    with pytest.raises(ValueError, match="--parts"):
+        gpu_check.main(["--device", "cpu", "--parts", "nope"])
+    with pytest.raises(ValueError, match="--steps"):
+        gpu_check.main(["--device", "cpu", "--tiny", "--steps", "1"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            gpu_check.main(["--device", "cuda"])
+
+
+@pytest.mark.slow
+def test_gpu_check_cli_tiny_every_budget_and_precision(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    res = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--output", out],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    _check_lines(lines, "cpu")
+    runs = lines[1]["runs"]
+    assert [(r["gpu_memory_gb"], r["precision"]) for r in runs] == [
+        (b / 200, p) for b in (12, 8, 24) for p in ("32-true", "bf16-mixed")
+    ]
+    assert [r["batch_size"] for r in runs[::2]] == [4, 2, 8]  # the planner's batch per budget
+    assert [json.loads(ln) for ln in out.read_text().splitlines()] == lines
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_check_tiny_on_cuda(gpu_check) -> None:
+    _check_lines(gpu_check.main(["--device", "cuda", "--tiny", "--steps", "2"]), "cuda")
