@@ -315,3 +315,63 @@ def test_compact_model_files_stay_close_to_float32(precision: str, tmp_path: Pat
                 assert (err <= step / 2 + 1e-7).all(), k
     with pytest.raises(ValueError, match="precision"):
         save_model(tmp_path / "x.pt", net, meta, precision="int4")
+
+
+class Recording(torch.nn.Module):
+    """Threshold2D that records every input window it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return Threshold2D()(x)
+
+
+def _reference_slicewise(net, image, axes, context, empty_class=0):
+    """The rule spelled out slice by slice: softmax of the network, or the empty class for a
+    window that is one constant value."""
+    h, total = context // 2, 0
+    for axis in axes:
+        vol = image[0, 0].movedim(axis, 0)
+        padded = torch.nn.functional.pad(vol[None, None], (0, 0, 0, 0, h, h), mode="replicate")
+        out = []
+        for s in range(vol.shape[0]):
+            x = padded[0, 0, s : s + context][None]
+            if x.amax() == x.amin():
+                p = torch.zeros(1, 2, *vol.shape[1:])
+                p[:, empty_class] = 1.0
+            else:
+                p = torch.softmax(net(x).float(), 1)
+            out.append(p)
+        total = total + torch.cat(out).movedim(0, 1).movedim(1, 1 + axis)[None]
+    return total / len(axes)
+
+
+@pytest.mark.parametrize("context", [1, 3])
+def test_network_never_sees_blank_slices(context: int) -> None:
+    """Blank windows are skipped, not computed and overwritten: the network is called on the
+    non-blank ones only (fewer calls), and the result is the slice-by-slice rule's."""
+    torch.manual_seed(0)
+    image = torch.zeros(1, 1, 12, 10, 9)
+    image[0, 0, 3:8, 2:7, 2:6] = torch.rand(5, 5, 4) + 0.1
+    net = Recording()
+    probs = predict_slicewise(net, image, [0, 1, 2], context, batch_size=4)
+    assert net.seen, "the network was not called at all"
+    for x in net.seen:
+        flat = x.flatten(1)
+        assert (flat.amax(1) > flat.amin(1)).all(), "a blank window reached the network"
+    n_blank = sum(int((image[0, 0].movedim(a, 0).flatten(1).amax(1) == 0).sum()) for a in range(3))
+    seen = sum(len(x) for x in net.seen)
+    # context 3: the blank slice on each side of the signal has signal in its window (3 axes)
+    assert seen == sum(image.shape[2:]) - n_blank + (2 * 3 if context == 3 else 0)
+    ref = _reference_slicewise(Threshold2D(), image, [0, 1, 2], context)
+    torch.testing.assert_close(probs, ref)
+
+
+def test_all_blank_volume_is_background() -> None:
+    net = Recording()
+    probs = predict_slicewise(net, torch.full((1, 1, 5, 6, 7), 3.0), [0, 2], batch_size=4)
+    assert probs.shape == (1, 2, 5, 6, 7) and (probs[:, 0] == 1).all()
+    assert sum(len(x) for x in net.seen) <= 2  # at most one window per axis, for the class count

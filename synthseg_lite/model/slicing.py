@@ -198,7 +198,9 @@ def predict_slicewise(
         axes: RAS axes to slice across; the softmax of each is averaged.
         context: input channels (odd), neighbouring slices replicated at the borders.
         batch_size: slices per network call.
-        empty_class: class given to constant input slices (None: ask the network anyway).
+        empty_class: class given to blank inputs, windows of ``context`` slices that are one
+            constant value (padding, the air around a skull-stripped brain); the network is not
+            run on them. None: the network sees every slice.
 
     Returns:
         (1, K, X, Y, Z) float32 probabilities.
@@ -211,19 +213,28 @@ def predict_slicewise(
     total = None
     for axis in axes:
         vol = image[0, 0].movedim(axis, 0)  # (S, H, W)
+        n_slices = vol.shape[0]
         padded = F.pad(vol[None, None], (0, 0, 0, 0, h, h), mode="replicate")[0, 0] if h else vol
-        outs = []
-        for start in range(0, vol.shape[0], batch_size):
-            idx = torch.arange(start, min(start + batch_size, vol.shape[0]), device=vol.device)
-            x = padded[idx[:, None] + torch.arange(context, device=vol.device)]  # (n, ctx, H, W)
-            probs = torch.softmax(net(x).float(), 1)
-            if empty_class is not None:
-                flat = x.flatten(1)
-                blank = flat.amax(1) == flat.amin(1)
-                if blank.any():
-                    probs[blank] = 0.0
-                    probs[blank, empty_class] = 1.0
-            outs.append(probs)
-        probs = torch.cat(outs).movedim(0, 1).movedim(1, 1 + axis)[None]  # (1, K, X, Y, Z)
+        offsets = torch.arange(context, device=vol.device)
+        if empty_class is None:
+            blank = torch.zeros(n_slices, dtype=torch.bool, device=vol.device)
+        else:  # a window is blank when its min and max over all its slices are equal
+            flat = padded.flatten(1)
+            lo, hi = flat.amin(1).unfold(0, context, 1), flat.amax(1).unfold(0, context, 1)
+            blank = lo.amin(1) == hi.amax(1)  # (S,)
+        todo = torch.nonzero(~blank).flatten()
+        probs = None
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            out = torch.softmax(net(padded[idx[:, None] + offsets]).float(), 1)  # (n, K, H, W)
+            if probs is None:
+                probs = out.new_zeros((n_slices, *out.shape[1:]))
+            probs[idx] = out
+        if probs is None:  # every window blank: one call only to learn the class count
+            k = net(padded[:context][None]).shape[1]
+            probs = torch.zeros((n_slices, k, *vol.shape[1:]), device=vol.device)
+        if blank.any():
+            probs[blank, empty_class] = 1.0
+        probs = probs.movedim(0, 1).movedim(1, 1 + axis)[None]  # (1, K, X, Y, Z)
         total = probs if total is None else total.add_(probs)
     return (total / len(axes))[..., : shape[0], : shape[1], : shape[2]]
