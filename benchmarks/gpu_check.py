@@ -218,6 +218,7 @@ def job_overrides(
         "++trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false",
         "++trainer.enable_model_summary=false",
+        "++trainer.enable_checkpointing=false",
         "model.image_every_n_steps=0",
         "logger=none",
         "callbacks=none",
