@@ -31,6 +31,7 @@ whole match. Two single files are paired as they are.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -81,14 +82,16 @@ def case_key(path: Path, root: Path) -> tuple[str, int] | None:
 def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    if path.is_dir():
-        return sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.name.lower().endswith(IMAGE_SUFFIXES)
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+    if path.is_dir():  # symbolic links to folders are followed (linked subject folders)
+        files = []
+        for folder, dirs, names in os.walk(path, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            files += [
+                Path(folder) / n
+                for n in names
+                if not n.startswith(".") and n.lower().endswith(IMAGE_SUFFIXES)
+            ]
+        return sorted(files)
     raise ValueError(f"{path}: no such file or folder")
 
 

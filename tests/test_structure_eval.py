@@ -212,6 +212,13 @@ def test_pairing_bids_derivatives(tmp_path):
         assert all("derivatives" in r.parts for _, _, r in pairs)
 
 
+def test_pairing_follows_linked_folders(tmp_path):
+    _touch(tmp_path / "store" / "IBSR_01" / "IBSR_01_seg.nii.gz")
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "IBSR_01").symlink_to(tmp_path / "store" / "IBSR_01")
+    assert list(find_cases(tmp_path / "refs")) == ["IBSR_01"]
+
+
 def test_pairing_conflicts_and_explicit_patterns(tmp_path):
     _touch(tmp_path / "ref" / "x" / "a_seg.nii.gz")
     _touch(tmp_path / "ref" / "y" / "a_seg.nii.gz")
