@@ -4,9 +4,13 @@
     python benchmarks/learning_curves.py on_the_fly=outputs/train/ablation_onthefly \\
         fixed_500=outputs/train/ablation_fixed500 --output ablation.png
 
-Each argument is a run directory (``NAME=DIR`` to name it in the legend). Writes the figure (one
-panel per real validation set, one colour per class, one line style per run) and, beside it, a
-JSON file with the same points (step, minutes since the start, Dice per set and class).
+    python benchmarks/learning_curves.py --json docs/learning_curves.json --output docs/learning_curves.png
+
+Each argument is a run directory (``NAME=DIR`` to name it in the legend); ``--json`` plots the
+points of an earlier run of this script instead (the logs need not exist any more). Writes the
+figure (one panel per real validation set, one colour per class, the QC figures' colours, one
+line style per run) and, beside it, a JSON file with the same points (step, minutes since the
+start, Dice per set and class).
 """
 
 from __future__ import annotations
@@ -23,9 +27,18 @@ import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synthseg_lite.cli import fail
+from matplotlib import patheffects
 
-CLASSES = {"GM": "tab:orange", "WM": "tab:blue", "CSF": "tab:green"}
+from synthseg_lite.cli import fail
+from synthseg_lite.io import atomic_write
+from synthseg_lite.labels import target_preset
+from synthseg_lite.lut import output_labels
+
+# the class colours of the QC figures and label tables (FreeSurfer's cortex, white matter and
+# ventricle colours, synthseg_lite.lut); lines get a dark outline so white matter shows on white
+_TISSUE = output_labels(target_preset("tissue"))
+CLASSES = {n: tuple(c / 255 for c in rgb) for n, rgb in zip(_TISSUE.names[1:], _TISSUE.colors[1:])}
+OUTLINE = [patheffects.Stroke(linewidth=3.2, foreground="0.15"), patheffects.Normal()]
 STYLES = ["-", "--", ":", "-."]
 
 
@@ -53,10 +66,13 @@ def read_run(run: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories, optionally NAME=DIR")
+    parser.add_argument("runs", nargs="*", help="run directories, optionally NAME=DIR")
+    parser.add_argument("--json", type=Path, help="points written by an earlier run (no logs)")
     parser.add_argument("--output", required=True, type=Path, help="figure (.png)")
     args = parser.parse_args(argv)
-    runs = {}
+    if bool(args.runs) == bool(args.json):
+        fail("give run directories or --json FILE (one of them)")
+    runs = json.loads(args.json.read_text()) if args.json else {}
     for item in args.runs:
         name, sep, path = item.partition("=")
         runs[name if sep else Path(item).name] = read_run(Path(path if sep else item))
@@ -74,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                         color=color,
                         marker="o",
                         ms=3,
+                        mec="0.15",
+                        path_effects=OUTLINE,
                         label=f"{cls} ({run_name})",
                     )
         ax.set(title=f"real scans: {set_name}", xlabel="training step", ylabel="Dice", ylim=(0, 1))
@@ -81,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=110)
-    args.output.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    atomic_write(args.output, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    if args.output.with_suffix(".json") != args.json:
+        args.output.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
 
 
