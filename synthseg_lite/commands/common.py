@@ -99,7 +99,7 @@ def _one_line(text: str, width: int = 110) -> str:
 
 def _format(value: Any) -> str:
     """A default as it is typed on the command line (Hydra's override grammar)."""
-    if value is MISSING or value is dataclasses.MISSING:
+    if value is dataclasses.MISSING or (isinstance(value, str) and value == MISSING):
         return "???"
     if value is None:
         return "null"

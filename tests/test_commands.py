@@ -1,0 +1,160 @@
+"""The commands as installed tools: --help tells every option and its real default, --version, the
+shipped-model names, and the Python API (synthseg_lite.segment)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import synthseg_lite
+from synthseg_lite.commands import evaluate, export, infer, train  # noqa: F401  (register configs)
+from synthseg_lite.commands.common import _format, field_docs
+from synthseg_lite.inference.predictor import SHIPPED_MODELS, default_model_path, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "synthseg_lite" / "conf"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+
+# command -> (config dir, config name, keys of the composed config the help leaves to config groups)
+COMMANDS = {
+    "infer": (CONF / "cli", "infer", ()),
+    "evaluate": (CONF / "cli", "evaluate", ()),
+    "export": (CONF, "export", ()),
+    "train": (
+        CONF,
+        "train",
+        ("paths", "trainer", "logger", "callbacks", "data.real_val", "model.optimizer",
+         "model.scheduler"),
+    ),
+}
+
+
+def _template(command: str) -> str:
+    node = ConfigStore.instance().load(f"hydra/help/synthseg_lite_{command}.yaml").node
+    return str(node.template).replace("\\${", "${").replace("$$", "$")
+
+
+def _leaves(cfg, prefix=""):
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _leaves(v, key + ".")
+        else:
+            yield key, v
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_lists_every_option_with_its_composed_default(command):
+    """Each leaf of the configuration the command really composes is a help line
+    ``key=<that default>  <description>``, so the help cannot drift from the configs."""
+    conf_dir, name, grouped = COMMANDS[command]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(name), resolve=False)
+    text = _template(command)
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith("  ") and "=" in ln}
+    checked = 0
+    for key, value in _leaves(cfg):
+        if any(key == g or key.startswith(g + ".") for g in grouped):
+            continue
+        opt = f"{key}={_format(value)}"
+        assert opt in lines, f"--help of {command} lacks {opt}"
+        description = lines[opt][len("  ") + len(opt):].strip()
+        assert description, f"--help of {command}: {key} has no description"
+        checked += 1
+    assert checked >= 10
+    assert f"synthseg-lite-{command}" in text and "--version" in text
+
+
+def test_field_docs_reads_attributes_sections_with_continuations():
+    docs = field_docs(infer.InferConfig)  # its own fields and those of InferenceOptions
+    assert docs["tta"].startswith("test-time augmentation") and "nnU-Net" in docs["tta"]
+    assert "shipped" in docs["model"] and docs["input"]
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_infer_script_help_and_version():
+    """The in-tree entry point: --help (Hydra's help with the generated page) and --version
+    (the installed commands: tests/test_wheel.py)."""
+    res = _run("infer.py", "--help")
+    assert res.returncode == 0, res.stderr
+    assert "Usage: synthseg-lite-infer" in res.stdout
+    assert "  tta=flip " in res.stdout and "  input=??? " in res.stdout
+    res = _run("infer.py", "--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"synthseg-lite-infer {synthseg_lite.__version__}"
+
+
+def test_resolve_model_names():
+    assert resolve_model(None) == resolve_model("tissue") == default_model_path()
+    assert resolve_model("runs/x") == Path("runs/x")
+    assert resolve_model(Path("m.pt")) == Path("m.pt")
+    if not (Path(synthseg_lite.__file__).parent / SHIPPED_MODELS["structures"]).is_file():
+        with pytest.raises(ValueError, match="^the structure model is not shipped"):
+            resolve_model("structures")
+
+
+def test_import_is_light():
+    res = _run("-c", "import sys, synthseg_lite; print(synthseg_lite.__version__, 'torch' in sys.modules)")
+    assert res.returncode == 0 and res.stdout.split() == [synthseg_lite.__version__, "False"]
+
+
+def _head(shape=(36, 40, 36), vox=2.0, seed=0):
+    """A (X, Y, Z) float32 ellipsoid 'head': WM core, GM rim, dark ventricle; and its affine."""
+    g = np.stack(np.meshgrid(*[np.arange(s) - s / 2 for s in shape], indexing="ij")) * vox
+    r = np.sqrt(sum((g[i] / a) ** 2 for i, a in enumerate((30, 36, 30))))
+    img = np.where(r < 1, 60.0, 0.0)
+    img[r < 0.8] = 110.0
+    img[r < 0.25] = 20.0
+    img += np.random.default_rng(seed).normal(0, 3, shape) * (r < 1)
+    affine = np.diag([-vox, vox, vox, 1.0])  # LAS, not RAS
+    affine[:3, 3] = [40, -40, -30]
+    return img.astype(np.float32), affine
+
+
+def test_segment_api(tmp_path):
+    """synthseg_lite.segment: labels on the scan's grid with the output values, probabilities
+    that sum to 1, volumes = voxel count x voxel volume, the scan's affine; a path, a nibabel
+    image and a (data, affine) pair give the same result."""
+    data, affine = _head()
+    res = synthseg_lite.segment((data, affine), tta="none", threads=1)
+    assert isinstance(res, synthseg_lite.SegmentationResult)
+    assert res.labels.shape == data.shape and res.labels.dtype == np.uint8
+    assert set(np.unique(res.labels)) <= set(res.values) and res.values[0] == 0
+    assert res.probabilities.shape == (len(res.values), *data.shape)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(res.affine, affine)
+    for name, value in zip(res.names[1:], res.values[1:]):
+        assert res.volumes[name] == pytest.approx((res.labels == value).sum() * 8.0)
+    assert 0 <= res.qc["qc_score"] <= 1 and res.model == str(default_model_path())
+    scan = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(scan))
+    for same in (scan, str(scan), nib.load(str(scan))):
+        np.testing.assert_array_equal(
+            synthseg_lite.segment(same, tta="none", threads=1).labels, res.labels
+        )
+    out = res.save(tmp_path / "head_seg.nii.gz")
+    img = nib.load(str(out))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), res.labels)
+    np.testing.assert_allclose(img.affine, affine)
+    with pytest.raises(ValueError, match="exists"):
+        res.save(out)
+    with pytest.raises(ValueError, match="unknown option"):
+        synthseg_lite.segment((data, affine), bogus=1)
+    with pytest.raises(ValueError, match="empty"):
+        synthseg_lite.segment((np.zeros_like(data), affine))
