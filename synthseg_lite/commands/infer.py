@@ -56,8 +56,11 @@ def main(cfg: DictConfig) -> None:
     results = user_errors(lambda: segment_scans(
         inputs, args["output"], args["model"],
         InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})))
-    done = [r for r in results if r.error is None]
+    done = [r for r in results if r.error is None and not r.done]
     skipped = [r for r in results if r.error is not None]
+    kept = len(results) - len(done) - len(skipped)
+    if kept:
+        log.info("kept the outputs of %d scan(s) segmented before (overwrite=true to redo)", kept)
     if done:
         log.info(
             "segmented %d scan(s) in %.1f s per scan on average -> %s",
