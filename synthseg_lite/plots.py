@@ -85,7 +85,7 @@ def qc_figure(
     present = [k for k in np.unique(labels).tolist() if 0 < k < len(names)]
     ncol = 8 if max((len(names[k]) for k in present), default=0) <= 12 else 4
     legend_rows = -(-len(present) // ncol)
-    legend_in = 0.25 * legend_rows + 0.15
+    legend_in = 0.2 * legend_rows + 0.15
     fg = (labels > 0) | (img > 0.05)
     fg = np.nonzero(fg) if fg.any() else np.nonzero(np.ones_like(labels))
     # Show the bounding box of the head / brain (with a margin), slices at 30, 50, 70 % of it.
@@ -119,6 +119,19 @@ def qc_figure(
                     origin="lower",
                     aspect=aspect,
                     alpha=0.45,
+                    interpolation="nearest",
+                )
+                # Label boundaries in dark grey: regions drawn in light colours (FreeSurfer's
+                # white for white matter) stay visible on a bright image.
+                edge = np.zeros(lab.shape, bool)
+                edge[:-1] |= lab[:-1] != lab[1:]
+                edge[1:] |= lab[:-1] != lab[1:]
+                edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+                ax.imshow(
+                    np.ma.masked_equal(edge.astype(np.uint8), 0),
+                    cmap=ListedColormap([(0.1, 0.1, 0.1, 0.55)]),
+                    origin="lower",
+                    aspect=aspect,
                     interpolation="nearest",
                 )
             ax.set_axis_off()
