@@ -1,0 +1,345 @@
+"""Outputs other tools read (values, LUT, dseg.tsv, volumes.csv, provenance), whole studies (BIDS,
+mirrored trees, resume, parts) and study QC (scores, report.html)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from synthseg_lite.inference import InferenceOptions, segment_scans
+from synthseg_lite.inference import pipeline
+from synthseg_lite.inference.postprocess import qc_scores
+from synthseg_lite.labels import TARGET_PRESETS, LabelTable
+from synthseg_lite.lut import FREESURFER_COLORS, output_labels, read_lut
+from synthseg_lite.model.artifact import ModelMeta
+from synthseg_lite.model.unet import UNetConfig
+from synthseg_lite.outputs import find_scans, merge_volumes, read_volumes, select_part
+from synthseg_lite.report import robust_z, write_report
+
+TINY = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
+ANISO = np.array([[1.2, 0, 0, -20], [0, 0.9, 0, -15], [0, 0, 1.5, -10], [0, 0, 0, 1.0]])
+
+
+class BandNet(nn.Module):
+    """Stand-in network: foreground (rescaled intensity > 0.3) split into K-1 bands along axis 2,
+    band k is class k; soft logits so probabilities are not one-hot. (B,1,X,Y,Z) -> (B,K,X,Y,Z)."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.k = n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, nx, ny, nz = x.shape
+        band = (torch.arange(nz) * (self.k - 1) // nz + 1).view(1, 1, 1, nz).expand(b, nx, ny, nz)
+        logits = torch.zeros(b, self.k, nx, ny, nz)
+        fg = x[:, 0] > 0.3
+        logits.scatter_(1, band[:, None], 4.0)
+        logits[:, 0] = torch.where(fg, torch.tensor(-4.0), torch.tensor(8.0))
+        return logits
+
+
+def _use_net(monkeypatch, tmp_path: Path, target: str) -> Path:
+    """Make the pipeline load a BandNet for ``target``; returns a model file to name."""
+    table = LabelTable.create(target)
+    meta = ModelMeta(TINY, table, 1.0, (32, 32, 32), {})
+    net = BandNet(table.target.n_classes)
+    monkeypatch.setattr(pipeline, "load_ensemble", lambda path, device: ([net], meta))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"stand-in model " + target.encode())
+    return model
+
+
+def _head(shape=(28, 24, 36), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    r = (((idx - np.array(shape) / 2) / (np.array(shape) * 0.42)) ** 2).sum(-1)
+    return np.where(r < 1, 100 + rng.normal(0, 2, shape), 0).astype(np.float32)
+
+
+def _write(path: Path, affine=ANISO, seed=0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(_head(seed=seed), affine), str(path))
+    return path
+
+
+OPTS = dict(tta="none", progress=False, roi_size=[32, 32, 32], keep_largest="none")
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    return {r["subject"]: r for r in read_volumes(path)[1]}
+
+
+def test_structure_outputs_use_aseg_values_named_in_lut_and_dseg(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    scan = _write(tmp_path / "in" / "case1.nii.gz")
+    (res,) = segment_scans(scan, tmp_path / "out", model, InferenceOptions(**OPTS, save_qc=False))
+    assert res.error is None, res.error
+    seg = np.asarray(nib.load(res.outputs["seg"]).dataobj)
+    present = set(np.unique(seg).tolist())
+    assert len(present) > 20 and present <= set(TARGET_PRESETS["synthseg"].values)
+    lut = read_lut(res.outputs["lut"])
+    with open(res.outputs["tsv"], newline="") as f:
+        tsv = {int(r["index"]): r["name"] for r in csv.DictReader(f, delimiter="\t")}
+    for v in present:
+        assert v in lut and v in tsv and lut[v][0] == tsv[v]
+    assert lut[3] == ("Left-Cerebral-Cortex", FREESURFER_COLORS[3]) == (
+        "Left-Cerebral-Cortex", (205, 62, 78))
+    assert lut[17][1] == (220, 216, 20) and tsv[60] == "Right-VentralDC"
+    # tissue view: the project's grouping of the same voxels, 1 GM 2 WM 3 CSF
+    tissue = np.asarray(nib.load(res.outputs["tissue"]).dataobj)
+    grouping = TARGET_PRESETS["tissue"].mapping
+    expected = np.vectorize(lambda v: grouping.get(v, 0) if v else 0)(seg)
+    assert np.array_equal(tissue, expected) and set(np.unique(tissue)) <= {0, 1, 2, 3}
+    assert read_lut(res.outputs["tissue_lut"])[1][0] == "GM"
+
+
+def test_volumes_are_voxel_counts_times_voxel_volume(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    scan = _write(tmp_path / "case1.nii.gz")
+    (res,) = segment_scans(scan, tmp_path / "out", model, InferenceOptions(**OPTS, save_qc=False))
+    img = nib.load(res.outputs["seg"])
+    seg = np.asarray(img.dataobj)
+    voxel = abs(np.linalg.det(img.affine[:3, :3]))
+    assert voxel == pytest.approx(1.2 * 0.9 * 1.5)
+    row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
+    target = TARGET_PRESETS["synthseg"]
+    for value, name in zip(target.values[1:], target.names[1:]):
+        assert float(row[f"{name}_mm3"]) == pytest.approx((seg == value).sum() * voxel, abs=0.06)
+        assert float(row[f"{name}_soft_mm3"]) >= 0
+    assert float(row["total_intracranial_mm3"]) == pytest.approx((seg > 0).sum() * voxel, abs=0.1)
+    # soft volumes: probabilities sum to one per voxel, so foreground + background = the image
+    soft_fg = float(row["total_intracranial_soft_mm3"])
+    assert 0 < soft_fg < seg.size * voxel
+    gm = sum(float(row[f"{n}_mm3"]) for v, n in zip(target.values, target.names)
+             if TARGET_PRESETS["tissue"].mapping.get(v) == 1)
+    assert float(row["GM_mm3"]) == pytest.approx(gm, abs=0.5)
+
+
+def test_labels_fast_writes_fsl_fast_values(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    scan = _write(tmp_path / "scan.nii.gz")
+    (native,) = segment_scans(scan, tmp_path / "a", model, InferenceOptions(**OPTS))
+    (fast,) = segment_scans(scan, tmp_path / "b", model, InferenceOptions(**OPTS, labels="fast"))
+    a = np.asarray(nib.load(native.outputs["seg"]).dataobj)
+    b = np.asarray(nib.load(fast.outputs["seg"]).dataobj)
+    assert set(np.unique(a)) == {0, 1, 2, 3}
+    assert np.array_equal(b, np.array([0, 2, 3, 1])[a])  # GM 1->2, WM 2->3, CSF 3->1
+    assert {v: n for v, (n, _) in read_lut(fast.outputs["lut"]).items()} == {
+        0: "Unknown", 1: "CSF", 2: "GM", 3: "WM"}
+    assert "tissue" not in native.outputs  # a tissue model has no second view
+    with pytest.raises(ValueError, match="labels"):
+        InferenceOptions(labels="fsl")
+
+
+def test_volumes_csv_merges_runs_and_resume_skips_done_scans(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    a = _write(tmp_path / "in" / "a.nii.gz")
+    b = _write(tmp_path / "in2" / "b.nii.gz", seed=1)
+    out = tmp_path / "out"
+    opts = InferenceOptions(**OPTS, save_qc=False)
+    segment_scans(a, out, model, opts)
+    segment_scans(b, out, model, opts)
+    rows = _rows(out / "volumes.csv")
+    assert set(rows) == {"a", "b"}
+    seg_a = out / "a_seg.nii.gz"
+    stamp = seg_a.stat().st_mtime_ns
+    (again,) = segment_scans(a, out, model, opts)  # resume: kept as it is
+    assert again.done and seg_a.stat().st_mtime_ns == stamp
+    rows["a"]["GM_mm3"] = "1"  # tamper, then segment again: the row is replaced, b kept
+    merge_volumes(out / "volumes.csv", [rows["a"]])
+    (redo,) = segment_scans(a, out, model, InferenceOptions(**OPTS, save_qc=False, overwrite=True))
+    assert not redo.done and redo.error is None
+    rows2 = _rows(out / "volumes.csv")
+    assert set(rows2) == {"a", "b"} and rows2["a"]["GM_mm3"] != "1"
+    assert rows2["b"] == rows["b"]
+
+
+def test_merge_volumes_keeps_rows_and_adds_columns(tmp_path):
+    path = tmp_path / "volumes.csv"
+    merge_volumes(path, [{"subject": "x", "GM_mm3": 1.5}, {"subject": "y", "GM_mm3": 2.0}])
+    merge_volumes(path, [{"subject": "z", "GM_mm3": 3.0, "WM_mm3": 4.0}])
+    merge_volumes(path, [{"subject": "x", "GM_mm3": 9.0}])
+    header, rows = read_volumes(path)
+    assert header == ["subject", "GM_mm3", "WM_mm3"]
+    assert [(r["subject"], r["GM_mm3"], r["WM_mm3"]) for r in rows] == [
+        ("x", "9.0", ""), ("y", "2.0", ""), ("z", "3.0", "4.0")]
+    # no temporary file left (only the lock shared by parallel parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".volumes.csv.lock", "volumes.csv"]
+
+
+def test_provenance_sidecar(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    scan = _write(tmp_path / "scan.nii.gz")
+    (res,) = segment_scans(scan, tmp_path / "out", model, InferenceOptions(**OPTS, save_qc=False))
+    prov = json.loads(res.outputs["json"].read_text())
+    assert prov["models"][0]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert prov["package_version"] and prov["command"] and prov["options"]["tta"] == "none"
+    assert prov["input"] == str(scan.resolve()) and 0 <= prov["qc"]["qc_score"] <= 1
+
+
+def test_mirrored_tree_keeps_scans_with_the_same_name_apart(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    _write(tmp_path / "in" / "site1" / "scan.nii.gz")
+    _write(tmp_path / "in" / "site2" / "scan.nii.gz", seed=1)
+    _write(tmp_path / "in" / "site2" / "scan_seg.nii.gz")  # a reference: not a scan
+    results = segment_scans(tmp_path / "in", tmp_path / "out", model, InferenceOptions(**OPTS))
+    assert sorted(r.case for r in results) == ["site1/scan", "site2/scan"]
+    for site in ("site1", "site2"):
+        assert (tmp_path / "out" / site / "scan_seg.nii.gz").is_file()
+        assert (tmp_path / "out" / site / "scan_qc.png").is_file()
+    assert set(_rows(tmp_path / "out" / "volumes.csv")) == {"site1/scan", "site2/scan"}
+    # the output folder inside the input folder is not searched on the next run
+    study = find_scans(tmp_path / "in", tmp_path / "in" / "out")
+    assert [s.case for s in study.scans] == ["site1/scan", "site2/scan"]
+
+
+def _bids(root: Path) -> Path:
+    (root).mkdir(parents=True)
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    _write(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    _write(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz", seed=1)
+    _write(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz", seed=2)
+    _write(root / "sub-02" / "ses-1" / "func" / "sub-02_ses-1_task-rest_bold.nii.gz")
+    return root
+
+
+def test_bids_dataset_gives_bids_derivatives(monkeypatch, tmp_path):
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    root = _bids(tmp_path / "ds")
+    results = segment_scans(root, tmp_path / "out", model, InferenceOptions(**OPTS))
+    assert all(r.error is None for r in results) and len(results) == 3
+    deriv = tmp_path / "out" / "derivatives" / "synthseg_lite"
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "synthseg_lite"
+    anat = deriv / "sub-02" / "ses-1" / "anat"
+    for name in ("sub-02_ses-1_space-orig_desc-aseg_dseg.nii.gz",
+                 "sub-02_ses-1_space-orig_desc-aseg_dseg.tsv",
+                 "sub-02_ses-1_space-orig_desc-asegT2w_dseg.nii.gz",  # T2w beside T1w
+                 "sub-02_ses-1_space-orig_desc-tissue_dseg.nii.gz",
+                 "sub-02_ses-1_space-orig_desc-aseg_qc.png"):
+        assert (anat / name).is_file(), name
+    assert (deriv / "sub-01" / "anat" / "sub-01_space-orig_desc-aseg_dseg.nii.gz").is_file()
+    sidecar = json.loads((anat / "sub-02_ses-1_space-orig_desc-aseg_dseg.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"]
+    assert set(_rows(deriv / "volumes.csv")) == {
+        "sub-01_T1w", "sub-02_ses-1_T1w", "sub-02_ses-1_T2w"}
+    assert (deriv / "report.html").is_file() and not (tmp_path / "out" / "volumes.csv").exists()
+    # without output=: the dataset's own derivatives folder; its scans are not searched again
+    segment_scans(root, None, model, InferenceOptions(**OPTS, save_qc=False))
+    assert (root / "derivatives" / "synthseg_lite" / "volumes.csv").is_file()
+    assert len(find_scans(root).scans) == 3
+
+
+def test_parts_split_a_study_without_overlap(monkeypatch, tmp_path):
+    study = [p for p in find_scans(_bids(tmp_path / "ds")).scans]
+    parts = [select_part(study, 2, k) for k in range(2)]
+    cases = [s.case for p in parts for s in p]
+    assert sorted(cases) == sorted(s.case for s in study) and len(set(cases)) == len(cases)
+    assert [s.case for s in select_part(list(reversed(study)), 2, 1)] == [s.case for s in parts[1]]
+    for bad in ({"num_parts": 0}, {"num_parts": 2, "part_id": 2}, {"part_id": -1}):
+        with pytest.raises(ValueError, match="num_parts|part_id"):
+            InferenceOptions(**bad)
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    out = tmp_path / "out"
+    for k in range(2):
+        segment_scans(tmp_path / "ds", out, model,
+                      InferenceOptions(**OPTS, save_qc=False, num_parts=2, part_id=k))
+    rows = _rows(out / "derivatives" / "synthseg_lite" / "volumes.csv")
+    assert set(rows) == {s.case for s in study}
+
+
+def test_qc_scores():
+    probs = torch.zeros(4, 6, 6, 6)
+    probs[0] = 1
+    probs[:, :3] = torch.tensor([0.0, 1.0, 0.0, 0.0]).view(4, 1, 1, 1)  # certain class 1
+    probs[:, 3:5] = torch.tensor([0.1, 0.2, 0.6, 0.1]).view(4, 1, 1, 1)  # unsure class 2
+    q = qc_scores(probs, {"one": [1], "two": [2], "three": [3]})
+    assert q["one"] == pytest.approx(1) and q["two"] == pytest.approx(0.6)
+    assert q["three"] == 0 and q["qc_score"] == 0  # a group with no voxel: worst
+    q2 = qc_scores(probs, {"one+two": [1, 2]})
+    assert q2["qc_score"] == pytest.approx((108 * 1 + 72 * 0.6) / 180)
+
+
+def test_robust_z_marks_the_outlier():
+    z = robust_z([100, 102, 98, 101, 99, 100, 160])
+    assert abs(z[-1]) > 3 and np.all(np.abs(z[:-1]) < 3)
+    assert np.all(robust_z([5, 5, 5]) == 0)
+
+
+def _study_csv(root: Path, n: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        score = 0.9 - 0.01 * i if i != 4 else 0.31
+        rows.append({"subject": f"case{i:02d}", "qc_score": score, "qc_flag": score < 0.65,
+                     "GM_mm3": 600000 + rng.normal(0, 5000) + (250000 if i == 7 else 0),
+                     "GM_soft_mm3": 600000.0, "qc_png": f"case{i:02d}_qc.png"})
+    merge_volumes(root / "volumes.csv", rows)
+
+
+def test_report_html_content(tmp_path):
+    _study_csv(tmp_path)
+    page = write_report(tmp_path, 0.65).read_text()
+    for i in range(12):
+        assert f"case{i:02d}" in page
+    qc_section = page[page.index("Quality control"):page.index("Volumes across scans")]
+    order = re.findall(r"<tr(?: class=\"flag\")?><td>(case\d\d)</td>", qc_section)
+    assert order[0] == "case04" and order[-1] == "case00"  # worst first
+    assert '<tr class="flag"><td>case04</td>' in qc_section
+    outliers = page[page.index("<h3>Outliers"):page.index("QC images")]
+    assert "case07" in outliers and "GM_mm3" in outliers and "case03" not in outliers
+    assert 'src="data:image/png;base64,' in page and 'src="case04_qc.png"' in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from elsewhere
+    assert "1 flagged" in page
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium absent")
+    _study_csv(tmp_path)
+    import matplotlib.pyplot as plt
+
+    for i in range(12):
+        plt.imsave(tmp_path / f"case{i:02d}_qc.png", np.random.default_rng(i).random((40, 52)))
+    page = write_report(tmp_path, 0.65)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2400",
+         f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    img = plt.imread(shot)
+    assert img.shape[0] == 2400 and img.shape[1] == 1280
+    assert img[..., :3].std() > 0.05  # something was drawn
+
+
+def test_qc_figure_legend_lists_present_labels_and_grows_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from synthseg_lite.plots import qc_figure
+
+    target = TARGET_PRESETS["synthseg"]
+    labels_out = output_labels(target)
+    image = _head((24, 24, 24))
+    few = np.where(image > 0, 1, 0)
+    many = np.where(image > 0, (np.arange(24)[:, None, None] % 31 + 1) * np.ones((24, 24, 24), int),
+                    0)
+    heights = []
+    for name, lab in (("few", few), ("many", many)):
+        path = qc_figure(image, lab, np.eye(4), labels_out.names, tmp_path / f"{name}.png",
+                         colors=labels_out.colors)
+        heights.append(plt.imread(path).shape[0])
+    assert heights[1] > heights[0] >= 1000  # 24 labels present: more legend rows, taller figure
