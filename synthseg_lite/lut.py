@@ -117,7 +117,8 @@ def output_labels(target: TargetPreset, convention: str = "native") -> OutputLab
         raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {convention!r}")
     names = tuple(target.names)
     if _is_tissue(target):
-        values = (0, *(_FAST_VALUES[n] for n in names[1:])) if convention == "fast" else (0, 1, 2, 3)
+        fast = convention == "fast"
+        values = (0, *(_FAST_VALUES[n] for n in names[1:])) if fast else (0, 1, 2, 3)
         colors = ((0, 0, 0), *(_TISSUE_COLORS[n] for n in names[1:]))
         return OutputLabels(tuple(values), ("Unknown", *names[1:]), colors, "tissue")
     if _is_aseg(target):

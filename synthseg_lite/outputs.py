@@ -3,7 +3,8 @@
 * :func:`find_scans` turns inputs (files, folders searched recursively, glob patterns, BIDS
   datasets) into :class:`Scan` entries with a case id that is unique in the study.
 * :func:`output_paths` is the one place that names output files: a BIDS scan goes to
-  ``<output>/derivatives/synthseg_lite/sub-X/[ses-Y/]anat/sub-X_[ses-Y_]..._space-orig_desc-aseg_dseg.nii.gz``;
+  ``<output>/derivatives/synthseg_lite/sub-X/[ses-Y/]anat/`` as
+  ``sub-X_[ses-Y_]..._space-orig_desc-aseg_dseg.nii.gz``;
   any other scan mirrors its folder below the input folder under ``<output>``
   (``<output>/<rel dir>/<name>_seg.nii.gz``), so two scans with the same file name never collide.
 * :func:`merge_volumes` adds rows to ``volumes.csv`` (never drops rows of earlier runs; a case
@@ -345,9 +346,9 @@ def write_dataset_description(output_dir: str | Path, sources: Sequence[Path]) -
 
 @contextmanager
 def _locked(path: Path):
-    """Exclusive lock on ``<path>.lock`` (array jobs of one study share ``volumes.csv``)."""
+    """Exclusive lock on ``.<name>.lock`` beside ``path`` (parallel parts share ``volumes.csv``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -365,7 +366,9 @@ def read_volumes(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def merge_volumes(path: str | Path, rows: Sequence[Mapping[str, object]], key: str = "subject") -> Path:
+def merge_volumes(
+    path: str | Path, rows: Sequence[Mapping[str, object]], key: str = "subject"
+) -> Path:
     """Add ``rows`` to the CSV at ``path``: earlier rows are kept, a row whose ``key`` is given
     again is replaced, new columns are appended to the header (missing cells left empty).
     Written atomically under a lock, so parallel parts of a study do not lose each other's rows.

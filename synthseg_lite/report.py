@@ -49,6 +49,7 @@ figure{margin:0;width:330px}
 figure img{width:330px;border:1px solid #999}
 figcaption{font-size:12px}
 .bad{color:#b00;font-weight:bold}
+img.plot{max-width:100%}
 """
 
 
@@ -163,7 +164,8 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
         + [thumb_link(r)]
         for r in worst
     ]
-    qc_table = _table(["case", *qc_cols, "image"], qc_rows, [r.get("qc_flag") == "1" for r in worst])
+    flags = [r.get("qc_flag") == "1" for r in worst]
+    qc_table = _table(["case", *qc_cols, "image"], qc_rows, flags)
 
     vol_cols = _volume_columns(header)
     found = outliers(rows, vol_cols)
@@ -177,7 +179,11 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
         else "<p>No volume with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
     )
     plot = base64.b64encode(volume_plot(rows, vol_cols)).decode() if vol_cols else ""
-    plot_img = f'<img alt="volumes across scans" src="data:image/png;base64,{plot}">' if plot else ""
+    plot_img = (
+        f'<img class="plot" alt="volumes across scans" src="data:image/png;base64,{plot}">'
+        if plot
+        else ""
+    )
 
     def figure(r: Mapping[str, str]) -> str:
         png, case = esc(r["qc_png"]), esc(r["subject"])
