@@ -4,7 +4,8 @@
     python benchmarks/learning_curves.py on_the_fly=outputs/train/ablation_onthefly \\
         fixed_500=outputs/train/ablation_fixed500 --output ablation.png
 
-    python benchmarks/learning_curves.py --json docs/learning_curves.json --output docs/learning_curves.png
+    python benchmarks/learning_curves.py --json docs/learning_curves.json \\
+        --output docs/learning_curves.png
 
 Each argument is a run directory (``NAME=DIR`` to name it in the legend); ``--json`` plots the
 points of an earlier run of this script instead (the logs need not exist any more). Writes the

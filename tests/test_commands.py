@@ -110,7 +110,8 @@ def test_resolve_model_names():
 
 
 def test_import_is_light():
-    res = _run("-c", "import sys, synthseg_lite; print(synthseg_lite.__version__, 'torch' in sys.modules)")
+    code = "import sys, synthseg_lite; print(synthseg_lite.__version__, 'torch' in sys.modules)"
+    res = _run("-c", code)
     assert res.returncode == 0 and res.stdout.split() == [synthseg_lite.__version__, "False"]
 
 

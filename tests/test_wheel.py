@@ -58,9 +58,8 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
     _run([str(bin_ / "python"), "-m", "pip", "install", "--no-deps", str(wheel)], tmp_path, env)
     work = tmp_path / "study"  # outside the checkout, nothing of it on sys.path
     work.mkdir()
-    res = _run(
-        [str(bin_ / "python"), "-c", "import synthseg_lite; print(synthseg_lite.__file__)"], work, env
-    )
+    code = "import synthseg_lite; print(synthseg_lite.__file__)"
+    res = _run([str(bin_ / "python"), "-c", code], work, env)
     assert Path(res.stdout.strip()).is_relative_to(venv), res.stdout
     env["PATH"] = f"{bin_}{os.pathsep}{env.get('PATH', '')}"
     from synthseg_lite import __version__
@@ -90,7 +89,8 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
         ["synthseg-lite-infer", "input=sub01.nii.gz", "output=out2", "model=structures"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )
-    shipped = (venv / "lib").glob("python*/site-packages/synthseg_lite/resources/model_structures.pt")
-    if not any(shipped):
+    site = venv / "lib"
+    if not any(site.glob("python*/site-packages/synthseg_lite/resources/model_structures.pt")):
         assert res.returncode == 2
-        assert res.stderr.strip() == "error: the structure model is not shipped in this installation"
+        not_shipped = "error: the structure model is not shipped in this installation"
+        assert res.stderr.strip() == not_shipped
