@@ -87,9 +87,18 @@ def hydra_main(config_path: str, config_name: str) -> Callable[[Callable[[Any], 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    user = (HydraException, OmegaConfBaseException, ValueError, OSError)
+
     def decorate(task: Callable[[Any], T]) -> Callable[..., T]:
+        @functools.wraps(task)  # Hydra unwraps it to find the config folder
+        def job(cfg: Any) -> T:
+            try:  # inside the job, before Hydra adds its "Error executing job" line
+                return task(cfg)
+            except user as exc:
+                fail(describe(exc))
+
         wrapped = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(
-            task
+            job
         )
 
         @functools.wraps(task)
@@ -99,7 +108,7 @@ def hydra_main(config_path: str, config_name: str) -> Callable[[Callable[[Any], 
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
                 return wrapped(*args, **kwargs)
-            except (HydraException, OmegaConfBaseException, ValueError, OSError) as exc:
+            except user as exc:
                 fail(describe(exc))
             finally:
                 os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -55,7 +55,9 @@ def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
     volume is sliced to it).
 
     Raises:
-        ValueError: missing file, other format, unreadable header, or not a single 3D volume.
+        ValueError: missing file, other format, unreadable header, not a single 3D volume, or
+            unusable (:func:`synthseg_lite.validate.check_header`: RGB/complex data, zero or
+            singular affine, a few voxels).
     """
     path = Path(path)
     if not path.is_file():
@@ -72,6 +74,9 @@ def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
         img = img.slicer[..., 0]
     elif len(shape) != 3:
         raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+    from synthseg_lite.validate import check_header
+
+    check_header(img, path)  # data type, affine, size: from the header alone
     return img
 
 
@@ -104,7 +109,8 @@ def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
     """Read a label map as int32 (integer, or integer-valued float, on disk).
 
     Raises:
-        ValueError: NaN/Inf, non-integer values, empty map (all background), not 3D, unreadable.
+        ValueError: NaN/Inf, non-integer values, empty map (all background), an intensity image
+            (too many distinct values), not 3D, unreadable.
     """
     vol = load_volume(path, canonical=canonical, dtype=None)
     data = vol.data
@@ -117,6 +123,9 @@ def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
     data = data.astype(np.int32)
     if not data.any():
         raise ValueError(f"{path}: label map is empty (all background)")
+    from synthseg_lite.validate import check_label_values
+
+    check_label_values(data[::2, ::2, ::2], path)  # an intensity image is not a label map
     vol.data = data
     return vol
 

@@ -36,6 +36,7 @@ import torch
 from monai.metrics.utils import get_edge_surface_distance
 
 from synthseg_lite.io import Volume, atomic_write, load_volume
+from synthseg_lite.validate import check_label_values
 from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS
 
 __all__ = [
@@ -104,12 +105,16 @@ def load_segmentation(path: str | Path) -> Volume:
     """Read a segmentation (RAS order) as int64; unlike training label maps it may be empty.
 
     Raises:
-        ValueError: unreadable, not 3D, or non-integer values.
+        ValueError: unreadable, not 3D, non-integer values, or an intensity image
+            (:func:`synthseg_lite.validate.check_label_values`).
     """
     vol = load_volume(path, dtype=None)
     if np.issubdtype(vol.data.dtype, np.floating) and not np.all(np.mod(vol.data, 1) == 0):
-        raise ValueError(f"{path}: segmentation has non-integer values")
+        raise ValueError(
+            f"{path}: looks like an intensity image, not a segmentation (non-integer values)"
+        )
     vol.data = vol.data.astype(np.int64)
+    check_label_values(vol.data[::2, ::2, ::2], path)  # an integer intensity image is refused too
     return vol
 
 

@@ -18,8 +18,7 @@ import logging
 import os
 import pickle
 import re
-import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +73,7 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu", 
         raise ValueError(f"{path}: not a readable {what} (corrupt or not a torch file)") from exc
     except OSError as exc:
         raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
-            TypeError, IndexError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001  (torch and pickle raise many types on bad bytes)
         raise ValueError(f"{path}: not a readable {what} (truncated, corrupt or not a torch file)") from exc
 
 
@@ -145,22 +143,25 @@ def check_output_dir(path: str | Path, name: str = "output") -> Path:
 
 
 def check_outputs(
-    outputs: Iterable[str | Path], inputs: Iterable[str | Path], overwrite: bool = False
+    outputs: Iterable[str | Path],
+    inputs: Iterable[str | Path],
+    ours: Callable[[Path], bool] | None = None,
 ) -> list[Path]:
     """Check, before any work, that writing ``outputs`` replaces nothing it must not.
 
     Args:
         outputs: every file the run is about to write.
         inputs: every file the run reads (scans, references, label maps, models).
-        overwrite: replace files an earlier run of this tool wrote.
+        ours: extra proof that an existing file was written by this tool (e.g. listed in a
+            provenance sidecar); :func:`written_by_tool` is always accepted.
 
     Returns:
         The outputs that already exist and were written by an earlier run (to skip, or to replace
-        when ``overwrite``).
+        when the user asks for it).
 
     Raises:
-        ValueError: an output is an input (``overwrite`` never lifts this), an output exists and
-            this tool did not write it, or an output path is a folder.
+        ValueError: an output is an input of this run (whatever ``overwrite`` says), an output
+            exists and this tool did not write it, or an output path is a folder.
     """
     inputs = [Path(p) for p in inputs]
     resolved = {p.resolve() for p in inputs}
@@ -170,8 +171,8 @@ def check_outputs(
             raise ValueError(f"output {out} is an input of this run; refusing to overwrite it")
         if out.is_dir():
             raise ValueError(f"output {out} is a folder")
-        if out.exists():
-            if not written_by_tool(out):
+        if out.exists() or out.is_symlink():
+            if not (written_by_tool(out) or (ours is not None and ours(out))):
                 raise ValueError(
                     f"output {out} exists and was not written by synthseg_lite; refusing to "
                     "overwrite it (choose another output folder)"

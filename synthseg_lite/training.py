@@ -34,6 +34,7 @@ __all__ = [
     "PlanGuard",
     "check_accelerator",
     "check_resume_compatible",
+    "check_trainer_args",
     "config_differences",
     "fit_with_oom_fallback",
     "peak_memory_gb",
@@ -89,6 +90,34 @@ def check_accelerator(accelerator: str) -> None:
             "`python train.py experiment=cpu` (small 2 mm model) or `experiment=smoke`, "
             "or force this job with trainer=cpu"
         )
+
+
+#: Lightning Trainer settings and the types they take (the trainer section has no schema).
+_TRAINER_TYPES: dict[str, tuple[type, ...]] = {
+    "max_epochs": (int,), "min_epochs": (int,), "max_steps": (int,), "min_steps": (int,),
+    "limit_train_batches": (int, float), "limit_val_batches": (int, float),
+    "val_check_interval": (int, float), "check_val_every_n_epoch": (int,),
+    "log_every_n_steps": (int,), "accumulate_grad_batches": (int,),
+    "gradient_clip_val": (int, float), "num_nodes": (int,), "num_sanity_val_steps": (int,),
+}
+
+
+def check_trainer_args(trainer: Mapping[str, Any]) -> None:
+    """Fail in one line on a Trainer setting of the wrong type or sign (``trainer.max_epochs=ten``),
+    before Lightning or the model trip over it.
+
+    Raises:
+        ValueError: the first bad ``trainer.*`` value.
+    """
+    for key, types in _TRAINER_TYPES.items():
+        v = trainer.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types):
+            names = " or ".join("an integer" if t is int else "a number" for t in types)
+            raise ValueError(f"trainer.{key} must be {names}, got {v!r}")
+        if v < 0 and not (key in ("max_epochs", "max_steps") and v == -1):
+            raise ValueError(f"trainer.{key} must not be negative, got {v}")
 
 
 def read_resume(path: str | Path) -> dict[str, Any]:

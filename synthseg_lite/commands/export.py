@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from synthseg_lite.cli import hydra_main, require, user_errors

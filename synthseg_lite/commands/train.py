@@ -47,11 +47,13 @@ def build(cfg: DictConfig):
     from synthseg_lite.training import (
         AtomicCheckpointIO,
         check_accelerator,
+        check_trainer_args,
         plan_guard,
         plan_sizes,
     )
 
     check_accelerator(cfg.trainer.accelerator)
+    check_trainer_args(cfg.trainer)
     if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
         log.warning("fp16 mixed precision is CUDA-only: training in float32 on the CPU")
         cfg.trainer.precision = "32-true"
@@ -137,7 +139,12 @@ def build(cfg: DictConfig):
 def run(cfg: DictConfig) -> float | None:
     """Train; returns the best value of the monitored metric (for sweepers)."""
     from synthseg_lite.model.planning import Plan
-    from synthseg_lite.training import config_differences, fit_with_oom_fallback, read_resume
+    from synthseg_lite.training import (
+        check_resume_compatible,
+        config_differences,
+        fit_with_oom_fallback,
+        read_resume,
+    )
 
     if cfg.resume:
         info = read_resume(cfg.resume)
@@ -148,6 +155,7 @@ def run(cfg: DictConfig) -> float | None:
             cfg.seed = info["seed"]
     dm, module, trainer = build(cfg)
     if cfg.resume:
+        check_resume_compatible(module, info, cfg.resume)
         for d in config_differences(info["config"], OmegaConf.to_container(cfg, resolve=True))[:20]:
             log.warning("resume: config differs from the checkpoint's: %s", d)
 
@@ -157,7 +165,9 @@ def run(cfg: DictConfig) -> float | None:
 
     dm, module, trainer = fit_with_oom_fallback(
         (dm, module, trainer),
-        lambda dm, module, trainer: trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume),
+        lambda dm, module, trainer: trainer.fit(
+            module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True
+        ),
         rebuild,
     )
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)

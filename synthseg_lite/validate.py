@@ -1,0 +1,168 @@
+"""Is this file what the command expects? Checks of scans and label maps, before any work on them.
+
+* :func:`check_header` (every image, from the header alone): data type (RGB, complex), geometry
+  (zero, singular or non-finite affine).
+* :func:`scan_problem` (a scan to segment): a few voxels, or a label map given as a scan: skipped
+  with a reason.
+* :func:`scan_warnings` (a scan to segment): voxels far coarser than any training resolution, or a
+  field of view that cannot hold a head: a warning naming the limit (the scan is still segmented).
+* :func:`check_label_values` (label maps read for training, export and evaluation): an intensity
+  image given as a label map is refused.
+
+Every problem is one line naming the file; a ``ValueError`` for what cannot be used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from synthseg_lite.labels import FREESURFER_NAMES
+
+__all__ = [
+    "MAX_LABEL_VALUES",
+    "MAX_SPACING_MM",
+    "MIN_FOV_MM",
+    "MIN_VOXELS_PER_AXIS",
+    "check_header",
+    "check_label_values",
+    "scan_problem",
+    "scan_warnings",
+]
+
+#: Fewer voxels than this along any axis is not a volume to segment or train on.
+MIN_VOXELS_PER_AXIS = 8
+#: Coarsest voxel the generator simulates along one axis (``synth.resolution`` spacing up to 9 mm).
+MAX_SPACING_MM = 9.0
+#: The generator degrades one axis at a time: the other two should not be coarser than this.
+MAX_INPLANE_SPACING_MM = 3.0
+#: A field of view smaller than this along an axis cannot hold an adult head (brain ~ 140 mm).
+MIN_FOV_MM = 80.0
+#: A label map has far fewer distinct values (aseg ~ 45, aparc+aseg ~ 110).
+MAX_LABEL_VALUES = 300
+
+_FS_LABELS = frozenset(int(v) for v in FREESURFER_NAMES)
+
+
+def check_header(img: nib.spatialimages.SpatialImage, path: str | Path) -> None:
+    """Refuse an image whose header already says it cannot be used (no voxel data is read).
+
+    Args:
+        img: the opened image, 3D.
+        path: its file, for the message.
+
+    Raises:
+        ValueError: RGB/structured or complex data type, non-finite, zero or singular affine.
+    """
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.fields is not None or dtype.kind == "V":
+        raise ValueError(f"{path}: unsupported data type {dtype} (RGB or structured voxels)")
+    if dtype.kind == "c":
+        raise ValueError(f"{path}: unsupported data type {dtype} (complex voxels)")
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{path}: unsupported data type {dtype}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"{path}: the affine (voxel -> world matrix) is missing or not finite")
+    lin = affine[:3, :3]
+    sizes = np.sqrt((lin**2).sum(0))
+    if not sizes.all() or abs(np.linalg.det(lin)) < 1e-6 * max(float(sizes.prod()), 1e-12):
+        raise ValueError(
+            f"{path}: degenerate geometry: the affine is zero or singular (voxel sizes "
+            f"{[round(float(s), 3) for s in sizes]} mm)"
+        )
+
+
+def _integer_valued(data: np.ndarray) -> bool:
+    if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
+        return True
+    return bool(np.all(np.mod(data, 1) == 0))
+
+
+def scan_problem(data: np.ndarray, path: str | Path, shape: tuple[int, ...] | None = None) -> str | None:
+    """Why a scan cannot be segmented (None: it can): a few voxels, or a label map given as a scan.
+
+    A label map has integer values, background 0 as its most common value, and either very few
+    values (at most 8: a mask or a tissue segmentation) or only FreeSurfer labels.
+
+    Args:
+        data: (X, Y, Z) voxel values (a strided subsample is enough).
+        path: the file, for the message.
+        shape: the scan's full shape (default: ``data.shape``).
+    """
+    shape = tuple(int(n) for n in (shape or data.shape)[:3])
+    if min(shape) < MIN_VOXELS_PER_AXIS:
+        return (
+            f"{path}: only {'x'.join(map(str, shape))} voxels (at least {MIN_VOXELS_PER_AXIS} "
+            "per axis needed)"
+        )
+    if data.size == 0 or not _integer_valued(data):
+        return None
+    values, counts = np.unique(data, return_counts=True)
+    if len(values) > MAX_LABEL_VALUES or values[np.argmax(counts)] != 0 or len(values) < 2:
+        return None
+    ints = {int(v) for v in values}
+    if len(values) <= 8 or ints <= _FS_LABELS:
+        shown = sorted(ints)[:8]
+        return (
+            f"{path}: looks like a label map, not a scan ({len(values)} integer values "
+            f"{shown}{'...' if len(values) > 8 else ''}, mostly 0): skipped"
+        )
+    return None
+
+
+def scan_warnings(shape: tuple[int, ...], spacing: tuple[float, ...], path: str | Path) -> list[str]:
+    """Implausible geometry of a scan, one line each (it is still segmented).
+
+    Args:
+        shape: voxels along each axis.
+        spacing: voxel size along each axis (mm).
+        path: the file, for the message.
+    """
+    out = []
+    sp = sorted(float(s) for s in spacing)
+    if sp[-1] > MAX_SPACING_MM:
+        out.append(
+            f"{path}: voxels of {sp[-1]:.1f} mm are coarser than any training resolution "
+            f"(limit {MAX_SPACING_MM:g} mm): the segmentation may be poor"
+        )
+    elif sp[1] > MAX_INPLANE_SPACING_MM:
+        out.append(
+            f"{path}: two axes coarser than {MAX_INPLANE_SPACING_MM:g} mm ({sp[1]:.1f}, "
+            f"{sp[2]:.1f} mm); training degrades one axis at a time: the segmentation may be poor"
+        )
+    fov = [n * s for n, s in zip(shape, spacing)]
+    if min(fov) < MIN_FOV_MM:
+        out.append(
+            f"{path}: field of view {' x '.join(f'{f:.0f}' for f in fov)} mm cannot hold a head "
+            f"(limit {MIN_FOV_MM:g} mm per axis): the segmentation may be poor"
+        )
+    return out
+
+
+def check_label_values(data: np.ndarray, path: str | Path) -> None:
+    """Refuse an intensity image given where a label map is expected.
+
+    Args:
+        data: (X, Y, Z) integer-valued voxels (non-integer values are refused by the reader).
+        path: the file, for the message.
+
+    Raises:
+        ValueError: more than :data:`MAX_LABEL_VALUES` distinct values, or more than 64 values
+            most of which are not FreeSurfer labels (an 8-bit intensity image).
+    """
+    values = np.unique(data)
+    if len(values) > MAX_LABEL_VALUES:
+        raise ValueError(
+            f"{path}: looks like an intensity image, not a label map ({len(values)} distinct "
+            f"values; a label map has at most {MAX_LABEL_VALUES})"
+        )
+    if len(values) > 64:
+        foreign = sum(int(v) not in _FS_LABELS for v in values)
+        if foreign > len(values) // 2:
+            raise ValueError(
+                f"{path}: looks like an intensity image, not a label map ({len(values)} distinct "
+                f"values, {foreign} of them not FreeSurfer labels)"
+            )
