@@ -12,6 +12,7 @@ reason; the others go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ from synthseg_lite.inference.predictor import (
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
 from synthseg_lite.io import load_volume, save_volume
+from synthseg_lite.safety import check_outputs, record_written
+from synthseg_lite.validate import scan_problem, scan_warnings
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
     LABEL_CONVENTIONS,
@@ -148,6 +151,12 @@ class InferenceOptions:
         if not 0 <= self.qc_threshold <= 1:
             raise ValueError(f"qc_threshold must be in [0, 1], got {self.qc_threshold}")
         select_part([], self.num_parts, self.part_id)  # validates num_parts / part_id
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
 
 
 @dataclass
@@ -181,9 +190,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: no CUDA GPU available (use device=cpu or auto)")
+    return dev
 
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -267,6 +279,11 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
     vol = load_volume(scan.path, canonical=False)
     if not np.any(vol.data):
         raise ValueError(f"{scan.path}: image is empty (all zeros)")
+    problem = scan_problem(vol.data[::2, ::2, ::2], scan.path, vol.data.shape)  # a label map...
+    if problem:
+        raise ValueError(problem)
+    for warning in scan_warnings(vol.data.shape, vol.spacing, scan.path):
+        log.warning(warning)
     pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device)
     target = w.predictor.meta.label_table.target
     names = target.names
@@ -350,6 +367,32 @@ def _bids_root(scan: Scan) -> Path | None:
     return None
 
 
+def _listed_in_sidecar(path: Path, sidecar: Path) -> bool:
+    """Whether an earlier run's provenance sidecar lists ``path`` as one of its outputs."""
+    try:
+        listed = json.loads(sidecar.read_text()).get("outputs", {}).values()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any((sidecar.parent / rel).resolve() == path.resolve() for rel in listed)
+
+
+def _check_study_outputs(
+    scans: Sequence[Scan], all_scans: Sequence[Scan], output_dir: Path, desc: str
+) -> None:
+    """Before any scan is segmented: no output may replace a scan of this study, or a file that
+    an earlier run of this tool did not write (a reference segmentation next to the scans).
+
+    Raises:
+        ValueError: the first such output (``overwrite`` does not lift this).
+    """
+    inputs = [s.path for s in all_scans]
+    for scan in scans:
+        out = output_paths(scan, output_dir, desc)
+        check_outputs(
+            out.values(), inputs, ours=lambda p, j=out["json"]: _listed_in_sidecar(p, j)
+        )
+
+
 def segment_scans(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path | None,
@@ -406,6 +449,7 @@ def segment_scans(
         meta.spacing_mm,
     )
     inputs_set = {s.path.resolve() for s in study.scans} | study.protected
+    _check_study_outputs(scans, study.scans, output_dir, w.labels.desc)
     seen: set[Path] = set()
     results: list[ScanResult] = []
     with logging_redirect_tqdm():
@@ -437,6 +481,7 @@ def segment_scans(
                 log.warning("skipped %s", result.error)
                 log.debug("details", exc_info=True)
             result.seconds = time.perf_counter() - start
+            record_written(result.outputs.values())  # ours: a later run may skip or replace them
             results.append(result)
             if result.error is None:
                 log.info("%s: %.1f s, QC %.2f", scan.case, result.seconds, result.qc["qc_score"])
