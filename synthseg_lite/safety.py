@@ -27,7 +27,6 @@ import torch
 __all__ = [
     "LEDGER",
     "check_outputs",
-    "check_output_dir",
     "load_torch_file",
     "record_written",
     "remove_stale_temporaries",
@@ -121,25 +120,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def check_output_dir(path: str | Path, name: str = "output") -> Path:
-    """Fail early when ``path`` cannot be an output folder.
-
-    Raises:
-        ValueError: ``path`` is a file, or it (or the nearest existing parent) is not writable.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name}={path}: is a file, not a folder")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{name}={path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}={path}: {existing} is not writable")
-    return path
 
 
 def check_outputs(

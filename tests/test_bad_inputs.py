@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -498,6 +499,7 @@ SUBPROCESS_CASES = ["infer-unknown-key", "infer-model-evil", "eval-pred-intensit
                     "export-negative-std", "train-resume-evil"]
 
 
+@pytest.mark.slow  # a subprocess each (torch import): ~5 s per case on an idle machine
 @pytest.mark.parametrize(
     "case", [c for c in CASES if c.id in SUBPROCESS_CASES], ids=lambda c: c.id
 )
@@ -520,3 +522,52 @@ def test_catalogue_size() -> None:
     assert {c.command for c in CASES} == {"infer", "evaluate", "export", "train"}
     assert len({c.id for c in CASES}) == len(CASES)
     json.dumps([c.id for c in CASES])
+
+
+# ------------------------------------------------------------------ the pieces, in process
+def test_crafted_files_never_run_code(tmp_path: Path) -> None:
+    """Model files and resume checkpoints: a pickled callable is refused in one line, unrun."""
+    from synthseg_lite.model.artifact import load_model
+    from synthseg_lite.training import AtomicCheckpointIO, read_resume
+
+    marker = tmp_path / "PWNED"
+    evil = _evil(tmp_path / "evil.ckpt", marker, {"hyper_parameters": {"seed": 0}})
+    for load in (load_model, read_resume, AtomicCheckpointIO().load_checkpoint):
+        with pytest.raises(ValueError, match="could run code") as err:
+            load(evil)
+        msg = str(err.value)
+        assert "\n" not in msg and str(evil) in msg and "system" in msg, msg
+    assert not marker.exists()
+
+
+def test_checkpoints_load_safely_and_temporaries_go(tmp_path: Path) -> None:
+    """A checkpoint written by AtomicCheckpointIO reads back with weights_only=True; a failed
+    write leaves no temporary; a killed write's temporary is removed by the next save."""
+    from synthseg_lite.training import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    ckpt = {"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"seed": 3, "config": {}}}
+    stale = _bytes(tmp_path / ".last.ckpt.ab12cd34.ckpt", b"")  # a run killed mid-write
+    io.save_checkpoint(ckpt, tmp_path / "last.ckpt")
+    assert not stale.exists()
+    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["state_dict"]["w"], torch.ones(2))
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        io.save_checkpoint({"bad": lambda: 0}, tmp_path / "best.ckpt")  # cannot be pickled
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_outputs_never_replace_inputs_or_foreign_files(tmp_path: Path) -> None:
+    from synthseg_lite.safety import check_outputs, record_written, written_by_tool
+
+    scan = _bytes(tmp_path / "s.nii.gz", b"scan")
+    user = _bytes(tmp_path / "s_seg.nii.gz", b"reference")
+    with pytest.raises(ValueError, match="is an input"):
+        check_outputs([scan], [scan])
+    with pytest.raises(ValueError, match="not written by synthseg_lite"):
+        check_outputs([user], [scan])
+    ours = _bytes(tmp_path / "out" / "s_seg.nii.gz", b"earlier run")
+    record_written([ours])
+    assert written_by_tool(ours) and check_outputs([ours], [scan]) == [ours]
+    ours.write_bytes(b"changed by the user since")
+    assert not written_by_tool(ours)
+    assert check_outputs([tmp_path / "out" / "new.nii.gz"], [scan]) == []

@@ -238,7 +238,7 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
     with torch.no_grad():
         x = torch.rand(1, meta.unet.in_channels, *shape)
         assert net(x).shape == (1, k, *shape)
-    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)[
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)[
         "hyper_parameters"
     ]["config"]
     assert (tmp_path / "splits.json").is_file()
@@ -272,8 +272,8 @@ def test_resume_after_interrupt_repeats_the_uninterrupted_run(
     assert [r["step"] for r in full] == list(range(6))
     assert [r["step"] for r in resumed] == [2, 3, 4, 5]  # resumed mid-epoch at step 2
     assert resumed == full[2:]
-    sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)
-    sc = torch.load(c / "checkpoints" / "last.ckpt", weights_only=False)
+    sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
+    sc = torch.load(c / "checkpoints" / "last.ckpt", weights_only=True)
     assert sa["global_step"] == sc["global_step"] == 6
     for k, v in sa["state_dict"].items():
         assert torch.equal(v, sc["state_dict"][k]), k
@@ -364,7 +364,7 @@ def test_cli_multirun_gives_each_fold_its_own_directory(toy_maps: str, tmp_path:
     for job in ("0_fold0", "1_fold1"):
         assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / job / "splits.json").is_file()
-    cfg1 = torch.load(tmp_path / "1_fold1" / "checkpoints" / "last.ckpt", weights_only=False)
+    cfg1 = torch.load(tmp_path / "1_fold1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert cfg1["hyper_parameters"]["config"]["fold"] == 1
 
 
