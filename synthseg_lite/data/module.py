@@ -1,25 +1,13 @@
-"""Label maps in memory, cross-validation folds, and the batch streams that feed the generator.
-
-Only cheap CPU work happens here. Label maps are read once (``io.load_label_map``, resampled to
-1 mm when they have another voxel size), encoded to uint8 generation indices (int16 beyond 256
-labels; ``LabelTable.encode``), cropped to their labelled box plus a margin and padded to one
-common shape, so that hundreds of maps fit in memory as one ``(N, X, Y, Z)`` array. Each training step then picks ``B`` maps; the synthesis itself runs on the training device
-(:class:`synthseg_lite.model.module.SynthSegModule`).
-
-Reproducibility: the maps of step ``s`` on rank ``r`` are drawn with a generator seeded from
-``(seed, s, r)``, whatever the number of DataLoader workers, so any batch can be rebuilt and a
-resumed run continues the same stream (:class:`StepLoader` starts it at the trainer's step).
-"""
+"""Folds, the per-step streams that feed the generator, real-scan validation sets and the
+Lightning DataModule (label maps come from :mod:`synthseg_lite.data.bank`)."""
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,243 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, load_label_map, load_volume, strip_suffix
-from synthseg_lite.labels import LabelTable, build_label_table
+from synthseg_lite.data.bank import load_label_maps, phantom_label_maps, resolve_paths
+from synthseg_lite.data.config import DataConfig, RealValSet
+from synthseg_lite.io import atomic_write, load_volume
+from synthseg_lite.labels import LabelTable
 from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
 
-# fmt: off
 __all__ = [
-    "DataConfig", "FixedSetStream", "LabelMapStream", "PhantomConfig", "RealValDataset", "RealValSet", "StepLoader",
-    "SynthDataModule", "SyntheticValSet", "crop_to_labels", "fold_ids", "kfold_splits",
-    "label_values", "load_fixed_set", "load_label_maps", "load_or_create_splits", "load_real_case",
-    "make_label_table", "phantom_label_maps", "read_label_map_1mm", "resolve_paths", "stack_maps",
+    "FixedSetStream", "LabelMapStream", "RealValDataset", "StepLoader", "SynthDataModule",
+    "SyntheticValSet", "fold_ids", "kfold_splits", "load_fixed_set", "load_or_create_splits",
+    "load_real_case",
 ]
-# fmt: on
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PhantomConfig:
-    """Procedural head phantoms (:mod:`synthseg_lite.phantom`), used when no label maps are given.
-
-    Attributes:
-        n: number of phantoms.
-        shape: grid of each phantom (1 mm voxels, RAS).
-        seed: phantom seed (phantom ``i`` uses ``seed * 1000 + i``).
-    """
-
-    n: int = 20
-    shape: list[int] = field(default_factory=lambda: [160, 192, 160])
-    seed: int = 0
-
-
-@dataclass
-class RealValSet:
-    """Real scans with reference segmentations, segmented at every validation.
-
-    Attributes:
-        name: used in metric names (``val_real/<name>/dice_GM``).
-        images: glob, folder or file of the scans.
-        references: glob, folder or file of the reference segmentations (paired in sorted order).
-        reference_preset: convention of the references: ``tissue`` (1 GM, 2 WM, 3 CSF), ``ibsr``
-            (1 CSF, 2 GM, 3 WM), ``aseg`` (FreeSurfer labels) or ``{value: tissue class}``.
-        max_cases: use only the first cases (None: all).
-    """
-
-    name: str = "real"
-    images: str = ""
-    references: str = ""
-    reference_preset: Any = "tissue"
-    max_cases: int | None = None
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` config group: where the label maps come from and how batches are drawn.
-
-    Attributes:
-        label_maps: glob or folder of label maps (NIfTI/MGZ, any voxel size: resampled to 1 mm
-            by nearest neighbour); None uses the embedded phantoms.
-        phantoms: phantom settings (when ``label_maps`` is None).
-        labels: label protocol: ``freesurfer`` (FreeSurfer/SynthSeg table), ``auto`` (every
-            value found in the maps is a generation label with its own Gaussian class) or the
-            path of a YAML/TSV protocol file (:func:`synthseg_lite.labels.read_label_protocol`).
-        target: target preset (``tissue``, ``tissue_ventricular``, ``synthseg``) or
-            ``{label: class}``; None: ``tissue`` for ``labels=freesurfer``, else the protocol
-            file's target or every generation label itself.
-        unknown_labels: ``warn`` (map to background) or ``error`` for labels outside the table.
-        margin_vox: background kept around the labelled box of each map (voxels).
-        n_folds: cross-validation folds.
-        split_seed: seed of the fold shuffle (nnU-Net: 12345).
-        splits_file: JSON list of ``{"train": [...], "val": [...]}``; None: ``splits.json`` in the
-            run directory (created when missing, reused when present).
-        batch_size: samples per step and device; None: planned from ``gpu_memory_gb``.
-        num_workers: DataLoader workers for the label-map stream (0: main process).
-        val_batches: synthetic validation batches (fixed seed) per validation.
-        real_val: real-scan validation sets.
-        reuse_steps: each batch of synthesised volumes serves this many consecutive training
-            steps (2D training draws new slices from it at every step; 1 = a new batch per step).
-        fixed_set: folder written by ``export.py`` (``images/``, ``labels/``, ``export.json``):
-            train on these pre-generated samples instead of synthesising on the fly (the offline
-            setting of lab2im + nnU-Net, for ablations); None: on the fly.
-    """
-
-    label_maps: str | None = None
-    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
-    labels: str = "freesurfer"
-    target: Any = None
-    unknown_labels: str = "warn"
-    margin_vox: int = 4
-    n_folds: int = 5
-    split_seed: int = 12345
-    splits_file: str | None = None
-    batch_size: int | None = None
-    num_workers: int = 0
-    val_batches: int = 4
-    real_val: list[RealValSet] = field(default_factory=list)
-    reuse_steps: int = 1
-    fixed_set: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.reuse_steps < 1:
-            raise ValueError(f"data.reuse_steps must be >= 1, got {self.reuse_steps}")
-
-
-# ---------------------------------------------------------------------------------- label maps
-
-
-def resolve_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image files named by a glob, a folder, a file, or a list of those (sorted, no duplicates).
-
-    Raises:
-        ValueError: nothing matches.
-    """
-    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    found: list[Path] = []
-    for s in specs:
-        s = os.path.expanduser(str(s))
-        if os.path.isdir(s):
-            hits = [str(p) for p in Path(s).iterdir()]
-        elif any(c in s for c in "*?["):
-            hits = glob.glob(s, recursive=True)
-        else:
-            hits = [s] if os.path.isfile(s) else []
-        found += [Path(h) for h in hits if h.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(h)]
-    if not found:
-        raise ValueError(f"no NIfTI/MGZ files found for {spec!r}")
-    return sorted(set(found))
-
-
-def _unique_ids(paths: Sequence[Path]) -> list[str]:
-    ids = [strip_suffix(p) for p in paths]
-    if len(set(ids)) < len(ids):  # e.g. subj*/aseg.nii.gz: prefix the folder name
-        ids = [f"{p.parent.name}_{strip_suffix(p)}" for p in paths]
-    if len(set(ids)) < len(ids):
-        raise ValueError("label map names are not unique, even with their folder names")
-    return ids
-
-
-def crop_to_labels(indices: np.ndarray, margin: int) -> np.ndarray:
-    """Crop a (X, Y, Z) map to the box of its non-zero voxels plus ``margin`` voxels."""
-    nz = np.nonzero(indices)
-    lo = [max(int(a.min()) - margin, 0) for a in nz]
-    hi = [min(int(a.max()) + 1 + margin, s) for a, s in zip(nz, indices.shape)]
-    return indices[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-
-
-def stack_maps(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """Centre-pad (X, Y, Z) index maps to their largest extent per axis: (N, X, Y, Z), same
-    dtype (uint8, or int16 for tables of more than 256 labels)."""
-    shape = np.max([m.shape for m in maps], axis=0)
-    out = np.zeros((len(maps), *shape), maps[0].dtype)
-    for i, m in enumerate(maps):
-        o = (shape - m.shape) // 2
-        out[i, o[0] : o[0] + m.shape[0], o[1] : o[1] + m.shape[1], o[2] : o[2] + m.shape[2]] = m
-    return out
-
-
-def _encode(raw: np.ndarray, table: LabelTable, margin: int, source: str) -> np.ndarray:
-    cropped = crop_to_labels(raw, margin)
-    return table.encode(cropped, source)
-
-
-def read_label_map_1mm(path: str | Path) -> np.ndarray:
-    """A label map in RAS order on a 1 mm grid (the generator's input grid): maps of any other
-    voxel size are resampled by nearest neighbour (voxels as areas, ``scipy.ndimage.zoom`` with
-    ``grid_mode``), with a log line.
-
-    Returns:
-        (X, Y, Z) int32 label values.
-    """
-    from scipy.ndimage import zoom
-
-    vol = load_label_map(path)
-    if np.allclose(vol.spacing, 1.0, atol=0.01):
-        return vol.data
-    data = zoom(vol.data, vol.spacing, order=0, mode="nearest", grid_mode=True)
-    log.info(
-        "%s: voxel size %s mm, resampled (nearest neighbour) to 1 mm: %s -> %s voxels",
-        path, tuple(round(s, 3) for s in vol.spacing), vol.data.shape, data.shape,
-    )
-    return data
-
-
-def label_values(paths: Sequence[Path]) -> list[int]:
-    """Sorted label values found in the label maps (for ``data.labels=auto``)."""
-
-    def one(p: Path) -> np.ndarray:
-        return np.unique(load_label_map(p).data)
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        found = list(pool.map(one, paths))
-    return sorted({int(v) for u in found for v in u})
-
-
-def make_label_table(cfg: DataConfig) -> LabelTable:
-    """The label table of ``cfg`` (``data.labels``, ``data.target``, ``data.unknown_labels``);
-    with ``labels=auto`` the label values are read from the maps (or the phantoms)."""
-    values = None
-    if cfg.labels == "auto":
-        if cfg.label_maps:
-            values = label_values(resolve_paths(cfg.label_maps))
-        else:
-            from synthseg_lite.phantom import make_phantom_label_maps
-
-            p = cfg.phantoms
-            maps = make_phantom_label_maps(p.n, tuple(p.shape), p.seed)
-            values = sorted({int(v) for m in maps for v in np.unique(m)})
-        log.info("data.labels=auto: %d generation labels %s", len(values), values[:20])
-    return build_label_table(cfg.labels, cfg.target, cfg.unknown_labels, values)
-
-
-def load_label_maps(
-    paths: Sequence[Path], table: LabelTable, margin: int = 4
-) -> tuple[list[str], np.ndarray]:
-    """Read (resampled to 1 mm, :func:`read_label_map_1mm`), encode, crop and stack label maps.
-
-    Returns:
-        ids (file names without suffix) and a (N, X, Y, Z) array of generation indices
-        (``table.index_dtype``: uint8, or int16 beyond 256 labels).
-    """
-
-    def one(p: Path) -> np.ndarray:
-        return _encode(read_label_map_1mm(p), table, margin, str(p))
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        maps = list(pool.map(one, paths))
-    return _unique_ids(paths), stack_maps(maps)
-
-
-def phantom_label_maps(
-    cfg: PhantomConfig, table: LabelTable, margin: int = 4
-) -> tuple[list[str], np.ndarray]:
-    """The embedded default training set: ``cfg.n`` procedural phantoms, encoded and stacked."""
-    from synthseg_lite.phantom import make_phantom_label_maps
-
-    raw = make_phantom_label_maps(cfg.n, tuple(cfg.shape), cfg.seed)
-    maps = [_encode(m, table, margin, f"phantom {i}") for i, m in enumerate(raw)]
-    return [f"phantom_{i:03d}" for i in range(cfg.n)], stack_maps(maps)
 
 
 # ---------------------------------------------------------------------------------------- folds
