@@ -206,7 +206,9 @@ def job_overrides(
     s: Settings, out_dir: Path, gpu_memory_gb: float | None, precision: str, steps: int
 ) -> list[str]:
     """Hydra overrides of the default job (``python train.py``) for a short measured run."""
-    trainer = ["trainer=default", "trainer.devices=1"] if s.is_cuda else ["trainer=cpu"]
+    index = s.device.partition(":")[2]
+    devices = f"[{int(index)}]" if index else "1"  # cuda:N trains on GPU N
+    trainer = ["trainer=default", f"trainer.devices={devices}"] if s.is_cuda else ["trainer=cpu"]
     return [
         *trainer,
         *s.overrides,
@@ -271,7 +273,8 @@ def train_steps(
 
         module.synthesize = timed
         trainer.callbacks.append(Timer())
-        ends.clear(), losses.clear(), synth_s.clear()
+        for series in (ends, losses, synth_s):  # a fallback starts the measurement again
+            series.clear()
         ends.append(time.perf_counter())
         return parts
 
@@ -304,7 +307,6 @@ def train_steps(
     synth = statistics.median(timed_synth) if timed_synth else math.nan
     est = plan["estimated_gb"]
     first = {f"first_step_peak_{k}_gb": v for k, v in (plan["measured_peak_gb"] or {}).items()}
-    peak_key = "peak_allocated_gb" if device.type == "cuda" else "peak_rss_gb"
     return {
         "gpu_memory_gb": gpu_memory_gb,
         "precision": str(trainer.precision),
@@ -319,7 +321,10 @@ def train_steps(
         "synth_share_of_step": round(synth / step_s, 3) if step_s > 0 else None,
         **first,
         **run_peak,
-        "peak_over_estimate": round(run_peak[peak_key] / est, 3) if est else None,
+        # on a CPU the peak is the whole process's (Python, torch, maps): no ratio to the estimate
+        "peak_over_estimate": (
+            round(run_peak["peak_allocated_gb"] / est, 3) if est and device.type == "cuda" else None
+        ),
         "losses_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
         "losses": [round(v, 4) for v in losses],
         "params_m": round(sum(p.numel() for p in module.net.parameters()) / 1e6, 3),
@@ -593,6 +598,12 @@ def _run_part(
     """One part: its JSON line (emitted, appended to ``output``) or its error."""
     start = time.perf_counter()
     rec: dict[str, Any] = {"part": name, "device": s.device, "tiny": s.tiny}
+    rec["memory"] = (
+        "peak_*_gb: torch.cuda.max_memory_allocated/reserved since the measurement started"
+        if s.is_cuda
+        else "peak_rss_gb: peak resident set of the whole process (VmHWM, never reset), not of "
+        "training alone; no peak/estimate ratio on a CPU"
+    )
     try:
         rec |= PART_FUNCTIONS[name](s)
     except Exception as exc:  # the next part still runs

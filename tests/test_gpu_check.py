@@ -191,7 +191,11 @@ def _check_lines(lines: list[dict], device: str) -> None:
     peak = "peak_allocated_gb" if device.startswith("cuda") else "peak_rss_gb"
     for run in train["runs"]:
         assert run["s_per_step"] > 0 and run["steps"] >= 2 and run["estimated_gb"] > 0
-        assert run[peak] > 0 and run["peak_over_estimate"] > 0
+        assert run[peak] > 0
+        if device.startswith("cuda"):
+            assert run["peak_over_estimate"] > 0
+        else:  # the whole process's resident set: no ratio to the training estimate
+            assert run["peak_over_estimate"] is None and "whole process" in train["memory"]
         assert math.prod(run["patch_size"]) <= 32**3 and run["batch_size"] >= 1
     assert infer["seg_shape"] == [64, 64, 64] and infer["seconds_per_scan"] > 0
     assert infer["tta"] == "flip" and infer["window"] == [32, 32, 32]
