@@ -383,6 +383,9 @@ CASES: list[Case] = [
     Case("export-output-is-file", "export",
          lambda i, o, m: _export_args([f"output={_bytes(i / 'f.txt', b'x')}"])(i, o, m),
          stderr_has="f.txt"),
+    Case("export-into-the-maps-folder", "export",
+         lambda i, o, m: _export_args([f"output={i}", "overwrite=true"])(i, o, m),
+         stderr_has="holds the input label map"),
     Case("export-device-cuda", "export", _export_args(["device=cuda"]), stderr_has="CUDA",
          needs_cpu_only=True),
     # ---------------------------------------------------------------- train
