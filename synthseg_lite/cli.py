@@ -75,7 +75,9 @@ def describe(exc: BaseException) -> str:
     return msg or type(exc).__name__
 
 
-def hydra_main(config_path: str, config_name: str) -> Callable[[Callable[[Any], T]], Callable[..., T]]:
+def hydra_main(
+    config_path: str, config_name: str
+) -> Callable[[Callable[[Any], T]], Callable[..., T]]:
     """``@hydra.main(version_base="1.3", config_path=..., config_name=...)`` whose user errors are
     one ``error:`` line on stderr and exit code 2 (Hydra itself prints several lines, exit 1).
 

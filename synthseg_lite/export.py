@@ -289,7 +289,8 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
     out = Path(cfg.output).expanduser()
     _prepare_output(out, cfg.overwrite, create=False)  # fail early, before loading the maps
     if cfg.label_maps is not None:  # overwrite=true never touches an input
-        inside = [p for p in resolve_paths(cfg.label_maps) if out.resolve() in Path(p).resolve().parents]
+        inside = [p for p in resolve_paths(cfg.label_maps)
+                  if out.resolve() in Path(p).resolve().parents]
         if inside:
             raise ValueError(f"output={str(out)!r} holds the input label map {inside[0]}; choose "
                              "another output folder")

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 LEDGER = ".synthseg_lite_written.json"
 
 
-def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "model file") -> Any:
+def load_torch_file(
+    path: str | Path, map_location: str | torch.device = "cpu", what: str = "model file"
+) -> Any:
     """Read a ``torch.save`` file without ever unpickling code (``weights_only=True``).
 
     Args:
@@ -73,7 +75,9 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu", 
     except OSError as exc:
         raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
     except Exception as exc:  # noqa: BLE001  (torch and pickle raise many types on bad bytes)
-        raise ValueError(f"{path}: not a readable {what} (truncated, corrupt or not a torch file)") from exc
+        raise ValueError(
+            f"{path}: not a readable {what} (truncated, corrupt or not a torch file)"
+        ) from exc
 
 
 def _stamp(path: Path) -> list[int]:

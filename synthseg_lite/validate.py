@@ -81,7 +81,9 @@ def _integer_valued(data: np.ndarray) -> bool:
     return bool(np.all(np.mod(data, 1) == 0))
 
 
-def scan_problem(data: np.ndarray, path: str | Path, shape: tuple[int, ...] | None = None) -> str | None:
+def scan_problem(
+    data: np.ndarray, path: str | Path, shape: tuple[int, ...] | None = None
+) -> str | None:
     """Why a scan cannot be segmented (None: it can): a few voxels, or a label map given as a scan.
 
     A label map has integer values, background 0 as its most common value, and either very few
@@ -113,7 +115,9 @@ def scan_problem(data: np.ndarray, path: str | Path, shape: tuple[int, ...] | No
     return None
 
 
-def scan_warnings(shape: tuple[int, ...], spacing: tuple[float, ...], path: str | Path) -> list[str]:
+def scan_warnings(
+    shape: tuple[int, ...], spacing: tuple[float, ...], path: str | Path
+) -> list[str]:
     """Implausible geometry of a scan, one line each (it is still segmented).
 
     Args:

@@ -68,13 +68,14 @@ AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels: 96 x 104 x 88 mm
 
 def _save(data, path: Path, affine=AFFINE, dtype=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(data) if dtype is None else np.asarray(data).astype(dtype), affine)
+    data = np.asarray(data) if dtype is None else np.asarray(data).astype(dtype)
+    img = nib.Nifti1Image(data, affine)
     nib.save(img, str(path))
     return path
 
 
 def _evil(path: Path, marker: Path, payload: dict | None = None) -> Path:
-    """A torch file whose unpickling would create ``marker`` (a ``__reduce__`` calling os.system)."""
+    """A torch file whose unpickling would create ``marker`` (``__reduce__`` calls os.system)."""
 
     class Evil:
         def __reduce__(self):
@@ -258,11 +259,13 @@ CASES: list[Case] = [
     Case("infer-tta-choice", "infer", _infer_args(["tta=spin"]), stderr_has="tta"),
     Case("infer-percentiles-reversed", "infer", _infer_args(["percentiles=[99,1]"]),
          stderr_has="percentiles"),
-    Case("infer-sw-batch-zero", "infer", _infer_args(["sw_batch_size=0"]), stderr_has="sw_batch_size"),
+    Case("infer-sw-batch-zero", "infer", _infer_args(["sw_batch_size=0"]),
+         stderr_has="sw_batch_size"),
     Case("infer-roi-not-divisible", "infer", _infer_args(["roi_size=[30,30,30]"]),
          stderr_has="roi_size"),
     Case("infer-threads-negative", "infer", _infer_args(["threads=-2"]), stderr_has="threads"),
-    Case("infer-keep-largest", "infer", _infer_args(["keep_largest=maybe"]), stderr_has="keep_largest"),
+    Case("infer-keep-largest", "infer", _infer_args(["keep_largest=maybe"]),
+         stderr_has="keep_largest"),
     Case("infer-parse-error", "infer", _infer_args(["input=[a"]), stderr_has="override"),
     Case("infer-missing-input", "infer",
          lambda i, o, m: [f"output={o}", f"model={m}"], stderr_has="input"),
@@ -280,7 +283,8 @@ CASES: list[Case] = [
     Case("infer-device-cuda", "infer", _infer_args(["device=cuda"]), stderr_has="CUDA",
          needs_cpu_only=True),
     Case("infer-device-bogus", "infer", _infer_args(["device=tpu7"]), stderr_has="device"),
-    Case("infer-model-missing", "infer", _infer_model(lambda i: i / "none.pt"), stderr_has="none.pt"),
+    Case("infer-model-missing", "infer", _infer_model(lambda i: i / "none.pt"),
+         stderr_has="none.pt"),
     Case("infer-model-evil", "infer",
          _infer_model(lambda i: _evil(i / "evil.pt", i.parent / "PWNED",
                                       {"format": "synthseg_lite.model/1"})),
@@ -289,10 +293,11 @@ CASES: list[Case] = [
          _infer_model(lambda i: _evil(i / "evil.ckpt", i.parent / "PWNED",
                                       {"hyper_parameters": {"label_table": {}}})),
          stderr_has="could run code"),
-    Case("infer-model-garbage", "infer", _infer_model(lambda i: _bytes(i / "g.pt", b"\x80\x02junk")),
+    Case("infer-model-garbage", "infer",
+         _infer_model(lambda i: _bytes(i / "g.pt", b"\x80\x02junk")),
          stderr_has="g.pt"),
     Case("infer-model-foreign-dict", "infer",
-         _infer_model(lambda i: (torch.save({"weights": torch.zeros(3)}, i / "f.pt"), i / "f.pt")[1]),
+         _infer_model(lambda i: (torch.save({"w": torch.zeros(3)}, i / "f.pt"), i / "f.pt")[1]),
          stderr_has="f.pt"),
     Case("infer-model-empty-folder", "infer",
          _infer_model(lambda i: (i / "run").mkdir() or i / "run"), stderr_has="run"),

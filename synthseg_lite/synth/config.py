@@ -210,7 +210,8 @@ class SynthConfig:
                            ("bias.prob", self.bias.prob), ("resolution.iso_prob", self.resolution.iso_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
-        for name, prob in (("flip.prob", self.flip.prob), ("skull_strip.prob", self.skull_strip.prob),
+        for name, prob in (("flip.prob", self.flip.prob),
+                           ("skull_strip.prob", self.skull_strip.prob),
                            ("skull_strip.keep_csf_prob", self.skull_strip.keep_csf_prob),
                            ("gmm.background_zero_prob", self.gmm.background_zero_prob),
                            ("gmm.prior_prob", self.gmm.prior_prob),
@@ -218,14 +219,18 @@ class SynthConfig:
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
         for name, low in (("gmm.std", self.gmm.std[0]), ("bias.std", self.bias.std[0]),
-                          ("noise.std", self.noise.std[0]), ("spatial.svf_std_mm", self.spatial.svf_std_mm[0]),
+                          ("noise.std", self.noise.std[0]),
+                          ("spatial.svf_std_mm", self.spatial.svf_std_mm[0]),
                           ("gmm.background_low_std", self.gmm.background_low_std[0]),
-                          ("gamma.std", self.gamma.std), ("spatial.rotation_deg", self.spatial.rotation_deg),
+                          ("gamma.std", self.gamma.std),
+                          ("spatial.rotation_deg", self.spatial.rotation_deg),
                           ("spatial.shear", self.spatial.shear),
                           ("spatial.translation_mm", self.spatial.translation_mm),
                           ("gmm.prior_jitter", self.gmm.prior_jitter)):
             if low < 0:
-                raise ValueError(f"synth.{name} must not be negative (a spread or a maximum), got {low}")
+                raise ValueError(
+                    f"synth.{name} must not be negative (a spread or a maximum), got {low}"
+                )
         for name, low in (("spatial.scaling", self.spatial.scaling[0]),
                           ("resolution.spacing_mm", self.resolution.spacing_mm[0]),
                           ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm[0]),
