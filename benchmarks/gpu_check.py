@@ -184,10 +184,10 @@ def _compose(overrides: list[str]):
 @contextlib.contextmanager
 def _phantoms_made_once():
     """Within the block, each phantom set is made once (every ``train.build`` would make it again);
-    the package's function is restored afterwards."""
-    import synthseg_lite.data as data
+    the package's function is restored afterwards (its callers import it when they run)."""
+    import synthseg_lite.phantom as phantom
 
-    inner, made = data.phantom_label_maps, {}
+    inner, made = phantom.make_phantom_label_maps, {}
 
     def cached(*args, **kwargs):
         key = repr((args, sorted(kwargs.items())))
@@ -195,11 +195,11 @@ def _phantoms_made_once():
             made[key] = inner(*args, **kwargs)
         return made[key]
 
-    data.phantom_label_maps = cached
+    phantom.make_phantom_label_maps = cached
     try:
         yield
     finally:
-        data.phantom_label_maps = inner
+        phantom.make_phantom_label_maps = inner
 
 
 def job_overrides(
