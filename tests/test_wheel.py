@@ -1,6 +1,6 @@
 """The built wheel alone, installed in a fresh virtual environment, is a working tool: configs and
 model inside, the four commands on PATH (--help, --version), and synthseg-lite-infer segments a
-scan from a folder outside the checkout.
+small BIDS dataset in a folder outside the checkout (derivatives, volumes.csv, report.html).
 
 The venv sees the machine's packages (``--system-site-packages``: torch and the dependencies are
 not downloaded) but gets the project only from the wheel (``pip install --no-deps``); the test
@@ -71,22 +71,33 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
         assert res.stdout.strip() == f"synthseg-lite-{name} {__version__}"
         res = _run([exe, "--help"], work, env)
         assert f"Usage: synthseg-lite-{name}" in res.stdout and "Options (KEY=DEFAULT" in res.stdout
-    # a small scan made here, segmented with the shipped model by the installed command
+    # a small BIDS dataset made here (two subjects), segmented with the shipped model by the
+    # installed command: BIDS derivatives, one volumes.csv row per scan, report.html
     rng = np.random.default_rng(0)
     g = np.stack(np.meshgrid(*[np.arange(s) - s / 2 for s in (40, 44, 40)], indexing="ij")) * 2
     r = np.sqrt((g[0] / 30) ** 2 + (g[1] / 36) ** 2 + (g[2] / 30) ** 2)
     img = np.where(r < 1, 60.0, 0.0) + np.where(r < 0.8, 50.0, 0.0) - np.where(r < 0.25, 90.0, 0)
-    img = np.clip(img + rng.normal(0, 3, img.shape) * (r < 1), 0, None).astype(np.float32)
-    nib.save(nib.Nifti1Image(img, np.diag([2.0, 2.0, 2.0, 1.0])), str(work / "sub01.nii.gz"))
-    _run(["synthseg-lite-infer", "input=sub01.nii.gz", "output=out", "tta=none", "threads=1"],
-         work, env)
-    segs = [p for p in (work / "out").rglob("*seg*.nii.gz") if "posteriors" not in p.name]
-    assert segs, sorted(str(p) for p in (work / "out").rglob("*"))
-    seg = nib.load(str(segs[0]))
-    assert seg.shape == img.shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
-    assert (work / "out" / "volumes.csv").is_file()
+    bids = work / "bids"
+    for sub in ("01", "02"):
+        anat = bids / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True)
+        scan = np.clip(img + rng.normal(0, 3, img.shape) * (r < 1), 0, None).astype(np.float32)
+        path = anat / f"sub-{sub}_T1w.nii.gz"
+        nib.save(nib.Nifti1Image(scan, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    (bids / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.8.0"}')
+    _run(["synthseg-lite-infer", "input=bids", "output=out", "tta=none", "threads=1"], work, env)
+    deriv = work / "out" / "derivatives" / "synthseg_lite"
+    assert (deriv / "dataset_description.json").is_file()
+    for sub in ("01", "02"):
+        (seg_path,) = (deriv / f"sub-{sub}" / "anat").glob("*_dseg.nii.gz")
+        seg = nib.load(str(seg_path))
+        assert seg.shape == img.shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    rows = (deriv / "volumes.csv").read_text().strip().splitlines()
+    assert len(rows) == 3, rows  # header + one row per scan
+    assert (deriv / "report.html").is_file()
+    (sub01,) = (bids / "sub-01" / "anat").glob("*.nii.gz")
     res = subprocess.run(
-        ["synthseg-lite-infer", "input=sub01.nii.gz", "output=out2", "model=structures"],
+        ["synthseg-lite-infer", f"input={sub01}", "output=out2", "model=structures"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )
     site = venv / "lib"
