@@ -449,8 +449,17 @@ def _leftovers(out: Path) -> list[str]:
 
 
 def run_in_process(command: str, args: list[str]) -> int:
-    """``main()`` of ``synthseg_lite.commands.<command>`` with ``sys.argv`` set; the exit code."""
+    """``main()`` of ``synthseg_lite.commands.<command>`` with ``sys.argv`` set; the exit code.
+
+    Each command runs in its own process for a user, so Hydra's ConfigStore holds only what that
+    command registers; here the train command's groups (``model``, ``data``: imported by other
+    test modules) are hidden from the other commands, where ``model=`` is a plain key.
+    """
+    from hydra.core.config_store import ConfigStore
+
     module = importlib.import_module(f"synthseg_lite.commands.{command}")
+    repo = ConfigStore.instance().repo
+    hidden = {g: repo.pop(g) for g in ("model", "data") if command != "train" and g in repo}
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for h in getattr(logger, "handlers", []):  # handlers of an earlier case hold its stream
             if type(h) is logging.StreamHandler and h.stream not in (sys.stderr, sys.stdout):
@@ -464,6 +473,7 @@ def run_in_process(command: str, args: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
+        repo.update(hidden)
 
 
 def check_case(case: Case, code: int, stderr: str, inp: Path, out: Path, before: dict) -> None:
