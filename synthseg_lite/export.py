@@ -33,7 +33,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synthseg_lite.data import DataConfig, PhantomConfig, make_label_table, phantom_label_maps, resolve_paths
+from synthseg_lite.data import (
+    DataConfig,
+    PhantomConfig,
+    make_label_table,
+    phantom_label_maps,
+    resolve_paths,
+)
 from synthseg_lite.data import load_label_maps as load_maps
 from synthseg_lite.io import atomic_write, save_volume
 from synthseg_lite.labels import LabelTable
@@ -301,7 +307,9 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
     nnunet = cfg.layout == "nnunet"
     lut = np.arange(len(values)) if nnunet else values
     if lut.min() < 0 or lut.max() > 32767:
-        raise ValueError(f"target label values {lut.min()}..{lut.max()} do not fit int16 label files")
+        raise ValueError(
+            f"target label values {lut.min()}..{lut.max()} do not fit int16 label files"
+        )
     lut = lut.astype(np.uint8 if lut.max() <= 255 else np.int16)
     map_names, maps = load_label_maps(cfg.label_maps, table, cfg.n_phantoms, cfg.phantom_shape,
                                       cfg.seed)

@@ -223,7 +223,9 @@ def identity_target(labels: Iterable[int], names: Mapping[int, str] | None = Non
     )
 
 
-def _derived_target_pairs(target_lut: Sequence[int], lr_swap: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+def _derived_target_pairs(
+    target_lut: Sequence[int], lr_swap: Sequence[int]
+) -> tuple[tuple[int, int], ...] | None:
     """Target class pairs implied by the generation pairs, or None when they are not consistent
     (a class that would be the twin of two classes)."""
     partner: dict[int, int] = {}
@@ -306,10 +308,13 @@ class LabelTable:
         open_table = lr_pairs is not None
         if generation_labels is None and open_table:
             raise ValueError("an open label table needs its generation labels")
-        labels = sorted({int(v) for v in (FREESURFER_NAMES if generation_labels is None else generation_labels)})
+        given = FREESURFER_NAMES if generation_labels is None else generation_labels
+        labels = sorted({int(v) for v in given})
         labels = [0] + [v for v in labels if v != 0]
         if len(labels) > 32768:
-            raise ValueError(f"at most 32767 non-background labels are supported, got {len(labels) - 1}")
+            raise ValueError(
+                f"at most 32767 non-background labels are supported, got {len(labels) - 1}"
+            )
         index = {v: i for i, v in enumerate(labels)}
         pairs = [tuple(int(x) for x in p) for p in (LR_PAIRS if lr_pairs is None else lr_pairs)]
         if open_table:
@@ -347,7 +352,9 @@ class LabelTable:
                     raise ValueError(f"prior for label {value}: ranges must be [low, high] with "
                                      f"0 <= low <= high, got {list(rng)}")
                 if class_priors[c][k] not in (None, rng):
-                    raise ValueError(f"labels of one Gaussian class have different priors ({value})")
+                    raise ValueError(
+                        f"labels of one Gaussian class have different priors ({value})"
+                    )
                 class_priors[c][k] = rng
         if isinstance(target, TargetPreset):
             preset = target
@@ -380,7 +387,8 @@ class LabelTable:
             target=preset,
             target_lut=target_lut,
             unknown=unknown,
-            priors=tuple((a, b) for a, b in class_priors) if any(a or b for a, b in class_priors) else (),
+            priors=tuple((a, b) for a, b in class_priors)
+            if any(a or b for a, b in class_priors) else (),
             protocol=protocol,
             _index=index,
         )
@@ -481,7 +489,9 @@ class LabelTable:
 
 # ------------------------------------------------------------------------------- open protocols
 
-_PROTOCOL_KEYS = {"labels", "classes", "lr_pairs", "target", "target_names", "priors", "drop_labels"}
+_PROTOCOL_KEYS = {
+    "labels", "classes", "lr_pairs", "target", "target_names", "priors", "drop_labels",
+}
 
 
 def _int_keys(d: Mapping, what: str) -> dict[int, object]:
@@ -510,7 +520,8 @@ def _read_tsv(path: Path) -> dict:
     import csv
 
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader((line for line in fh if not line.startswith("#")), delimiter="\t"))
+        lines = (line for line in fh if not line.startswith("#"))
+        rows = list(csv.DictReader(lines, delimiter="\t"))
     if not rows or "value" not in rows[0]:
         raise ValueError(f"{path}: a TSV label protocol needs a header with a 'value' column")
     spec: dict = {"labels": {}, "classes": {}, "lr_pairs": [], "priors": {}}
@@ -568,9 +579,14 @@ def read_label_protocol(path: str | Path) -> dict:
         raise ValueError(f"{path}: a label protocol needs a 'labels' entry")
     unknown_keys = set(spec) - _PROTOCOL_KEYS
     if unknown_keys:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown_keys)}; allowed: {sorted(_PROTOCOL_KEYS)}")
+        raise ValueError(
+            f"{path}: unknown keys {sorted(unknown_keys)}; allowed: {sorted(_PROTOCOL_KEYS)}"
+        )
     raw = spec["labels"]
-    names = _int_keys(raw, f"{path}: labels") if isinstance(raw, Mapping) else {int(v): f"label_{int(v)}" for v in raw}
+    if isinstance(raw, Mapping):
+        names = _int_keys(raw, f"{path}: labels")
+    else:
+        names = {int(v): f"label_{int(v)}" for v in raw}
     names = {k: str(v) for k, v in names.items()}
     names.setdefault(0, "background")
     groups_by_name = {str(k): [int(x) for x in v] for k, v in (spec.get("classes") or {}).items()}
@@ -581,9 +597,13 @@ def read_label_protocol(path: str | Path) -> dict:
             try:
                 members = [int(key)]
             except ValueError:
-                raise ValueError(f"{path}: prior for {key!r}: not a class name or label value") from None
+                raise ValueError(
+                    f"{path}: prior for {key!r}: not a class name or label value"
+                ) from None
         if not isinstance(pr, Mapping) or not set(pr) <= {"mean", "std"}:
-            raise ValueError(f"{path}: prior for {key!r} must be {{mean: [low, high], std: [low, high]}}")
+            raise ValueError(
+                f"{path}: prior for {key!r} must be {{mean: [low, high], std: [low, high]}}"
+            )
         rng = (_range(pr.get("mean"), f"{path}: prior mean of {key}"),
                _range(pr.get("std"), f"{path}: prior std of {key}"))
         for m in members:
@@ -591,11 +611,13 @@ def read_label_protocol(path: str | Path) -> dict:
     target = None
     if spec.get("target"):
         out = {k: int(v) for k, v in _int_keys(spec["target"], f"{path}: target").items()}
-        tnames = {k: str(v) for k, v in _int_keys(spec.get("target_names") or {}, f"{path}: target_names").items()}
+        given = _int_keys(spec.get("target_names") or {}, f"{path}: target_names")
+        tnames = {k: str(v) for k, v in given.items()}
         values = [0] + sorted(set(out.values()) - {0})
         by_value = {v: names[k] for k, v in sorted(out.items()) if k in names}
         target = TargetPreset(
-            tuple(tnames.get(v, by_value.get(v, "background" if v == 0 else f"label_{v}")) for v in values),
+            tuple(tnames.get(v, by_value.get(v, "background" if v == 0 else f"label_{v}"))
+                  for v in values),
             tuple(values), {k: values.index(v) for k, v in out.items()} | {0: 0},
         )
     return {

@@ -1,4 +1,5 @@
-"""Open label system: data.labels=auto / protocol files, >255 labels, priors, voxel sizes, flip TTA."""
+"""Open label system: data.labels=auto / protocol files, >255 labels, priors, voxel sizes,
+flip TTA."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_more_than_255_labels_use_int16_through_the_generator():
     raw = np.arange(16 * 16 * 16).reshape(16, 16, 16) % 600
     enc = t.encode(raw)
     assert enc.dtype == np.int16 and np.array_equal(t.decode(enc), raw)
-    cfg = SynthConfig(patch_shape=[16, 16, 16], spatial=SpatialConfig(enabled=False, crop_jitter=False),
+    cfg = SynthConfig(patch_shape=[16, 16, 16],
+                      spatial=SpatialConfig(enabled=False, crop_jitter=False),
                       flip=FlipConfig(prob=0.0))
     gen = SynthGenerator(cfg, t)
     out = gen(torch.from_numpy(enc)[None, None], make_generator("cpu", 0, 0))
@@ -98,7 +100,8 @@ def test_protocol_file_classes_pairs_target_priors(tmp_path):
         "5\tright-lung\t\t4\t5\t\t\t\n300\tlesion\t\t\t\t\t\t\n"
     )
     t2 = build_label_table(str(tsv))
-    assert (t2.classes, t2.lr_swap, t2.target, t2.priors) == (t.classes, t.lr_swap, t.target, t.priors)
+    for key in ("classes", "lr_swap", "target", "priors"):
+        assert getattr(t2, key) == getattr(t, key)
 
 
 @pytest.mark.parametrize(
@@ -131,15 +134,16 @@ def test_class_priors_bound_the_generated_intensities(tmp_path):
     p = gen.sample(lab, make_generator("cpu", 1, 0))
     blood, myo = t.classes[t.generation_labels.index(2)], t.classes[t.generation_labels.index(1)]
     assert ((p.means[:, blood] >= 200) & (p.means[:, blood] <= 220)).all()
-    assert (p.stds[:, blood] <= 2).all() and ((p.means[:, myo] >= 40) & (p.means[:, myo] <= 50)).all()
+    assert (p.stds[:, blood] <= 2).all()
+    assert ((p.means[:, myo] >= 40) & (p.means[:, myo] <= 50)).all()
     other = t.classes[t.generation_labels.index(4)]
     assert p.means[:, other].max() > 50  # no prior: the global U(0, 255)
 
 
 def test_label_maps_of_any_voxel_size_are_resampled_to_1mm(tmp_path, caplog):
     raw = nested_map((30, 30, 20), values=(5, 17, 40))
-    nib.save(nib.Nifti1Image(raw.astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "a.nii.gz")
-    nib.save(nib.Nifti1Image(raw.astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "b.nii.gz")
+    for name, zooms in (("a", [1.0, 1.0, 2.0, 1.0]), ("b", [2.0, 2.0, 2.0, 1.0])):
+        nib.save(nib.Nifti1Image(raw.astype(np.int16), np.diag(zooms)), tmp_path / f"{name}.nii.gz")
     cfg = DataConfig(label_maps=str(tmp_path), labels="auto")
     table = make_label_table(cfg)
     assert table.generation_labels == (0, 5, 17, 40)
@@ -171,4 +175,5 @@ def test_flip_tta_follows_declared_pairs_and_is_off_without_them(caplog):
         pred = Predictor([net], _meta(undeclared), tta="mirror")
     assert "flip test-time augmentation turned off" in caplog.text
     assert pred.flips == [(), (1,), (2,), (1, 2)]
-    assert LabelTable.create("synthseg").flip_consistent and LabelTable.create("tissue").flip_consistent
+    assert LabelTable.create("synthseg").flip_consistent
+    assert LabelTable.create("tissue").flip_consistent

@@ -1,4 +1,5 @@
-"""evaluate.py mode=quality: PSNR on the volume (finite when one slice is identical), same-grid check."""
+"""evaluate.py mode=quality: PSNR on the volume (finite when one slice is identical), same-grid
+check."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def test_images_on_different_grids_are_not_compared(tmp_path):
     nib.save(nib.Nifti1Image(synth, shifted), tmp_path / "synth" / "b.nii.gz")
     summary = evaluate_quality(tmp_path / "synth", tmp_path / "real", tmp_path / "out")
     assert [c["case"] for c in summary["per_case"]] == ["a"]
-    assert summary["skipped"][0]["case"] == "b" and "affines differ" in summary["skipped"][0]["reason"]
+    skipped = summary["skipped"][0]
+    assert skipped["case"] == "b" and "affines differ" in skipped["reason"]
     with pytest.raises(ValueError, match="no case could be compared"):
-        evaluate_quality(tmp_path / "synth" / "b.nii.gz", tmp_path / "real" / "b.nii.gz", tmp_path / "o2")
+        evaluate_quality(
+            tmp_path / "synth" / "b.nii.gz", tmp_path / "real" / "b.nii.gz", tmp_path / "o2"
+        )

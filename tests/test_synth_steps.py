@@ -45,7 +45,8 @@ def test_bias_probability():
 
 def test_low_background():
     cfg = SynthConfig(patch_shape=[8, 8, 8])
-    p = _params(dataclasses.replace(cfg, gmm=GMMConfig(background_zero_prob=0.05, background_low_prob=0.25)))
+    gmm = GMMConfig(background_zero_prob=0.05, background_low_prob=0.25)
+    p = _params(dataclasses.replace(cfg, gmm=gmm))
     zero = (p.means[:, 0] == 0) & (p.stds[:, 0] == 0)
     low = ~zero & (p.means[:, 0] <= 15) & (p.stds[:, 0] <= 5)
     assert 0 < zero.sum() < 12 and 6 < low.sum() < 30
@@ -80,21 +81,23 @@ def test_isotropic_low_resolution():
     alpha = torch.ones(B)
     # identity limit: isotropic at the output spacing changes nothing
     one = torch.ones(B)
-    out = simulate_resolution(img, axis, one, one * 0.0, alpha, native, 1.0, torch.ones(B, dtype=torch.bool))
+    every = torch.ones(B, dtype=torch.bool)
+    out = simulate_resolution(img, axis, one, one * 0.0, alpha, native, 1.0, every)
     assert torch.equal(out, img)
     # iso at 3 mm smooths along every axis; the one-axis mode along its axis only: an image
     # constant along x is unchanged by thick x slices, but not by an isotropic acquisition
     three = torch.full((B,), 3.0)
     flat_x = img[:, :, :1].expand_as(img).contiguous()
-    iso_out = simulate_resolution(flat_x, axis, three, three, alpha, native, 1.0, torch.ones(B, dtype=torch.bool))
+    iso_out = simulate_resolution(flat_x, axis, three, three, alpha, native, 1.0, every)
     one_out = simulate_resolution(flat_x, axis, three, three, alpha, native, 1.0)
     assert torch.allclose(one_out[0], flat_x[0], atol=1e-5)
     assert not torch.allclose(one_out[1], flat_x[1], atol=1e-2)
     for d in (3, 4):
         assert iso_out.diff(dim=d).abs().mean() < 0.5 * flat_x.diff(dim=d).abs().mean()
     # batched: a sample gives the same output alone as in the batch
-    alone = simulate_resolution(flat_x[1:2], axis[1:2], three[1:2], three[1:2], alpha[1:2], native[1:2],
-                                1.0, torch.ones(1, dtype=torch.bool))
+    s = slice(1, 2)
+    alone = simulate_resolution(flat_x[s], axis[s], three[s], three[s], alpha[s], native[s], 1.0,
+                                every[s])
     assert torch.allclose(alone, iso_out[1:2], atol=1e-6)
 
 

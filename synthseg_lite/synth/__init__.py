@@ -91,7 +91,8 @@ class SynthGenerator(nn.Module):
         priors = None  # (C, 4) per-class mean/std ranges, NaN = global; None: no class has one
         if table.priors:
             nan = (float("nan"),) * 2
-            priors = torch.tensor([(*(m or nan), *(s or nan)) for m, s in table.priors], dtype=torch.float32)
+            rows = [(*(m or nan), *(s or nan)) for m, s in table.priors]
+            priors = torch.tensor(rows, dtype=torch.float32)
         self.register_buffer("class_priors", priors, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:

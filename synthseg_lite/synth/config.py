@@ -207,7 +207,8 @@ class SynthConfig:
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
         for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
-                           ("bias.prob", self.bias.prob), ("resolution.iso_prob", self.resolution.iso_prob)):
+                           ("bias.prob", self.bias.prob),
+                           ("resolution.iso_prob", self.resolution.iso_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
         for name, prob in (("flip.prob", self.flip.prob),

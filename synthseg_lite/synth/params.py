@@ -222,8 +222,10 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     stds[:, 0] = torch.where(bg_zero, 0.0, stds[:, 0])
     if cfg.gmm.background_low_prob > 0:  # drawn only when on
         bg_low = ~bg_zero & (bg_draw < cfg.gmm.background_zero_prob + cfg.gmm.background_low_prob)
-        means[:, 0] = torch.where(bg_low, _uniform(g, (B,), *cfg.gmm.background_low_mean), means[:, 0])
-        stds[:, 0] = torch.where(bg_low, _uniform(g, (B,), *cfg.gmm.background_low_std), stds[:, 0])
+        low_mean = _uniform(g, (B,), *cfg.gmm.background_low_mean)
+        low_std = _uniform(g, (B,), *cfg.gmm.background_low_std)
+        means[:, 0] = torch.where(bg_low, low_mean, means[:, 0])
+        stds[:, 0] = torch.where(bg_low, low_std, stds[:, 0])
     f = cfg.partial_volume_factor
     gmm_noise = torch.randn((B, 1, *[p * f for p in P]), generator=g, device=dev)
 
@@ -245,7 +247,8 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     if rs.iso_prob > 0:  # drawn only when on: isotropic spacing and thickness replace the axis ones
         res_iso = _bernoulli(g, B, rs.iso_prob)
         iso_spacing = _uniform(g, (B,), *rs.iso_spacing_mm)
-        iso_thickness = rs.thickness_min_mm + torch.rand(B, generator=g, device=dev) * (iso_spacing - rs.thickness_min_mm).clamp(min=0)
+        iso_room = (iso_spacing - rs.thickness_min_mm).clamp(min=0)
+        iso_thickness = rs.thickness_min_mm + torch.rand(B, generator=g, device=dev) * iso_room
         res_spacing = torch.where(res_iso, iso_spacing, res_spacing)
         res_thickness = torch.where(res_iso, iso_thickness, res_thickness)
 
