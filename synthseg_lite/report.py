@@ -118,7 +118,9 @@ def volume_plot(rows: Sequence[Mapping[str, str]], columns: Sequence[str], ncols
         ax.set_xlim(-1, max(len(rows), 2))
     for ax in list(axes.flat)[len(columns):]:
         ax.set_axis_off()
-    fig.tight_layout()
+    # fixed margins: tight_layout over dozens of panels takes seconds
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2 / (2.4 * nrows),
+                        top=1 - 0.35 / (2.4 * nrows), wspace=0.3, hspace=0.35)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)

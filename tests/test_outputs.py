@@ -236,7 +236,7 @@ def test_bids_dataset_gives_bids_derivatives(monkeypatch, tmp_path):
         "sub-01_T1w", "sub-02_ses-1_T1w", "sub-02_ses-1_T2w"}
     assert (deriv / "report.html").is_file() and not (tmp_path / "out" / "volumes.csv").exists()
     # without output=: the dataset's own derivatives folder; its scans are not searched again
-    segment_scans(root, None, model, InferenceOptions(**OPTS, save_qc=False))
+    segment_scans(root, None, model, InferenceOptions(**OPTS, save_qc=False, report=False))
     assert (root / "derivatives" / "synthseg_lite" / "volumes.csv").is_file()
     assert len(find_scans(root).scans) == 3
 
