@@ -191,7 +191,7 @@ def step_of(path: Path) -> int:
         return int(m.group(1))
     import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1))
 
 
 def learning_curve(bench: Bench, patterns: list[str]) -> dict:

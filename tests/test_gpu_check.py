@@ -116,7 +116,7 @@ def test_first_step_out_of_memory_falls_back_to_a_smaller_plan(
     assert plan["measured_peak_gb"]["rss"] > 0
     assert list(cfg.synth.patch_shape) == plan["patch_size"]  # the run's config has the new plan
     (ckpt_path,) = tmp_path.rglob("*.ckpt")
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)
     assert ckpt["hyper_parameters"]["config"]["synth"]["patch_shape"] == plan["patch_size"]
     assert ckpt["hyper_parameters"]["patch_size"] == plan["patch_size"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
