@@ -44,6 +44,10 @@ HYDRA_FILES = {"infer.log", "evaluate.log", "train.log", "export.log"}
 
 
 # ----------------------------------------------------------------------------------- builders
+#: 12 mm voxels along x (beyond the 9 mm limit), 2 mm in-plane.
+COARSE = np.diag([12.0, 2, 2, 1])
+
+
 def _head(shape=(48, 52, 44), seed=0) -> np.ndarray:
     """A smooth head-like intensity image: float32, 0 outside an ellipsoid, two tissues inside."""
     rng = np.random.default_rng(seed)
@@ -339,7 +343,7 @@ CASES: list[Case] = [
          code=1, skipped=("empty.nii.gz",)),
     # ---------------------------------------------------------------- infer: implausible, warned
     Case("scan-coarse-voxels", "infer",
-         lambda i, o, m: [f"input={_save(_head(), i / 'coarse.nii.gz', np.diag([12.0, 2, 2, 1]))}",
+         lambda i, o, m: [f"input={_save(_head((12, 52, 44)), i / 'coarse.nii.gz', COARSE)}",
                           f"output={o}", f"model={m}", "progress=false", "report=false"],
          code=0, warning=True, stderr_has="limit 9 mm"),
     Case("scan-small-fov", "infer",
