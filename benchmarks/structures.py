@@ -207,6 +207,23 @@ def learning_curve(bench: Bench, patterns: list[str]) -> dict:
     return {"points": points}
 
 
+def merge_curves(paths: list[Path]) -> dict:
+    """Points of several ``learning_curve.json`` files, one per step (the last file wins), sorted
+    by step; their commands are kept."""
+    points: dict[int, dict] = {}
+    commands: list = []
+    for p in paths:
+        try:
+            curve = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            fail(f"{p}: not a learning_curve.json ({e})")
+        points.update({int(q["step"]): q for q in curve.get("points", [])})
+        commands += curve.get("commands", [])
+    if not points:
+        fail("no learning-curve points in " + ", ".join(str(p) for p in paths))
+    return {"points": [points[k] for k in sorted(points)], "commands": commands}
+
+
 def plot_curve(curve: dict, path: Path) -> None:
     import matplotlib
 
@@ -282,11 +299,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
     parser.add_argument("--checkpoints", nargs="+", default=None,
                         help="checkpoint files or globs: learning curves on OASIS instead")
+    parser.add_argument("--merge-curves", nargs="+", type=Path, default=None,
+                        help="learning_curve.json files (e.g. one per checkpoint, evaluated "
+                             "while training ran): merge their points by step and re-plot")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.output.resolve()
     if out.exists() and any(out.iterdir()):
         fail(f"{out} is not empty")
+    if args.merge_curves:
+        merged = merge_curves(args.merge_curves)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "learning_curve.json").write_text(json.dumps(merged, indent=1))
+        plot_curve(merged, out / "learning_curve.png")
+        print(f"wrote {out / 'learning_curve.json'} and {out / 'learning_curve.png'}")
+        return
     args.data = args.data.resolve()
     if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
         fail(f"the OASIS scan is not under {args.data} (--data)")
