@@ -53,3 +53,48 @@ def test_infer_with_the_default_model_segments_a_real_scan(tmp_path: Path) -> No
         a, b = seg == ours, ref == theirs
         dice[name] = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert dice["GM"] > 0.8 and dice["WM"] > 0.8 and dice["CSF"] > 0.5, dice
+
+
+# ------------------------------------------------------------------ the shipped structure model
+OASIS = ROOT.parent / "shared" / "data" / "real" / "oasis_vxm"
+
+
+def test_shipped_structure_model_is_safe_small_and_writes_aseg_values() -> None:
+    import torch
+
+    from synthseg_lite.inference.predictor import resolve_model
+    from synthseg_lite.labels import TARGET_PRESETS
+
+    path = resolve_model("structures")
+    assert path.stat().st_size <= 4 * 2**20  # <= 4 MiB (int8)
+    torch.load(path, weights_only=True)  # plain tensors and containers only
+    _, meta = load_model(path)
+    target = meta.label_table.target
+    assert target.values == TARGET_PRESETS["synthseg"].values  # FreeSurfer aseg values
+    assert len(target.values) == 32 and target.values[:4] == (0, 2, 3, 4)
+    assert meta.spacing_mm == 1.0 and meta.slices["axes"] == [1, 2]
+    assert target.class_swap() != list(range(32))  # flip TTA swaps left and right
+    assert meta.extra.get("command") and meta.extra.get("training")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OASIS.is_dir(), reason="shared data absent")
+def test_structure_model_on_the_oasis_scan(tmp_path: Path) -> None:
+    """model=structures on the OASIS T1, scored per structure against its FreeSurfer aseg; the
+    thresholds are below the measured values (README, "Structures")."""
+    from synthseg_lite.labels import TARGET_PRESETS
+
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "infer.py", f"input={OASIS / 't1.nii.gz'}", f"output={out}",
+         "model=structures", "tta=none"],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    seg = np.asarray(nib.load(out / "t1_seg.nii.gz").dataobj)
+    ref = np.asarray(nib.load(OASIS / "aseg.nii.gz").dataobj)
+    assert set(np.unique(seg)) <= set(TARGET_PRESETS["synthseg"].values)
+    dice = {}
+    for v in (2, 3, 4, 10, 16, 41, 42, 43, 49):  # WM, cortex, ventricles, thalamus, brainstem
+        a, b = seg == v, ref == v
+        dice[v] = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert min(dice.values()) > 0.6, dice
