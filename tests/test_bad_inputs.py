@@ -34,9 +34,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthseg_lite.labels import LabelTable
-from synthseg_lite.model.artifact import ModelMeta, save_model
-from synthseg_lite.model.unet import UNetConfig, build_unet
+from test_cli import tiny_model  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -133,15 +131,8 @@ def _nan(path: Path, value=np.nan) -> Path:
 
 
 # ----------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random 3-stage network at 2 mm (predictions meaningless, well-formed)."""
-    torch.manual_seed(0)
-    cfg = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
-    path = tmp_path_factory.mktemp("model") / "fold_0.pt"
-    return save_model(
-        path, build_unet(cfg, 4), ModelMeta(cfg, LabelTable.create("tissue"), 2.0, (32,) * 3, {})
-    )
+# tiny_model: a random 3-stage network at 2 mm (predictions meaningless, well-formed), shared
+# with the CLI tests.
 
 
 @dataclass
