@@ -174,6 +174,44 @@ def check_resume_compatible(module: torch.nn.Module, info: Mapping[str, Any], pa
         )
 
 
+def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Start ``module.net`` from the network weights of a model file (fine-tuning).
+
+    Args:
+        module: the LightningModule built from the current configuration (``.net``,
+            ``.table``).
+        path: a ``.pt`` model file or a training ``.ckpt`` (read with ``weights_only=True``).
+
+    Returns:
+        The file's recorded ``extra`` metadata (step, config), for the run's log.
+
+    Raises:
+        ValueError: unreadable file, another topology, or other target classes.
+    """
+    from synthseg_lite.model.artifact import load_model
+
+    try:
+        net, meta = load_model(path)
+    except ValueError as exc:
+        raise ValueError(f"init_weights={exc}") from exc
+    want = list(module.table.target.names)
+    if list(meta.label_table.target.names) != want:
+        raise ValueError(
+            f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
+            f"configured target is {want[:4]}... (data.target must match the model's)"
+        )
+    have = {k: tuple(v.shape) for k, v in module.net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if have != got:
+        bad = sorted(k for k in set(have) | set(got) if have.get(k) != got.get(k))
+        raise ValueError(
+            f"init_weights={path}: another network ({bad[0]} is {got.get(bad[0])} there, "
+            f"{have.get(bad[0])} here); set model.unet and model.slices as the model was trained"
+        )
+    module.net.load_state_dict(net.state_dict())
+    return dict(meta.extra)
+
+
 def config_differences(
     old: Mapping[str, Any],
     new: Mapping[str, Any],

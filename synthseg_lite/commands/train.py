@@ -143,6 +143,7 @@ def run(cfg: DictConfig) -> float | None:
         check_resume_compatible,
         config_differences,
         fit_with_oom_fallback,
+        init_weights,
         read_resume,
     )
 
@@ -154,6 +155,14 @@ def run(cfg: DictConfig) -> float | None:
             )
             cfg.seed = info["seed"]
     dm, module, trainer = build(cfg)
+    if cfg.get("init_weights"):
+        if cfg.resume:
+            raise ValueError("init_weights and resume exclude each other: resume continues a run")
+        from synthseg_lite.inference.predictor import resolve_model
+
+        extra = init_weights(module, resolve_model(str(cfg.init_weights)))
+        log.info("init_weights: network from %s (step %s)", cfg.init_weights,
+                 extra.get("global_step", extra.get("step", "?")))
     if cfg.resume:
         check_resume_compatible(module, info, cfg.resume)
         for d in config_differences(info["config"], OmegaConf.to_container(cfg, resolve=True))[:20]:
