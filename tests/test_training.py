@@ -383,3 +383,36 @@ def test_cli_default_job_without_gpu_says_so_in_one_line(tmp_path: Path) -> None
     assert res.returncode == 2
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "no CUDA GPU" in err[0] and "experiment=cpu" in err[0]
+
+
+def test_init_weights_starts_from_a_model_file_and_refuses_another_network(
+    toy_maps: str, tmp_path: Path
+) -> None:
+    from synthseg_lite.model.artifact import save_model
+    from synthseg_lite.training import init_weights
+
+    tiny = [
+        "experiment=cpu",
+        f"data.label_maps={toy_maps}",
+        *TINY,
+        "model.unet.n_stages=3",
+        "model.unet.base_features=4",
+        "model.unet.max_features=8",
+        "synth.patch_shape=[32,32,32]",
+        "synth.voxel_mm=4.0",
+    ]
+    _run(tiny, tmp_path / "a")
+    trained, meta = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    pt = save_model(tmp_path / "a.pt", trained, meta, precision="float16")
+    _, fresh, _ = train_script.build(compose([f"paths.output_dir={tmp_path / 'b'}", *tiny]))
+    assert not torch.equal(fresh.net.state_dict()["input_block.conv1.conv.weight"],
+                           trained.state_dict()["input_block.conv1.conv.weight"])
+    init_weights(fresh, pt)
+    for k, v in trained.state_dict().items():  # float16 storage: equal to its rounding
+        torch.testing.assert_close(fresh.net.state_dict()[k], v, atol=1e-2, rtol=1e-3)
+    wider = compose([f"paths.output_dir={tmp_path / 'c'}", *tiny, "model.unet.base_features=8"])
+    with pytest.raises(ValueError, match="init_weights=.*another network"):
+        init_weights(train_script.build(wider)[1], pt)
+    other = compose([f"paths.output_dir={tmp_path / 'd'}", *tiny, "data.target=synthseg"])
+    with pytest.raises(ValueError, match="init_weights=.*data.target must match"):
+        init_weights(train_script.build(other)[1], pt)
