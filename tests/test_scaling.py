@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="extra [cluster] absent")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="extra [sweep] absent")
 
-import train as train_script  # noqa: E402
-from synthseg_lite.commands import infer as infer_command  # noqa: E402
-from test_cli import tiny_model  # noqa: E402,F401  (fixture)
-from test_training import read_digests, write_toy_maps  # noqa: E402
+from test_cli import tiny_model  # noqa: F401  (a fixture)
+from test_training import read_digests, write_toy_maps
+
+import train as train_script
+from synthseg_lite.commands import infer as infer_command
 
 ENV = {
     **os.environ,
@@ -124,7 +125,8 @@ def test_sweep_generator_tunes_real_keys_against_real_scan_dice():
     cfg = _compose(CONF, "train", ["experiment=smoke", "sweep=generator",
                                    "ranges.gmm_std_max=20", "ranges.spacing_max_mm=4"])
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize"
     assert cfg.callbacks.best.monitor == "val_real/ibsr/dice" and cfg.data.real_val[0].name == "ibsr"
     for key in sweeper.params:  # every tuned key exists in the job's config
         assert OmegaConf.select(cfg, key) is not None, key
@@ -200,7 +202,9 @@ def test_local_launcher_two_folds_each_in_its_own_folder(toy_maps, tmp_path):
 
 
 @pytest.mark.slow
-def test_study_in_two_parts_segments_every_scan_once_into_one_folder(tiny_model, tmp_path):
+def test_study_in_two_parts_segments_every_scan_once_into_one_folder(
+    tiny_model, tmp_path  # noqa: F811
+):
     import nibabel as nib
     import numpy as np
 
@@ -262,12 +266,14 @@ def test_ddp_two_cpu_ranks_under_multirun(toy_maps, tmp_path):
     folds in one process, and submitit's local executor (its two tasks are the ranks)."""
     common = ["experiment=smoke", "trainer.devices=2", "trainer.strategy=ddp",
               f"data.label_maps={toy_maps}", "trainer.max_epochs=1", "threads=1",
-              f"paths.log_dir={tmp_path / 'logs'}", "+callbacks.digest._target_=test_training.BatchDigest"]
+              f"paths.log_dir={tmp_path / 'logs'}",
+              "+callbacks.digest._target_=test_training.BatchDigest"]
     runs = {}
     for launcher, folds in (("basic", "0,1"), ("local", "0")):
         sweep = tmp_path / launcher
         res = _run("train.py", "-m", f"hydra/launcher={launcher}", f"fold={folds}", *common,
-                   f"+callbacks.digest.path={tmp_path}/{launcher}_${{fold}}", f"hydra.sweep.dir={sweep}")
+                   f"+callbacks.digest.path={tmp_path}/{launcher}_${{fold}}",
+                   f"hydra.sweep.dir={sweep}")
         assert res.returncode == 0, f"{launcher}: {res.stderr[-3000:]}"
         jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit")
         assert jobs == [f"{i}_fold{f}" for i, f in enumerate(folds.split(","))], jobs

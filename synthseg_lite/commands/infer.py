@@ -26,7 +26,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from synthseg_lite.cli import hydra_main, require, user_errors
-from synthseg_lite.commands.common import option_rows, register_help, with_version
+from synthseg_lite.commands.common import (
+    config_groups,
+    option_rows,
+    register_help,
+    with_version,
+)
 from synthseg_lite.inference import InferenceOptions, segment_scans
 
 log = logging.getLogger("infer")
@@ -53,7 +58,10 @@ class InferConfig(InferenceOptions):
 
 
 ConfigStore.instance().store(name="infer_schema", node=InferConfig)
-register_help("synthseg-lite-infer", __doc__, option_rows(InferConfig))
+register_help(
+    "synthseg-lite-infer", __doc__, option_rows(InferConfig),
+    groups=config_groups(Path(__file__).parents[1] / "conf" / "scaling", exclude=()),
+)
 
 
 def rebuild_report(output: str | Path, qc_threshold: float) -> Path:
