@@ -121,13 +121,50 @@ def test_cfg_hydra_shows_the_slurm_launcher_and_every_preset_key_is_documented()
             assert m.group(1) in shown
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp",
+          "trainer.num_nodes=2", "fold=0,1,2,3,4"],
+         ["--array=0-4%5", "--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2",
+          "--partition=gpu", "--time=2880", "--job-name=train"]),
+        (["infer.py", "-m", "hydra/launcher=slurm", "input=study", "output={out}", "num_parts=8",
+          "part_id=range(8)"],
+         ["--array=0-7%8", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1",
+          "--output={out}/.submitit/%A_%a/%A_%a_0_log.out"]),
+    ],
+    ids=["train-5-folds-2-nodes", "infer-8-parts"],
+)
+def test_slurm_launcher_submits_one_array_with_the_preset_resources(args, expected, tmp_path):
+    """What SLURM would get: a stand-in ``sbatch`` records submitit's script (and refuses it)."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_RECORD"\nexit 1\n')
+    (bin_ / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    record, out = tmp_path / "sbatch.sh", tmp_path / "out"
+    env = {**ENV, "PATH": f"{bin_}{os.pathsep}{ENV['PATH']}", "SBATCH_RECORD": str(record)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / args[0]), *(a.format(out=out) for a in args[1:]),
+         f"hydra.sweep.dir={out}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert res.returncode != 0 and record.is_file(), res.stderr[-2000:]
+    script = record.read_text()
+    for line in expected:
+        assert f"#SBATCH {line.format(out=out)}\n" in script, script
+    assert "srun" in script and "submitit.core._submit" in script
+
+
 def test_sweep_generator_tunes_real_keys_against_real_scan_dice():
     cfg = _compose(CONF, "train", ["experiment=smoke", "sweep=generator",
                                    "ranges.gmm_std_max=20", "ranges.spacing_max_mm=4"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert sweeper.direction == "maximize"
-    assert cfg.callbacks.best.monitor == "val_real/ibsr/dice" and cfg.data.real_val[0].name == "ibsr"
+    assert cfg.callbacks.best.monitor == "val_real/ibsr/dice"
+    assert cfg.data.real_val[0].name == "ibsr"
     for key in sweeper.params:  # every tuned key exists in the job's config
         assert OmegaConf.select(cfg, key) is not None, key
     synth = OmegaConf.to_object(cfg.synth)  # the tuned upper ends reach the generator's config
@@ -263,7 +300,8 @@ def test_optuna_two_trials_on_smoke_report_the_best_real_scan_dice(toy_maps, tmp
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_under_multirun(toy_maps, tmp_path):
     """Basic launcher (Lightning starts rank 1 with the job's command, not the sweep's) for two
-    folds in one process, and submitit's local executor (its two tasks are the ranks)."""
+    folds in one process, submitit's local executor (its two tasks are the ranks), and two
+    processes with SLURM's variables (Lightning's SLURMEnvironment, trainer.num_nodes=2)."""
     common = ["experiment=smoke", "trainer.devices=2", "trainer.strategy=ddp",
               f"data.label_maps={toy_maps}", "trainer.max_epochs=1", "threads=1",
               f"paths.log_dir={tmp_path / 'logs'}",
@@ -287,6 +325,30 @@ def test_ddp_two_cpu_ranks_under_multirun(toy_maps, tmp_path):
             assert [r["step"] for r in r0] == [r["step"] for r in r1] == [0, 1, 2]
             assert all(a["digest"] != b["digest"] for a, b in zip(r0, r1))
             runs[launcher, fold] = (r0, r1)
+    # two "nodes" of one device each, ranks from SLURM's variables (as srun sets them) through
+    # Lightning's SLURMEnvironment: trainer.num_nodes=2 under SLURM, emulated on this machine
+    run, procs = tmp_path / "slurm", []
+    for rank in (0, 1):
+        env = {**ENV, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2",
+               "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_NODELIST": "localhost",
+               "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank),
+               "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+        cmd = [sys.executable, "train.py", *common[:1], "trainer.strategy=ddp",
+               "trainer.num_nodes=2", *common[3:], "fold=0", f"hydra.run.dir={run}",
+               f"+callbacks.digest.path={tmp_path}/slurm_0"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    except subprocess.TimeoutExpired:  # a hung rendezvous fails the test, not the job
+        for p in procs:
+            p.kill()
+        pytest.fail("the two SLURM-emulated ranks did not finish in 300 s")
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outs[1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    runs["slurm", "0"] = tuple(read_digests(tmp_path / "slurm_0", r) for r in (0, 1))
     assert not (tmp_path / "logs").exists()  # no doubled run folders from rank 1
-    assert runs["basic", "0"] == runs["local", "0"]  # same streams, whoever starts the ranks
+    # the same streams, whoever starts the ranks
+    assert runs["basic", "0"] == runs["local", "0"] == runs["slurm", "0"]
     assert runs["basic", "0"] != runs["basic", "1"]
