@@ -72,7 +72,7 @@ def _submitit_ranks(processes: int, nodes: int) -> None:
 @contextlib.contextmanager
 def launched_ranks(trainer: Any) -> Iterator[None]:
     """Around a Hydra job of ``train.py``: make its DDP ranks work under the launcher that
-    started it (see the module's docstring). A no-op for one process or outside Hydra.
+    started it (see the module's docstring). A no-op outside a multirun.
 
     Args:
         trainer: the job's ``trainer`` config node (``devices``, ``num_nodes``).
@@ -90,12 +90,8 @@ def launched_ranks(trainer: Any) -> Iterator[None]:
         yield
         return
     started = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ  # ranks exist already
-    if (
-        started
-        or processes * nodes == 1
-        or not HydraConfig.initialized()
-        or HydraConfig.get().mode != RunMode.MULTIRUN
-    ):
+    # Hydra's basic launcher: harmless when Lightning starts no process (devices="auto" may)
+    if started or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         yield
         return
     hydra_cfg = HydraConfig.get()
