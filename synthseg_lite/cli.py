@@ -20,6 +20,9 @@ __all__ = ["describe", "fail", "hydra_main", "require", "user_errors"]
 
 T = TypeVar("T")
 
+#: Hydra plugin (as named in its configs) -> the package extra that installs it
+_EXTRAS = {"submitit": "cluster", "optuna": "sweep"}
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: <first line of message>`` on stderr and exit with ``code``."""
@@ -56,6 +59,9 @@ def describe(exc: BaseException) -> str:
         return f"{where}{exc.strerror}"
     if isinstance(exc, MissingConfigException):
         head = _first_line(exc)
+        for plugin, extra in _EXTRAS.items():  # a preset whose Hydra plugin is not installed
+            if plugin in head:
+                return f"{head}: pip install 'synthseg_lite[{extra}]'"
         options = re.findall(r"^\t(\S+)$", str(exc), re.MULTILINE)
         return f"{head} (available: {', '.join(options)})" if options else head
     from hydra.errors import HydraException, OverrideParseException

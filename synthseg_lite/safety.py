@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -113,10 +114,13 @@ def record_written(paths: Iterable[str | Path]) -> None:
         if p.is_file():
             by_folder.setdefault(p.parent, []).append(p)
     for folder, files in by_folder.items():
-        ledger = _read_ledger(folder)
-        ledger.update({f.name: _stamp(f) for f in files})
-        text = json.dumps(ledger, indent=0, sort_keys=True)
-        atomic_write(folder / LEDGER, lambda tmp, text=text: Path(tmp).write_text(text))
+        # parts of a study run in parallel (infer.py -m part_id=...) share folders: one at a time
+        with open(folder / f"{LEDGER}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ledger = _read_ledger(folder)
+            ledger.update({f.name: _stamp(f) for f in files})
+            text = json.dumps(ledger, indent=0, sort_keys=True)
+            atomic_write(folder / LEDGER, lambda tmp, text=text: Path(tmp).write_text(text))
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -51,6 +51,8 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "synthseg_lite/conf/train.yaml" in names and "synthseg_lite/conf/cli/infer.yaml" in names
     assert "synthseg_lite/resources/model_cpu.pt" in names
+    assert "synthseg_lite/conf/scaling/hydra/launcher/slurm.yaml" in names  # README "Scaling out"
+    assert "synthseg_lite/conf/sweep/generator.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path, env)
@@ -95,6 +97,21 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
     rows = (deriv / "volumes.csv").read_text().strip().splitlines()
     assert len(rows) == 3, rows  # header + one row per scan
     assert (deriv / "report.html").is_file()
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):  # extra [cluster]
+        for name in ("train", "infer"):
+            res = _run([f"synthseg-lite-{name}", "hydra/launcher=slurm", "--cfg", "hydra",
+                        "--package", "hydra.launcher"], work, env)
+            assert "SlurmLauncher" in res.stdout and "array_parallelism: 16" in res.stdout
+        # the study in two parts through submitit's local executor, then report_only
+        _run(["synthseg-lite-infer", "-m", "hydra/launcher=local", "input=bids", "output=parts",
+              "tta=none", "threads=1", "num_parts=2", "part_id=0,1"], work, env)
+        table = work / "parts" / "derivatives" / "synthseg_lite" / "volumes.csv"
+        assert len(table.read_text().strip().splitlines()) == 3
+        (table.parent / "report.html").unlink()
+        _run(["synthseg-lite-infer", "output=parts", "report_only=true"], work, env)
+        assert (table.parent / "report.html").is_file()
     (sub01,) = (bids / "sub-01" / "anat").glob("*.nii.gz")
     res = subprocess.run(
         ["synthseg-lite-infer", f"input={sub01}", "output=out2", "model=structures"],

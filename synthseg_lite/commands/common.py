@@ -161,14 +161,20 @@ def yaml_key_docs(path: str | Path) -> list[Row]:
 
 
 def config_groups(
-    conf_dir: str | Path, exclude: Iterable[str] = ("cli", "hydra")
+    conf_dir: str | Path,
+    exclude: Iterable[str] = ("cli", "hydra"),
+    roots: Iterable[str] = ("scaling",),
 ) -> dict[str, list[str]]:
-    """Config group -> its YAML choices under ``conf_dir`` (e.g. ``experiment: [cpu, smoke]``)."""
+    """Config group -> its YAML choices under ``conf_dir`` (e.g. ``experiment: [cpu, smoke]``).
+    Folders in ``roots`` are other search-path roots (``scaling/hydra/launcher`` is the group
+    ``hydra/launcher``)."""
     conf_dir = Path(conf_dir)
     found: dict[str, list[str]] = {}
     for f in sorted(conf_dir.rglob("*.yaml")):
         group = f.parent.relative_to(conf_dir).as_posix()
         if group != "." and group.split("/")[0] not in set(exclude):
+            for root in roots:
+                group = group.removeprefix(f"{root}/")
             found.setdefault(group, []).append(f.stem)
     return found
 

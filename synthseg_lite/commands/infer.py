@@ -6,6 +6,10 @@ Every option is a field of :class:`synthseg_lite.inference.InferenceOptions` (``
 --cfg job`` prints them). Outputs go to ``output``, with Hydra's log (``infer.log``) and the
 resolved config (``.hydra/``). Exit codes: 0 all scans segmented, 1 some scans skipped (one line
 each on stderr), 2 bad arguments.
+
+A study split over several jobs (``-m num_parts=8 'part_id=range(8)'``, with
+``hydra/launcher=slurm`` on a cluster) writes one output folder and one merged ``volumes.csv``;
+``report.html`` is rebuilt when the multirun ends, or by ``output=DIR report_only=true``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,21 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from synthseg_lite.cli import hydra_main, require, user_errors
-from synthseg_lite.commands.common import option_rows, register_help, with_version
+from synthseg_lite.commands.common import (
+    config_groups,
+    option_rows,
+    register_help,
+    with_version,
+)
 from synthseg_lite.inference import InferenceOptions, segment_scans
 
 log = logging.getLogger("infer")
@@ -36,21 +47,68 @@ class InferConfig(InferenceOptions):
         model: ``tissue`` (GM, WM, ventricular CSF) or ``structures`` (SynthSeg's structures):
             a model shipped in the package; or a run directory with fold checkpoints, a ``.ckpt``
             or a ``.pt`` file. None: ``tissue``.
+        report_only: segment nothing: rebuild ``report.html`` from the ``volumes.csv`` of
+            ``output`` (after the parts of a study ran as separate jobs); ``input`` not needed.
     """
 
     input: Any = MISSING
     output: str = MISSING
     model: str | None = None
+    report_only: bool = False
 
 
 ConfigStore.instance().store(name="infer_schema", node=InferConfig)
-register_help("synthseg-lite-infer", __doc__, option_rows(InferConfig))
+register_help(
+    "synthseg-lite-infer", __doc__, option_rows(InferConfig),
+    groups=config_groups(Path(__file__).parents[1] / "conf" / "scaling", exclude=()),
+)
+
+
+def rebuild_report(output: str | Path, qc_threshold: float) -> Path:
+    """Write ``report.html`` beside the study's ``volumes.csv`` in ``output`` (or in its
+    ``derivatives/synthseg_lite`` for a BIDS study); returns the page's path.
+
+    Raises:
+        ValueError: no ``volumes.csv`` there.
+    """
+    from synthseg_lite.inference.pipeline import VOLUMES_CSV
+    from synthseg_lite.outputs import DERIVATIVES
+    from synthseg_lite.report import write_report
+
+    output = Path(output)
+    for root in (output, output / DERIVATIVES):
+        if (root / VOLUMES_CSV).is_file():
+            return write_report(root, qc_threshold)
+    raise ValueError(
+        f"report_only: no {VOLUMES_CSV} in {output} or {output / DERIVATIVES} (segment first)"
+    )
+
+
+class StudyReport(Callback):
+    """Hydra callback: when a multirun ends (every part of a study done, e.g. all jobs of a
+    SLURM array), ``report.html`` is rebuilt from the merged ``volumes.csv``."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        output = OmegaConf.select(config, "output", default=None)
+        if config.get("report_only") or not config.get("report") or output in (None, MISSING):
+            return
+        try:
+            path = rebuild_report(output, float(config.qc_threshold))
+        except ValueError as exc:  # no part wrote a row
+            log.warning("%s", exc)
+            return
+        log.info("report of all parts -> %s", path)
 
 
 @with_version("synthseg-lite-infer")
 @hydra_main(config_path="../conf/cli", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    require(OmegaConf.missing_keys(cfg))
+    missing = OmegaConf.missing_keys(cfg)
+    require(missing - {"input"} if cfg.report_only else missing)
+    if cfg.report_only:
+        path = user_errors(lambda: rebuild_report(cfg.output, float(cfg.qc_threshold)))
+        log.info("report -> %s", path)
+        return
     args = OmegaConf.to_container(cfg, resolve=True)
     inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
     results = user_errors(lambda: segment_scans(

@@ -2,6 +2,7 @@
 
     python train.py fold=0                      # nnU-Net-size job for one 12 GB GPU
     python train.py -m fold=0,1,2,3,4           # 5-fold cross-validation, one directory per fold
+    python train.py -m hydra/launcher=slurm fold=0,1,2,3,4   # the same as one SLURM job array
     python train.py experiment=cpu              # small 2 mm model for a CPU
     python train.py data.label_maps='../shared/data/label_maps/*.nii.gz' data/real_val=ibsr
     python train.py resume=outputs/train/runs/<run>/checkpoints/last.ckpt
@@ -180,13 +181,20 @@ def run(cfg: DictConfig) -> float | None:
         rebuild,
     )
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
-    return None if best is None or best.best_model_score is None else float(best.best_model_score)
+    if best is None or best.best_model_score is None:
+        return None
+    log.info("best %s: %.4f (the value this job returns to a sweeper)", best.monitor,
+             float(best.best_model_score))
+    return float(best.best_model_score)
 
 
 @with_version("synthseg-lite-train")
 @hydra_main(config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return user_errors(lambda: run(cfg))
+    from synthseg_lite.launch import launched_ranks
+
+    with launched_ranks(cfg.trainer):  # DDP under multirun and submitit (README "Scaling out")
+        return user_errors(lambda: run(cfg))
 
 
 register_synth_configs()
