@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
-           "IMAGE_SUFFIXES", "strip_suffix"]
+           "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
@@ -130,23 +130,64 @@ def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
     return vol
 
 
+#: Marks this tool's temporary files: ``.<name, shortened>.sslt-tmp-<8 random><suffix>``
+#: (hidden, recognisable, at most 255 bytes whatever the length of ``<name>``).
+TMP_MARK = ".sslt-tmp-"
+_NAME_MAX = 255
+#: Observers of :func:`atomic_write` (the study record of :mod:`synthseg_lite.inference.record`,
+#: fault-injection tests): ``hook(path)`` returns a context manager entered before the
+#: temporary file is created and left after it was renamed into place (or the write failed).
+_WRITE_HOOKS: list = []
+
+
+def add_write_hook(hook) -> None:
+    """Register ``hook(path) -> context manager`` around every :func:`atomic_write`."""
+    _WRITE_HOOKS.append(hook)
+
+
+def remove_write_hook(hook) -> None:
+    """Unregister a hook of :func:`add_write_hook` (no error when it is not registered)."""
+    if hook in _WRITE_HOOKS:
+        _WRITE_HOOKS.remove(hook)
+
+
+def temporary_prefix(name: str, suffix: str = "") -> str:
+    """Prefix of the temporary file of ``name`` (``mkstemp`` adds 8 characters and ``suffix``),
+    shortened so that the whole name fits in 255 bytes."""
+    room = _NAME_MAX - len(f".{TMP_MARK}{suffix}".encode()) - 8
+    head = name.encode()[:room].decode(errors="ignore")
+    return f".{head}{TMP_MARK}"
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder)."""
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder).
+
+    The temporary file is hidden and named by :func:`temporary_prefix` (a killed write leaves it;
+    :func:`synthseg_lite.safety.remove_stale_temporaries` recognises it). Hooks registered with
+    :func:`add_write_hook` are entered first (e.g. the output folder's record claims ``path``).
+    """
+    from contextlib import ExitStack
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with ExitStack() as hooks:
+        for hook in tuple(_WRITE_HOOKS):
+            hooks.enter_context(hook(path))
+        fd, tmp = tempfile.mkstemp(
+            prefix=temporary_prefix(path.name, suffix), suffix=suffix, dir=path.parent
+        )
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from synthseg_lite.cli import hydra_main, require, user_errors
 from synthseg_lite.commands.common import option_rows, register_help, with_version
 from synthseg_lite.inference import InferenceOptions, segment_scans
+from synthseg_lite.inference.record import OwnedLogHandler, check_study_files
 
 log = logging.getLogger("infer")
 
@@ -51,6 +52,8 @@ register_help("synthseg-lite-infer", __doc__, option_rows(InferConfig))
 @hydra_main(config_path="../conf/cli", config_name="infer")
 def main(cfg: DictConfig) -> None:
     require(OmegaConf.missing_keys(cfg))
+    if OwnedLogHandler.refused is not None:  # a user's infer.log: Hydra's log went nowhere
+        user_errors(lambda: check_study_files([OwnedLogHandler.refused]))
     args = OmegaConf.to_container(cfg, resolve=True)
     inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
     results = user_errors(lambda: segment_scans(
@@ -72,6 +75,7 @@ def main(cfg: DictConfig) -> None:
         log.error("skipped %d of %d scan(s):", len(skipped), len(results))
         for r in skipped:
             log.error("  %s", r.error)
+    if skipped or getattr(results, "problems", None):
         sys.exit(1)
 
 
