@@ -7,6 +7,7 @@ temporary file in the destination folder and rename it into place (atomic on POS
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,11 +15,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.imageglobals import LoggingOutputSuppressor
+from nibabel.openers import ImageOpener
 
 __all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
            "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,23 +55,33 @@ def strip_suffix(path: str | Path) -> str:
     return name
 
 
-def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
+def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialimages.SpatialImage:
     """Open a NIfTI/MGZ image lazily, in its on-disk orientation, as 3D (a 4D file with one
-    volume is sliced to it).
+    volume is sliced to it). Header warnings (no qform/sform) are logged once, naming the file.
+
+    Args:
+        max_voxels: most voxels accepted (None: :data:`synthseg_lite.validate.MAX_VOXELS`).
 
     Raises:
         ValueError: missing file, other format, unreadable header, not a single 3D volume, or
-            unusable (:func:`synthseg_lite.validate.check_header`: RGB/complex data, zero or
-            singular affine, a few voxels).
+            unusable (:func:`synthseg_lite.validate.check_header`: RGB/complex data, too many
+            voxels, zero/negative voxel sizes, zero or singular affine).
     """
+    from synthseg_lite.validate import MAX_VOXELS, check_header
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
         raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
+    raw = None
     try:
-        img = nib.load(str(path))
-        img.header  # noqa: B018  (touch the header so a broken file fails here)
+        with LoggingOutputSuppressor():  # nibabel's own notes (zero pixdim set to 1): ours below
+            img = nib.load(str(path))
+            img.header  # noqa: B018  (touch the header so a broken file fails here)
+            if isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+                with ImageOpener(path) as f:  # as stored: nibabel fixes zero voxel sizes to 1
+                    raw = type(img.header).from_fileobj(f, check=False)
     except Exception as exc:  # nibabel raises many different types
         raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
     shape = img.shape
@@ -74,24 +89,30 @@ def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
         img = img.slicer[..., 0]
     elif len(shape) != 3:
         raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
-    from synthseg_lite.validate import check_header
-
-    check_header(img, path)  # data type, affine, size: from the header alone
+    for warning in check_header(img, path, MAX_VOXELS if max_voxels is None else max_voxels, raw):
+        log.warning(warning)
     return img
 
 
-def load_volume(path: str | Path, canonical: bool = True, dtype: np.dtype | None = np.float32) -> Volume:
+def load_volume(
+    path: str | Path,
+    canonical: bool = True,
+    dtype: np.dtype | None = np.float32,
+    max_voxels: int | None = None,
+) -> Volume:
     """Read a 3D image.
 
     Args:
         path: .nii, .nii.gz or .mgz; 3D, or 4D with a single volume.
         canonical: reorient to RAS+ (closest canonical orientation, no resampling).
         dtype: output dtype (None keeps the on-disk dtype).
+        max_voxels: most voxels accepted, checked on the header before reading
+            (None: :data:`synthseg_lite.validate.MAX_VOXELS`).
 
     Raises:
-        ValueError: missing/unreadable file, not 3D, NaN or Inf values.
+        ValueError: missing/unreadable file, not 3D, too large, NaN or Inf values.
     """
-    img = read_image(path)
+    img = read_image(path, max_voxels)
     if canonical:
         img = nib.as_closest_canonical(img)
     try:

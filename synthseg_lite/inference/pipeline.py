@@ -49,11 +49,12 @@ from synthseg_lite.inference.record import (
     clean_temporaries,
     scan_finished,
 )
-from synthseg_lite.validate import scan_problem, scan_warnings
+from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
     LABEL_CONVENTIONS,
     OutputLabels,
+    label_dtype,
     output_labels,
     tissue_view,
     write_dseg_tsv,
@@ -121,6 +122,8 @@ class InferenceOptions:
             sorted study, starting at ``part_id``.
         qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``.
         report: write ``report.html`` for the study (all rows of ``volumes.csv``).
+        max_voxels: a scan whose header declares more voxels is skipped before it is read
+            (default 2**28: twice a 0.5 mm 512^3 head).
     """
 
     device: str = "auto"
@@ -141,6 +144,7 @@ class InferenceOptions:
     part_id: int = 0
     qc_threshold: float = QC_THRESHOLD
     report: bool = True
+    max_voxels: int = MAX_VOXELS
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
@@ -164,6 +168,8 @@ class InferenceOptions:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
+        if self.max_voxels < 1:
+            raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
 
 
 @dataclass
@@ -277,13 +283,12 @@ class _Writer:
 
 
 def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    dtype = np.uint8 if values.max(initial=0) < 256 else np.int16
-    save_volume(values.astype(dtype), affine, path)
+    save_volume(values.astype(label_dtype(values)), affine, path)
 
 
 def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
-    vol = load_volume(scan.path, canonical=False)
+    vol = load_volume(scan.path, canonical=False, max_voxels=w.opts.max_voxels)
     if not np.any(vol.data):
         raise ValueError(f"{scan.path}: image is empty (all zeros)")
     problem = scan_problem(vol.data[::2, ::2, ::2], scan.path, vol.data.shape)  # a label map...
