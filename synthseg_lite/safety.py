@@ -257,14 +257,17 @@ def remove_stale_temporaries(
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    from synthseg_lite.io import IMAGE_SUFFIXES
+
     ours = re.compile(r"^\..*" + re.escape(TMP_MARK) + r"[A-Za-z0-9_]{8}" + re.escape(suffix))
-    legacy = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(suffix) + "$")
-    listed = tuple(f".{n}." for n in names)
+    legacy = [r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(suffix) + "$"] if suffix else []
+    for n in names:  # earlier versions: ".<name>.<8 characters><the name's suffix>"
+        ext = next((s for s in IMAGE_SUFFIXES if n.lower().endswith(s)), Path(n).suffix)
+        legacy.append(re.escape(f".{n}.") + "[A-Za-z0-9_]{8}" + re.escape(ext) + "$")
+    legacy_re = re.compile("|".join(f"(?:{r})" for r in legacy)) if legacy else None
     removed = []
     for f in folder.iterdir():
-        stale = ours.match(f.name) or (
-            legacy.match(f.name) and (suffix or f.name.startswith(listed))
-        )
+        stale = ours.match(f.name) or (legacy_re is not None and legacy_re.match(f.name))
         if f.name not in (RECORD, LEGACY_LEDGER) and stale and f.is_file() and not f.is_symlink():
             try:
                 f.unlink()

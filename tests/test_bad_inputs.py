@@ -434,12 +434,14 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def _leftovers(out: Path) -> list[str]:
-    """Files under ``out`` other than Hydra's own log and config."""
+    """Files under ``out`` other than Hydra's own log and config and the tool's record and lock
+    (``.synthseg_lite*``)."""
     if not out.exists():
         return []
     return [
         str(p.relative_to(out)) for p in out.rglob("*")
         if p.is_file() and p.name not in HYDRA_FILES and ".hydra" not in p.relative_to(out).parts
+        and not p.name.startswith(".synthseg_lite")
     ]
 
 

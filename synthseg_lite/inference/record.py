@@ -170,6 +170,7 @@ class StudyLease:
             raise self._busy(f"part {self.part_id} of {self.num_parts}") from None
         self._tell(part)
         if self.alone:
+            os.ftruncate(study, 0)  # the parts name themselves in their own lock files
             return self  # downgraded to shared by clean_done()
         deadline = time.monotonic() + PART_WAIT_S
         while True:  # another part may hold the folder for a moment while it cleans it
