@@ -43,7 +43,8 @@ class Killed(BaseException):
 
 def _state(out: Path) -> dict[str, str]:
     """Every output file's bytes (hash), but hidden files (record, locks), logs and Hydra's config;
-    ``report.html`` without its generation time, sidecars without the ``overwrite`` option."""
+    ``report.html`` without its generation time, sidecars without the ``overwrite`` option and
+    the output folder's name."""
     files = {}
     for p in sorted(out.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or p.suffix == ".log" or ".hydra" in str(p):
@@ -51,8 +52,9 @@ def _state(out: Path) -> dict[str, str]:
         data = p.read_bytes()
         if p.name == "report.html":
             data = re.sub(rb"Generated [0-9: -]+", b"", data)
-        if p.suffix == ".json":  # the sidecar lists the options, overwrite included
+        if p.suffix == ".json":  # the sidecar lists the options (overwrite) and the command
             data = re.sub(rb'"overwrite": (true|false)', b"", data)
+            data = data.replace(str(out).encode(), b"<output>")
         files[str(p.relative_to(out))] = hashlib.sha256(data).hexdigest()
     return files
 
