@@ -388,6 +388,8 @@ def merge_volumes(
     path = Path(path)
     with _locked(path):
         header, old = read_volumes(path)
+        if header and key not in header:
+            raise ValueError(f"{path}: not a volumes table of this tool (no {key!r} column)")
         for r in rows:
             header += [c for c in r if c not in header]
         merged = {r[key]: r for r in old}

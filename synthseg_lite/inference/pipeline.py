@@ -3,7 +3,9 @@
 Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.lut`), its
 FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
 CSF) with its own tables, optionally the posteriors, a QC PNG and a provenance JSON (written last:
-a scan with one is done and skipped on the next run unless ``overwrite``). File names:
+a scan with one is done and skipped on the next run unless ``overwrite``). Every file is claimed
+in the output folder's record before it is written (:mod:`synthseg_lite.inference.record`), so a
+study stopped at any point resumes, and files the tool did not write are never changed. File names:
 :func:`synthseg_lite.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
 mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs) and
 ``report.html`` summarises the study. A scan that cannot be processed is skipped with a one-line
