@@ -314,9 +314,19 @@ def clean_temporaries(folders: Iterable[Path], names: Iterable[str]) -> int:
     return sum(len(remove_stale_temporaries(f, names=names)) for f in dict.fromkeys(folders))
 
 
+def _our_log_format(path: Path) -> bool:
+    """A log of an earlier version (not in the record): it starts like this tool's log lines."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head.startswith((b"[INFO] ", b"[WARNING] ", b"[ERROR] ", b"[DEBUG] "))
+
+
 class OwnedLogHandler(logging.FileHandler):
-    """Hydra's log file (``infer.log``), appended only when it is this tool's own: a new file, or
-    one recorded as its log. A user's file of that name is left alone (nothing is written) and
+    """Hydra's log file (``infer.log``), appended only when it is this tool's own: a new file, one
+    recorded as its log, or one that starts like its log lines (written by an earlier version). A user's file of that name is left alone (nothing is written) and
     :attr:`refused` names it, so the command can stop with one line before any work."""
 
     refused: Path | None = None
@@ -325,7 +335,7 @@ class OwnedLogHandler(logging.FileHandler):
                  delay: bool = False, **kwargs) -> None:
         path = Path(filename)
         OwnedLogHandler.refused = None
-        if path.exists() and record_state(path) != "log":
+        if path.exists() and record_state(path) != "log" and not _our_log_format(path):
             OwnedLogHandler.refused = path
             super().__init__(os.devnull, mode, encoding, delay=True)
             return
