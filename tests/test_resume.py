@@ -352,4 +352,20 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_outputs(tmp_path, t
         assert not list(out.rglob(f"*{sio.TMP_MARK}*"))
 
 
+
+
+
+def test_bids_dataset_gets_nothing_but_its_derivatives(monkeypatch, tmp_path):
+    """Without ``output=``, the record and the lock live in ``derivatives/synthseg_lite``."""
+    from test_outputs import _bids
+
+    model = _use_net(monkeypatch, tmp_path, "tissue")
+    root = _bids(tmp_path / "ds")
+    before = {p for p in root.rglob("*") if "derivatives" not in p.parts}
+    results = segment_scans(root, None, model, InferenceOptions(**OPTS, save_qc=False))
+    assert results and all(r.error is None for r in results)
+    after = {p for p in root.rglob("*") if "derivatives" not in p.parts}
+    assert after == before
+
+
 from test_cli import tiny_model  # noqa: E402, F401  (fixture)

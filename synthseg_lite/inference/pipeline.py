@@ -436,14 +436,14 @@ def segment_scans(
     )
     inputs_set = {s.path.resolve() for s in study.scans} | study.protected
     results = StudyResults()
-    with StudyLease(output_dir, opts.num_parts, opts.part_id) as lease, \
+    with StudyLease(root, opts.num_parts, opts.part_id) as lease, \
             StudyRecord(output_dir) as record:
         check_study_outputs(scans, study.scans, output_dir, w.labels.desc)
         check_study_files([root / VOLUMES_CSV] + ([root / REPORT_HTML] if opts.report else []))
         if lease.alone:  # no other run writes here: an earlier run's temporaries are stale
             outs = [output_paths(s, output_dir, w.labels.desc) for s in study.scans]
             clean_temporaries(
-                [output_dir, root, *(p.parent for o in outs for p in o.values())],
+                [root, *(p.parent for o in outs for p in o.values())],
                 [VOLUMES_CSV, REPORT_HTML, *(p.name for o in outs for p in o.values())],
             )
         lease.clean_done()
