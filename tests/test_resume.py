@@ -26,12 +26,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from test_cli import tiny_model  # noqa: F401  (fixture)
+from test_outputs import OPTS, _use_net, _write
 
 from synthseg_lite import io as sio
 from synthseg_lite.inference import InferenceOptions, segment_scans
 from synthseg_lite.inference.record import StudyLease
-from synthseg_lite.safety import RECORD, read_record
-from test_outputs import OPTS, _use_net, _write
+from synthseg_lite.safety import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = ("claimed", "temporary", "renamed")
@@ -192,7 +193,7 @@ def test_full_disk_exit_code_is_1(study, tmp_path, capfd):
     ``error:`` line; the rerun exits 0."""
     from test_bad_inputs import run_in_process
 
-    inp, model = study
+    inp, _ = study
     args = [f"input={inp}", f"output={tmp_path / 'out'}", "model=tissue", "progress=false",
             "tta=none", "save_qc=false", "keep_largest=none", "roi_size=[32,32,32]"]
     with _fault(0, "temporary", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))):
@@ -288,11 +289,11 @@ def test_outputs_never_leave_the_output_folder(study, tmp_path):
 def test_label_values_beyond_int16_are_written_exactly(monkeypatch, tmp_path):
     """Defect 8: classes 40000 and 70000 (uint16 would wrap 70000: int32)."""
     import torch
+    from test_outputs import TINY, BandNet
 
     from synthseg_lite.inference import pipeline
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.model.artifact import ModelMeta
-    from test_outputs import TINY, BandNet
 
     table = LabelTable.create(None, [0, 40000, 70000], lr_pairs=(), names={40000: "x", 70000: "y"})
     assert table.target.values == (0, 40000, 70000)
@@ -310,7 +311,7 @@ def test_label_values_beyond_int16_are_written_exactly(monkeypatch, tmp_path):
 
 def test_long_file_name_and_dollar_sign(study, tmp_path):
     """Defects 3 and 12: a 240-character name and ``a$_$b`` are segmented, QC figure included."""
-    inp, model = study
+    _, model = study
     names = ["x" * 233 + ".nii.gz", "a$_$b.nii.gz"]
     for name in names:
         _write(tmp_path / "odd" / name)
@@ -367,5 +368,3 @@ def test_bids_dataset_gets_nothing_but_its_derivatives(monkeypatch, tmp_path):
     after = {p for p in root.rglob("*") if "derivatives" not in p.parts}
     assert after == before
 
-
-from test_cli import tiny_model  # noqa: E402, F401  (fixture)
