@@ -27,7 +27,7 @@ class SegmentationResult:
     """One segmented scan, on the scan's own grid (its on-disk voxel order).
 
     Attributes:
-        labels: (X, Y, Z) uint8 (int16 for values >= 256) output label values: tissue model 1 GM,
+        labels: (X, Y, Z) uint8 (uint16 / int32 for larger values) output label values: tissue model 1 GM,
             2 WM, 3 CSF (``labels="fast"``: 1 CSF, 2 GM, 3 WM); structure model FreeSurfer aseg
             values. 0 is background.
         probabilities: (K, X, Y, Z) float32 class probabilities (sum 1 over K); class k is
@@ -123,7 +123,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
 
     from synthseg_lite.inference.pipeline import InferenceOptions, resolve_device, segment_volume
     from synthseg_lite.inference.predictor import Predictor, resolve_model
-    from synthseg_lite.lut import output_labels
+    from synthseg_lite.lut import label_dtype, output_labels
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -142,7 +142,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     pred = segment_volume(data, affine, predictor, opts, device)
     out = output_labels(meta.label_table.target, opts.labels)
     lut = out.lut()
-    labels = lut[pred.labels].astype(np.uint8 if lut.max(initial=0) < 256 else np.int16)
+    labels = lut[pred.labels].astype(label_dtype(lut))
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     hard = np.bincount(pred.labels.ravel(), minlength=len(out.names)) * voxel_mm3
     return SegmentationResult(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
-__all__ = ["describe", "fail", "hydra_main", "require", "user_errors"]
+__all__ = ["describe", "fail", "hydra_main", "quote_hint", "require", "user_errors"]
 
 T = TypeVar("T")
 
@@ -49,6 +49,16 @@ def _first_line(text: str) -> str:
     return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
 
 
+def quote_hint(override: str) -> str:
+    """How to pass ``key=value`` whose value holds characters Hydra parses (``=``, ``[ ]``,
+    ``,``, quotes, non-ASCII letters): the value in Hydra's single quotes, inside shell quotes."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return ""
+    value = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f" (a path with such characters must be quoted: {key}=\"'{value}'\")"
+
+
 def describe(exc: BaseException) -> str:
     """One line for a user error raised by Hydra, OmegaConf, the program or the OS."""
     from hydra.errors import MissingConfigException
@@ -68,7 +78,10 @@ def describe(exc: BaseException) -> str:
 
     msg = _first_line(exc).rstrip(".")
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse override {getattr(exc, 'override', '')!r}: {msg}"
+        override = str(getattr(exc, "override", ""))
+        return f"cannot parse override {override!r}: {msg}{quote_hint(override)}"
+    if msg.startswith("Ambiguous value for argument"):  # a comma: Hydra reads a sweep
+        return msg + quote_hint(re.sub(r"^.*argument '(.*)'$", r"\1", msg))
     if isinstance(exc, OmegaConfBaseException):
         key = getattr(exc, "full_key", None)
         if key and key not in msg:

@@ -7,6 +7,7 @@ temporary file in the destination folder and rename it into place (atomic on POS
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,11 +15,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.imageglobals import LoggingOutputSuppressor
+from nibabel.openers import ImageOpener
 
 __all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
-           "IMAGE_SUFFIXES", "strip_suffix"]
+           "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,23 +55,33 @@ def strip_suffix(path: str | Path) -> str:
     return name
 
 
-def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
+def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialimages.SpatialImage:
     """Open a NIfTI/MGZ image lazily, in its on-disk orientation, as 3D (a 4D file with one
-    volume is sliced to it).
+    volume is sliced to it). Header warnings (no qform/sform) are logged once, naming the file.
+
+    Args:
+        max_voxels: most voxels accepted (None: :data:`synthseg_lite.validate.MAX_VOXELS`).
 
     Raises:
         ValueError: missing file, other format, unreadable header, not a single 3D volume, or
-            unusable (:func:`synthseg_lite.validate.check_header`: RGB/complex data, zero or
-            singular affine, a few voxels).
+            unusable (:func:`synthseg_lite.validate.check_header`: RGB/complex data, too many
+            voxels, zero/negative voxel sizes, zero or singular affine).
     """
+    from synthseg_lite.validate import MAX_VOXELS, check_header
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
         raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
+    raw = None
     try:
-        img = nib.load(str(path))
-        img.header  # noqa: B018  (touch the header so a broken file fails here)
+        with LoggingOutputSuppressor():  # nibabel's own notes (zero pixdim set to 1): ours below
+            img = nib.load(str(path))
+            img.header  # noqa: B018  (touch the header so a broken file fails here)
+            if isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+                with ImageOpener(path) as f:  # as stored: nibabel fixes zero voxel sizes to 1
+                    raw = type(img.header).from_fileobj(f, check=False)
     except Exception as exc:  # nibabel raises many different types
         raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
     shape = img.shape
@@ -74,24 +89,30 @@ def read_image(path: str | Path) -> nib.spatialimages.SpatialImage:
         img = img.slicer[..., 0]
     elif len(shape) != 3:
         raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
-    from synthseg_lite.validate import check_header
-
-    check_header(img, path)  # data type, affine, size: from the header alone
+    for warning in check_header(img, path, MAX_VOXELS if max_voxels is None else max_voxels, raw):
+        log.warning(warning)
     return img
 
 
-def load_volume(path: str | Path, canonical: bool = True, dtype: np.dtype | None = np.float32) -> Volume:
+def load_volume(
+    path: str | Path,
+    canonical: bool = True,
+    dtype: np.dtype | None = np.float32,
+    max_voxels: int | None = None,
+) -> Volume:
     """Read a 3D image.
 
     Args:
         path: .nii, .nii.gz or .mgz; 3D, or 4D with a single volume.
         canonical: reorient to RAS+ (closest canonical orientation, no resampling).
         dtype: output dtype (None keeps the on-disk dtype).
+        max_voxels: most voxels accepted, checked on the header before reading
+            (None: :data:`synthseg_lite.validate.MAX_VOXELS`).
 
     Raises:
-        ValueError: missing/unreadable file, not 3D, NaN or Inf values.
+        ValueError: missing/unreadable file, not 3D, too large, NaN or Inf values.
     """
-    img = read_image(path)
+    img = read_image(path, max_voxels)
     if canonical:
         img = nib.as_closest_canonical(img)
     try:
@@ -130,23 +151,64 @@ def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
     return vol
 
 
+#: Marks this tool's temporary files: ``.<name, shortened>.sslt-tmp-<8 random><suffix>``
+#: (hidden, recognisable, at most 255 bytes whatever the length of ``<name>``).
+TMP_MARK = ".sslt-tmp-"
+_NAME_MAX = 255
+#: Observers of :func:`atomic_write` (the study record of :mod:`synthseg_lite.inference.record`,
+#: fault-injection tests): ``hook(path)`` returns a context manager entered before the
+#: temporary file is created and left after it was renamed into place (or the write failed).
+_WRITE_HOOKS: list = []
+
+
+def add_write_hook(hook) -> None:
+    """Register ``hook(path) -> context manager`` around every :func:`atomic_write`."""
+    _WRITE_HOOKS.append(hook)
+
+
+def remove_write_hook(hook) -> None:
+    """Unregister a hook of :func:`add_write_hook` (no error when it is not registered)."""
+    if hook in _WRITE_HOOKS:
+        _WRITE_HOOKS.remove(hook)
+
+
+def temporary_prefix(name: str, suffix: str = "") -> str:
+    """Prefix of the temporary file of ``name`` (``mkstemp`` adds 8 characters and ``suffix``),
+    shortened so that the whole name fits in 255 bytes."""
+    room = _NAME_MAX - len(f".{TMP_MARK}{suffix}".encode()) - 8
+    head = name.encode()[:room].decode(errors="ignore")
+    return f".{head}{TMP_MARK}"
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder)."""
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder).
+
+    The temporary file is hidden and named by :func:`temporary_prefix` (a killed write leaves it;
+    :func:`synthseg_lite.safety.remove_stale_temporaries` recognises it). Hooks registered with
+    :func:`add_write_hook` are entered first (e.g. the output folder's record claims ``path``).
+    """
+    from contextlib import ExitStack
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with ExitStack() as hooks:
+        for hook in tuple(_WRITE_HOOKS):
+            hooks.enter_context(hook(path))
+        fd, tmp = tempfile.mkstemp(
+            prefix=temporary_prefix(path.name, suffix), suffix=suffix, dir=path.parent
+        )
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 

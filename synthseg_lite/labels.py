@@ -582,6 +582,9 @@ def read_label_protocol(path: str | Path) -> dict:
         raise ValueError(
             f"{path}: unknown keys {sorted(unknown_keys)}; allowed: {sorted(_PROTOCOL_KEYS)}"
         )
+    from synthseg_lite.schema import check_protocol
+
+    check_protocol(spec, path)  # every field's type and range, one line naming it
     raw = spec["labels"]
     if isinstance(raw, Mapping):
         names = _int_keys(raw, f"{path}: labels")
@@ -657,5 +660,8 @@ def build_label_table(
         return LabelTable.create(target, values, unknown, lr_pairs=())
     spec = read_label_protocol(labels)
     file_target = spec.pop("target")
-    return LabelTable.create(file_target if target is None else target, unknown=unknown,
-                             derive_pairs=True, **spec)
+    try:
+        return LabelTable.create(file_target if target is None else target, unknown=unknown,
+                                 derive_pairs=True, **spec)
+    except ValueError as exc:  # values that do not fit together: name the file
+        raise ValueError(f"{labels}: {exc}") from exc

@@ -30,6 +30,7 @@ __all__ = [
     "LABEL_CONVENTIONS",
     "OutputLabels",
     "colors_rgba",
+    "label_dtype",
     "lut_text",
     "output_labels",
     "read_lut",
@@ -146,6 +147,14 @@ def tissue_view(
     tissue = TARGET_PRESETS["tissue"]
     group = np.array([tissue.mapping.get(v, 0) if v else 0 for v in target.values], np.int64)
     return group, output_labels(tissue, convention)
+
+
+def label_dtype(values: np.ndarray) -> type[np.integer]:
+    """The smallest dtype that holds every label value: uint8, uint16, else int32."""
+    lo, hi = int(np.min(values, initial=0)), int(np.max(values, initial=0))
+    if lo >= 0 and hi < 2**8:
+        return np.uint8
+    return np.uint16 if lo >= 0 and hi < 2**16 else np.int32
 
 
 def lut_text(labels: OutputLabels, title: str = "") -> str:

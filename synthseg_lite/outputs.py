@@ -204,10 +204,11 @@ def find_scans(
         elif glob.has_magic(str(item)):
             base = Path(str(item).split("*")[0].split("?")[0].split("[")[0])
             base = base if str(item).endswith("/") or base.is_dir() else base.parent
-            for f in sorted(glob.glob(str(item), recursive=True)):
-                f = Path(f)
+            base = Path(os.path.normpath(base))
+            for f in sorted(_glob(str(item))):
+                f, where = Path(f), Path(os.path.normpath(f))  # (`..` in the pattern)
                 if _is_image(f):
-                    rel = f.parent.relative_to(base) if base in f.parents else Path(".")
+                    rel = where.parent.relative_to(base) if base in where.parents else Path(".")
                     scans.append(Scan(f, (rel / strip_suffix(f)).as_posix(), rel))
         else:
             raise ValueError(f"input {item}: no such file or folder")
@@ -227,6 +228,17 @@ def find_scans(
         if dup:
             raise ValueError(f"several scans have the case id {dup[0]!r}: rename or split them")
     return Study(sorted(scans, key=lambda s: s.case), bids_roots, protected)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob`` whose ``**`` never enters a symlinked folder (``ln -s . loop`` would never end):
+    pathlib's recursive glob, from the pattern's fixed leading folders."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = Path(pattern).parts
+    i = next(k for k, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:i]) if i else Path(".")
+    return [str(p) for p in base.glob(str(Path(*parts[i:])))]
 
 
 def _mirrored(scan: Scan, common: Path) -> Scan:
@@ -376,6 +388,8 @@ def merge_volumes(
     path = Path(path)
     with _locked(path):
         header, old = read_volumes(path)
+        if header and key not in header:
+            raise ValueError(f"{path}: not a volumes table of this tool (no {key!r} column)")
         for r in rows:
             header += [c for c in r if c not in header]
         merged = {r[key]: r for r in old}

@@ -148,7 +148,7 @@ def qc_figure(
                 ax.text(
                     x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=9
                 )
-    handles = [Patch(color=cmap(k), label=f"{names[k]}") for k in present]
+    handles = [Patch(color=cmap(k), label=str(names[k]).replace("$", r"\$")) for k in present]
     if handles:
         fig.legend(
             handles=handles,
@@ -160,7 +160,7 @@ def qc_figure(
             columnspacing=1.2,
             handlelength=1.2,
         )
-    fig.suptitle(title, color="white")
+    fig.suptitle(title, color="white", parse_math=False)  # a file name may hold `$`
     # Fixed margins (the panels have no ticks): tight_layout costs seconds per figure.
     fig.subplots_adjust(left=0.01, right=0.99, bottom=(legend_in + 0.1) / fig_h,
                         top=1 - 0.75 / fig_h, wspace=0.04, hspace=0.14)

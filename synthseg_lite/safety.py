@@ -4,9 +4,10 @@
   (tensors and plain Python values only: a crafted file cannot run code) and turns every failure
   into one-line ``ValueError``.
 * :func:`check_outputs` refuses, before any work, an output path that is an input of the same run
-  or an existing file this tool did not write; :func:`record_written` marks the files it wrote
-  (a ledger ``.synthseg_lite_written.json`` per output folder, with each file's size and mtime),
-  so an earlier run's outputs can be skipped or replaced while a user's file never is.
+  or an existing file this tool did not write. Each output folder has a record
+  (``.synthseg_lite_record.jsonl``, appended): a file is claimed ``pending`` before it is
+  written and marked ``done`` with its size and mtime after, so an earlier run's outputs, even
+  one killed mid-write, can be skipped or replaced while a user's file never is.
 * :func:`remove_stale_temporaries` removes the hidden ``.<name>.*`` files that
   :func:`synthseg_lite.io.atomic_write` leaves when a process is killed mid-write.
 """
@@ -19,6 +20,7 @@ import logging
 import os
 import pickle
 import re
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,12 @@ import torch
 
 __all__ = [
     "LEDGER",
+    "RECORD",
+    "append_record",
     "check_outputs",
     "load_torch_file",
+    "read_record",
+    "record_state",
     "record_written",
     "remove_stale_temporaries",
     "written_by_tool",
@@ -36,8 +42,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Per output folder: the files this tool wrote there, ``{name: [size, mtime_ns]}``.
-LEDGER = ".synthseg_lite_written.json"
+#: Per output folder: the record of the files this tool claims there (JSON lines, appended:
+#: ``pending`` before a write, ``done`` with size and mtime after it).
+RECORD = ".synthseg_lite_record.jsonl"
+#: The record of earlier versions, ``{name: [size, mtime_ns]}`` (still read).
+LEGACY_LEDGER = ".synthseg_lite_written.json"
+LEDGER = RECORD
 
 
 def load_torch_file(
@@ -86,41 +96,102 @@ def _stamp(path: Path) -> list[int]:
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
-def _read_ledger(folder: Path) -> dict[str, list[int]]:
+def owner_id() -> str:
+    """``host:pid`` of this process (who claims an output in a folder's record)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def read_record(folder: str | Path) -> dict[str, dict]:
+    """The record of ``folder``: file name -> its last entry (``{"state": "pending" | "done" |
+    "log" | "released", "size", "mtime_ns", "by"}``). Entries of the earlier ledger
+    (:data:`LEGACY_LEDGER`) are read as ``done``; a line cut by a kill is ignored."""
+    folder = Path(folder)
+    entries: dict[str, dict] = {}
     try:
-        data = json.loads((folder / LEDGER).read_text())
-        return data if isinstance(data, dict) else {}
+        legacy = json.loads((folder / LEGACY_LEDGER).read_text())
+        for name, stamp in (legacy if isinstance(legacy, dict) else {}).items():
+            if isinstance(stamp, list) and len(stamp) == 2:
+                entries[name] = {"state": "done", "size": stamp[0], "mtime_ns": stamp[1]}
     except (OSError, ValueError):
-        return {}
+        pass
+    try:
+        text = (folder / RECORD).read_text()
+    except OSError:
+        return entries
+    for line in text.splitlines():
+        try:
+            e = json.loads(line)
+            entries[str(e["name"])] = e
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
+
+
+def append_record(folder: str | Path, entries: Iterable[dict], lock_fd: int | None = None) -> None:
+    """Append entries to the record of ``folder`` (one JSON line each, ``O_APPEND``), under an
+    exclusive lock on the record file unless the caller holds it (``lock_fd``)."""
+    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+    if not lines:
+        return
+    if lock_fd is not None:
+        os.write(lock_fd, lines.encode())
+        return
+    fd = open_record(folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, lines.encode())
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def open_record(folder: str | Path) -> int:
+    """A descriptor of ``folder``'s record opened for appending (the folder is created)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / RECORD, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+
+def entry(path: Path, state: str) -> dict:
+    """A record entry for ``path``: ``done`` carries its size and modification time."""
+    e = {"name": path.name, "state": state, "by": owner_id()}
+    if state == "done":
+        e["size"], e["mtime_ns"] = _stamp(path)
+    return e
+
+
+def record_state(path: str | Path) -> str | None:
+    """What the record of its folder says about ``path``: ``pending`` (claimed before a write
+    that may not have finished: ours, content unchecked), ``done`` (written and unchanged
+    since), ``changed`` (written, then changed by someone else), ``log`` (a log this tool
+    appends to), or None (not ours, or released)."""
+    path = Path(path)
+    e = read_record(path.parent).get(path.name)
+    if e is None or e.get("state") not in ("pending", "done", "log"):
+        return None
+    if e["state"] != "done":
+        return e["state"]
+    try:
+        same = [e.get("size"), e.get("mtime_ns")] == _stamp(path)
+    except OSError:
+        return None
+    return "done" if same else "changed"
 
 
 def written_by_tool(path: str | Path) -> bool:
-    """Whether ``path`` is a file this tool wrote (recorded by :func:`record_written`) and has not
-    been changed since (same size and modification time)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    stamp = _read_ledger(path.parent).get(path.name)
-    return stamp is not None and list(stamp) == _stamp(path)
+    """Whether ``path`` is a file this tool wrote or claimed before writing it, and nobody changed
+    since (:func:`record_state` is ``pending``, ``done`` or ``log``)."""
+    return Path(path).is_file() and record_state(path) in ("pending", "done", "log")
 
 
 def record_written(paths: Iterable[str | Path]) -> None:
-    """Mark files as written by this tool (one ledger per folder, updated atomically)."""
-    from synthseg_lite.io import atomic_write
-
+    """Mark existing files as written by this tool (``done`` entries in their folders' records)."""
     by_folder: dict[Path, list[Path]] = {}
     for p in paths:
         p = Path(p)
         if p.is_file():
             by_folder.setdefault(p.parent, []).append(p)
     for folder, files in by_folder.items():
-        # parts of a study run in parallel (infer.py -m part_id=...) share folders: one at a time
-        with open(folder / f"{LEDGER}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            ledger = _read_ledger(folder)
-            ledger.update({f.name: _stamp(f) for f in files})
-            text = json.dumps(ledger, indent=0, sort_keys=True)
-            atomic_write(folder / LEDGER, lambda tmp, text=text: Path(tmp).write_text(text))
+        append_record(folder, [entry(f, "done") for f in files])
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -169,21 +240,35 @@ def check_outputs(
     return earlier
 
 
-def remove_stale_temporaries(folder: str | Path, suffix: str = "") -> list[Path]:
-    """Remove the hidden temporary files ``.<name>.<8 random characters><suffix>`` that
-    :func:`synthseg_lite.io.atomic_write` leaves in ``folder`` when a process is killed mid-write
-    (SIGKILL, power loss: no exception handler runs).
+def remove_stale_temporaries(
+    folder: str | Path, suffix: str = "", names: Iterable[str] = ()
+) -> list[Path]:
+    """Remove the hidden temporary files that :func:`synthseg_lite.io.atomic_write` leaves in
+    ``folder`` when a process is killed mid-write (SIGKILL, power loss: no handler runs):
+    ``.<name>.sslt-tmp-<8 characters><suffix>``, and those of earlier versions
+    ``.<name>.<8 characters><suffix>`` (any ``<name>`` when ``suffix`` is given, else only the
+    ``names`` listed). Nothing else is touched.
 
     Returns:
         The removed files.
     """
+    from synthseg_lite.io import TMP_MARK
+
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(suffix) + "$")
+    from synthseg_lite.io import IMAGE_SUFFIXES
+
+    ours = re.compile(r"^\..*" + re.escape(TMP_MARK) + r"[A-Za-z0-9_]{8}" + re.escape(suffix))
+    legacy = [r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(suffix) + "$"] if suffix else []
+    for n in names:  # earlier versions: ".<name>.<8 characters><the name's suffix>"
+        ext = next((s for s in IMAGE_SUFFIXES if n.lower().endswith(s)), Path(n).suffix)
+        legacy.append(re.escape(f".{n}.") + "[A-Za-z0-9_]{8}" + re.escape(ext) + "$")
+    legacy_re = re.compile("|".join(f"(?:{r})" for r in legacy)) if legacy else None
     removed = []
     for f in folder.iterdir():
-        if f.name != LEDGER and pattern.match(f.name) and f.is_file():
+        stale = ours.match(f.name) or (legacy_re is not None and legacy_re.match(f.name))
+        if f.name not in (RECORD, LEGACY_LEDGER) and stale and f.is_file() and not f.is_symlink():
             try:
                 f.unlink()
                 removed.append(f)

@@ -1,7 +1,8 @@
 """Is this file what the command expects? Checks of scans and label maps, before any work on them.
 
-* :func:`check_header` (every image, from the header alone): data type (RGB, complex), geometry
-  (zero, singular or non-finite affine).
+* :func:`check_header` (every image, from the header alone, before any allocation): data type
+  (RGB, complex), dimensions and the number of voxels (``max_voxels``), voxel sizes (zero,
+  negative, non-finite) and geometry (zero, singular or non-finite affine).
 * :func:`scan_problem` (a scan to segment): a few voxels, or a label map given as a scan: skipped
   with a reason.
 * :func:`scan_warnings` (a scan to segment): voxels far coarser than any training resolution, or a
@@ -24,6 +25,7 @@ from synthseg_lite.labels import FREESURFER_NAMES
 __all__ = [
     "MAX_LABEL_VALUES",
     "MAX_SPACING_MM",
+    "MAX_VOXELS",
     "MIN_FOV_MM",
     "MIN_VOXELS_PER_AXIS",
     "check_header",
@@ -32,6 +34,9 @@ __all__ = [
     "scan_warnings",
 ]
 
+#: Most voxels a volume may have (default of ``max_voxels``): 2**28, twice a 0.5 mm 512^3 head
+#: (134 M voxels; 0.5 GiB as float32); a header claiming more is refused before any allocation.
+MAX_VOXELS = 2**28
 #: Fewer voxels than this along any axis is not a volume to segment or train on.
 MIN_VOXELS_PER_AXIS = 8
 #: Coarsest voxel the generator simulates along one axis (``synth.resolution`` spacing up to 9 mm).
@@ -46,15 +51,27 @@ MAX_LABEL_VALUES = 300
 _FS_LABELS = frozenset(int(v) for v in FREESURFER_NAMES)
 
 
-def check_header(img: nib.spatialimages.SpatialImage, path: str | Path) -> None:
+def check_header(
+    img: nib.spatialimages.SpatialImage,
+    path: str | Path,
+    max_voxels: int = MAX_VOXELS,
+    raw: nib.spatialimages.Header | None = None,
+) -> list[str]:
     """Refuse an image whose header already says it cannot be used (no voxel data is read).
 
     Args:
         img: the opened image, 3D.
         path: its file, for the message.
+        max_voxels: most voxels accepted (the array would be allocated from the header's size).
+        raw: a NIfTI header as stored (nibabel replaces zero voxel sizes by 1 when it loads one).
+
+    Returns:
+        Warnings, one line each (a NIfTI without qform or sform: orientation unknown).
 
     Raises:
-        ValueError: RGB/structured or complex data type, non-finite, zero or singular affine.
+        ValueError: RGB/structured or complex data type, dimensions that are not positive, more
+            than ``max_voxels`` voxels, voxel sizes zero, negative or not finite, non-finite,
+            zero or singular affine.
     """
     dtype = np.dtype(img.get_data_dtype())
     if dtype.fields is not None or dtype.kind == "V":
@@ -63,6 +80,37 @@ def check_header(img: nib.spatialimages.SpatialImage, path: str | Path) -> None:
         raise ValueError(f"{path}: unsupported data type {dtype} (complex voxels)")
     if dtype.kind not in "biuf":
         raise ValueError(f"{path}: unsupported data type {dtype}")
+    shape = [int(n) for n in img.shape[:3]]
+    if min(shape) < 1:
+        raise ValueError(f"{path}: the header gives dimensions {shape}: not a volume")
+    n = float(np.prod(np.asarray(shape, dtype=np.float64)))
+    if n > max_voxels:
+        raise ValueError(
+            f"{path}: {'x'.join(map(str, shape))} voxels ({n / 1e6:,.0f} M, "
+            f"{n * dtype.itemsize / 2**30:,.1f} GiB on disk type) exceed max_voxels={max_voxels} "
+            f"({max_voxels / 1e6:,.0f} M; a 0.5 mm 512^3 head is 134 M): not read "
+            "(raise max_voxels= if the scan is real)"
+        )
+    warnings = []
+    if raw is not None and "pixdim" in raw:
+        zooms = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+        if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+            raise ValueError(
+                f"{path}: voxel sizes {zooms.tolist()} mm in the header (pixdim) are zero, "
+                "negative or not finite: the volumes would be wrong"
+            )
+        if int(raw["qform_code"]) == 0 and int(raw["sform_code"]) == 0:
+            warnings.append(
+                f"{path}: no qform or sform in the header: voxel sizes taken from pixdim "
+                f"{[round(float(z), 3) for z in zooms]} mm, orientation unknown (assumed RAS)"
+            )
+    else:
+        zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+        if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+            raise ValueError(
+                f"{path}: voxel sizes {zooms.tolist()} mm in the header are zero, negative or "
+                "not finite: the volumes would be wrong"
+            )
     affine = np.asarray(img.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ValueError(f"{path}: the affine (voxel -> world matrix) is missing or not finite")
@@ -73,6 +121,7 @@ def check_header(img: nib.spatialimages.SpatialImage, path: str | Path) -> None:
             f"{path}: degenerate geometry: the affine is zero or singular (voxel sizes "
             f"{[round(float(s), 3) for s in sizes]} mm)"
         )
+    return warnings
 
 
 def _integer_valued(data: np.ndarray) -> bool:

@@ -156,13 +156,15 @@ def test_volumes_csv_merges_runs_and_resume_skips_done_scans(monkeypatch, tmp_pa
     stamp = seg_a.stat().st_mtime_ns
     (again,) = segment_scans(a, out, model, opts)  # resume: kept as it is
     assert again.done and seg_a.stat().st_mtime_ns == stamp
-    rows["a"]["GM_mm3"] = "1"  # tamper, then segment again: the row is replaced, b kept
-    merge_volumes(out / "volumes.csv", [rows["a"]])
     (redo,) = segment_scans(a, out, model, InferenceOptions(**OPTS, save_qc=False, overwrite=True))
-    assert not redo.done and redo.error is None
+    assert not redo.done and redo.error is None  # segmented again: its row replaced, b kept
     rows2 = _rows(out / "volumes.csv")
-    assert set(rows2) == {"a", "b"} and rows2["a"]["GM_mm3"] != "1"
-    assert rows2["b"] == rows["b"]
+    assert set(rows2) == {"a", "b"} and rows2 == rows
+    rows["a"]["GM_mm3"] = "1"  # changed by someone else since: never modified again
+    merge_volumes(out / "volumes.csv", [rows["a"]])
+    with pytest.raises(ValueError, match="volumes.csv exists and was not written"):
+        segment_scans(a, out, model, InferenceOptions(**OPTS, save_qc=False, overwrite=True))
+    assert _rows(out / "volumes.csv")["a"]["GM_mm3"] == "1"
 
 
 def test_merge_volumes_keeps_rows_and_adds_columns(tmp_path):

@@ -202,15 +202,23 @@ def test_train_returns_the_configured_monitored_metric(toy_maps, tmp_path):
 
 def test_report_only_rebuilds_the_report_from_volumes_csv(tmp_path):
     from synthseg_lite.outputs import DERIVATIVES, merge_volumes
+    from synthseg_lite.safety import record_written
 
     root = tmp_path / "out" / DERIVATIVES  # a BIDS study's table
     rows = [{"subject": f"sub-{i}", "qc_score": 0.8, "qc_flag": 0, "GM_mm3": 500.0 + i}
             for i in range(3)]
     merge_volumes(root / "volumes.csv", rows)
+    record_written([root / "volumes.csv"])  # as the parts' runs record it
     res = _run("infer.py", f"output={tmp_path / 'out'}", "report_only=true")  # no input=
     assert res.returncode == 0, res.stderr[-2000:]
     page = (root / "report.html").read_text()
     assert all(f"sub-{i}" in page for i in range(3))
+    again = _run("infer.py", f"output={tmp_path / 'out'}", "report_only=true")  # its own page
+    assert again.returncode == 0, again.stderr[-2000:]
+    (root / "report.html").write_text("<p>my notes</p>")  # a user's page is never replaced
+    res = _run("infer.py", f"output={tmp_path / 'out'}", "report_only=true")
+    assert res.returncode == 2 and "report.html exists and was not written" in res.stderr
+    assert (root / "report.html").read_text() == "<p>my notes</p>"
     with pytest.raises(ValueError, match="no volumes.csv"):
         infer_command.rebuild_report(tmp_path / "empty", 0.7)
 

@@ -33,6 +33,12 @@ from synthseg_lite.commands.common import (
     with_version,
 )
 from synthseg_lite.inference import InferenceOptions, segment_scans
+from synthseg_lite.inference.record import (
+    OwnedLogHandler,
+    StudyLease,
+    StudyRecord,
+    check_study_files,
+)
 
 log = logging.getLogger("infer")
 
@@ -78,7 +84,10 @@ def rebuild_report(output: str | Path, qc_threshold: float) -> Path:
     output = Path(output)
     for root in (output, output / DERIVATIVES):
         if (root / VOLUMES_CSV).is_file():
-            return write_report(root, qc_threshold)
+            # the study's lock (no part still writing) and record (the page is the tool's own)
+            with StudyLease(root), StudyRecord(root):
+                check_study_files([root / VOLUMES_CSV, root / "report.html"])
+                return write_report(root, qc_threshold)
     raise ValueError(
         f"report_only: no {VOLUMES_CSV} in {output} or {output / DERIVATIVES} (segment first)"
     )
@@ -105,6 +114,8 @@ class StudyReport(Callback):
 def main(cfg: DictConfig) -> None:
     missing = OmegaConf.missing_keys(cfg)
     require(missing - {"input"} if cfg.report_only else missing)
+    if OwnedLogHandler.refused is not None:  # a user's infer.log: Hydra's log went nowhere
+        user_errors(lambda: check_study_files([OwnedLogHandler.refused]))
     if cfg.report_only:
         path = user_errors(lambda: rebuild_report(cfg.output, float(cfg.qc_threshold)))
         log.info("report -> %s", path)
@@ -130,6 +141,7 @@ def main(cfg: DictConfig) -> None:
         log.error("skipped %d of %d scan(s):", len(skipped), len(results))
         for r in skipped:
             log.error("  %s", r.error)
+    if skipped or getattr(results, "problems", None):
         sys.exit(1)
 
 

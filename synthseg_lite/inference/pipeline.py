@@ -3,7 +3,9 @@
 Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.lut`), its
 FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
 CSF) with its own tables, optionally the posteriors, a QC PNG and a provenance JSON (written last:
-a scan with one is done and skipped on the next run unless ``overwrite``). File names:
+a scan with one is done and skipped on the next run unless ``overwrite``). Every file is claimed
+in the output folder's record before it is written (:mod:`synthseg_lite.inference.record`), so a
+study stopped at any point resumes, and files the tool did not write are never changed. File names:
 :func:`synthseg_lite.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
 mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs) and
 ``report.html`` summarises the study. A scan that cannot be processed is skipped with a one-line
@@ -12,7 +14,6 @@ reason; the others go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -41,12 +42,21 @@ from synthseg_lite.inference.predictor import (
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
 from synthseg_lite.io import load_volume, save_volume
-from synthseg_lite.safety import check_outputs, record_written
-from synthseg_lite.validate import scan_problem, scan_warnings
+from synthseg_lite.inference.record import (
+    StudyLease,
+    StudyRecord,
+    StudyResults,
+    check_study_files,
+    check_study_outputs,
+    clean_temporaries,
+    scan_finished,
+)
+from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
     LABEL_CONVENTIONS,
     OutputLabels,
+    label_dtype,
     output_labels,
     tissue_view,
     write_dseg_tsv,
@@ -114,6 +124,8 @@ class InferenceOptions:
             sorted study, starting at ``part_id``.
         qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``.
         report: write ``report.html`` for the study (all rows of ``volumes.csv``).
+        max_voxels: a scan whose header declares more voxels is skipped before it is read
+            (default 2**28: twice a 0.5 mm 512^3 head).
     """
 
     device: str = "auto"
@@ -134,6 +146,7 @@ class InferenceOptions:
     part_id: int = 0
     qc_threshold: float = QC_THRESHOLD
     report: bool = True
+    max_voxels: int = MAX_VOXELS
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
@@ -157,6 +170,8 @@ class InferenceOptions:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
+        if self.max_voxels < 1:
+            raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
 
 
 @dataclass
@@ -270,13 +285,12 @@ class _Writer:
 
 
 def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    dtype = np.uint8 if values.max(initial=0) < 256 else np.int16
-    save_volume(values.astype(dtype), affine, path)
+    save_volume(values.astype(label_dtype(values)), affine, path)
 
 
 def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
-    vol = load_volume(scan.path, canonical=False)
+    vol = load_volume(scan.path, canonical=False, max_voxels=w.opts.max_voxels)
     if not np.any(vol.data):
         raise ValueError(f"{scan.path}: image is empty (all zeros)")
     problem = scan_problem(vol.data[::2, ::2, ::2], scan.path, vol.data.shape)  # a label map...
@@ -367,32 +381,6 @@ def _bids_root(scan: Scan) -> Path | None:
     return None
 
 
-def _listed_in_sidecar(path: Path, sidecar: Path) -> bool:
-    """Whether an earlier run's provenance sidecar lists ``path`` as one of its outputs."""
-    try:
-        listed = json.loads(sidecar.read_text()).get("outputs", {}).values()
-    except (OSError, ValueError, AttributeError):
-        return False
-    return any((sidecar.parent / rel).resolve() == path.resolve() for rel in listed)
-
-
-def _check_study_outputs(
-    scans: Sequence[Scan], all_scans: Sequence[Scan], output_dir: Path, desc: str
-) -> None:
-    """Before any scan is segmented: no output may replace a scan of this study, or a file that
-    an earlier run of this tool did not write (a reference segmentation next to the scans).
-
-    Raises:
-        ValueError: the first such output (``overwrite`` does not lift this).
-    """
-    inputs = [s.path for s in all_scans]
-    for scan in scans:
-        out = output_paths(scan, output_dir, desc)
-        check_outputs(
-            out.values(), inputs, ours=lambda p, j=out["json"]: _listed_in_sidecar(p, j)
-        )
-
-
 def segment_scans(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path | None,
@@ -440,8 +428,6 @@ def segment_scans(
         tissue_view(target, opts.labels),
         provenance(find_checkpoints(model_path), asdict(opts), model=str(model_path)), root,
     )
-    if any(s.bids is not None for s in study.scans):
-        write_dataset_description(output_dir, study.bids_roots)
     log.info(
         "%d scan(s) (part %d of %d: %d) -> %s (device %s, %s per scan, %.2f mm)",
         len(study.scans), opts.part_id, opts.num_parts, len(scans), output_dir / (
@@ -449,19 +435,51 @@ def segment_scans(
         meta.spacing_mm,
     )
     inputs_set = {s.path.resolve() for s in study.scans} | study.protected
-    _check_study_outputs(scans, study.scans, output_dir, w.labels.desc)
+    results = StudyResults()
+    with StudyLease(root, opts.num_parts, opts.part_id) as lease, \
+            StudyRecord(output_dir) as record:
+        check_study_outputs(scans, study.scans, output_dir, w.labels.desc)
+        check_study_files([root / VOLUMES_CSV] + ([root / REPORT_HTML] if opts.report else []))
+        if lease.alone:  # no other run writes here: an earlier run's temporaries are stale
+            outs = [output_paths(s, output_dir, w.labels.desc) for s in study.scans]
+            clean_temporaries(
+                [root, *(p.parent for o in outs for p in o.values())],
+                [VOLUMES_CSV, REPORT_HTML, *(p.name for o in outs for p in o.values())],
+            )
+        lease.clean_done()
+        if any(s.bids is not None for s in study.scans):
+            write_dataset_description(output_dir, study.bids_roots)
+        _run_scans(scans, output_dir, w, inputs_set, record, results)
+        if opts.report and (root / VOLUMES_CSV).is_file():
+            from synthseg_lite.report import write_report
+
+            try:
+                write_report(root, opts.qc_threshold)
+            except OSError as exc:  # a full disk: the scans are done, the rerun writes it
+                results.problems.append(f"{root / REPORT_HTML}: not written ({exc})")
+                log.warning("%s", results.problems[-1])
+    return results
+
+
+def _run_scans(
+    scans: Sequence[Scan], output_dir: Path, w: _Writer, inputs_set: set[Path],
+    record: StudyRecord, results: list[ScanResult],
+) -> None:
+    """Segment each scan in turn; a scan that fails is skipped with its reason, and none of the
+    files it wrote stay."""
+    opts = w.opts
     seen: set[Path] = set()
-    results: list[ScanResult] = []
     with logging_redirect_tqdm():
         for scan in tqdm(scans, desc="scans", unit="scan", disable=not opts.progress):
             out = output_paths(scan, output_dir, w.labels.desc)
-            if not opts.overwrite and out["json"].is_file() and out["seg"].is_file():
+            if not opts.overwrite and scan_finished(out):
                 log.info("%s: outputs exist, kept (overwrite=true to segment it again)", scan.case)
                 kept = {k: p for k, p in out.items() if p.is_file()}
                 results.append(ScanResult(scan.path, kept, case=scan.case, done=True))
                 continue
             result = ScanResult(scan.path, case=scan.case)
             start = time.perf_counter()
+            record.start_scan()
             try:
                 ours = out["json"].is_file()  # earlier outputs of this tool may be replaced
                 clash = [
@@ -480,13 +498,8 @@ def segment_scans(
                 result.error = msg if str(scan.path) in msg else f"{scan.path}: {msg}"
                 log.warning("skipped %s", result.error)
                 log.debug("details", exc_info=True)
+                record.discard_scan(out.values())
             result.seconds = time.perf_counter() - start
-            record_written(result.outputs.values())  # ours: a later run may skip or replace them
             results.append(result)
             if result.error is None:
                 log.info("%s: %.1f s, QC %.2f", scan.case, result.seconds, result.qc["qc_score"])
-    if opts.report and (root / VOLUMES_CSV).is_file():
-        from synthseg_lite.report import write_report
-
-        write_report(root, opts.qc_threshold)
-    return results

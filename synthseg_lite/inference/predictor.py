@@ -144,6 +144,12 @@ def load_ensemble(
                 f"{p}: predicts other classes or works at another voxel size than {paths[0]};"
                 " an ensemble needs identical targets and spacing_mm"
             )
+        if (meta.unet.spatial_dims, meta.slices) != (ref.unet.spatial_dims, ref.slices):
+            raise ValueError(
+                f"{p}: a {meta.unet.spatial_dims}D model beside the {ref.unet.spatial_dims}D "
+                f"model {paths[0]} (or other slicing); an ensemble needs models of one kind: "
+                "move one of them to another folder"
+            )
     log.info("loaded %d model(s): %s", len(paths), ", ".join(str(p) for p in paths))
     return nets, ref
 

@@ -23,6 +23,7 @@ from synthseg_lite.io import atomic_write
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.unet import UNetConfig, build_unet
 from synthseg_lite.safety import load_torch_file
+from synthseg_lite.schema import check_model_meta
 
 __all__ = ["FORMAT", "ModelMeta", "load_model", "save_model"]
 
@@ -158,6 +159,7 @@ def load_model(
 
 def _build(ckpt: object, path: Path) -> tuple[nn.Module, ModelMeta]:
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        check_model_meta(ckpt.get("meta"), path)
         meta = ModelMeta.from_dict(ckpt["meta"])
         state = {k: _decode(v) for k, v in ckpt["state_dict"].items()}
         state.update({k: state[v] for k, v in ckpt.get("aliases", {}).items()})
@@ -167,6 +169,7 @@ def _build(ckpt: object, path: Path) -> tuple[nn.Module, ModelMeta]:
         and "label_table" in ckpt["hyper_parameters"]
     ):
         hp = ckpt["hyper_parameters"]
+        check_model_meta(hp, path)
         meta = ModelMeta.from_dict(
             {**hp, "extra": {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}}
         )
