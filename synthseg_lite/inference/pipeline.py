@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -41,6 +41,7 @@ from synthseg_lite.inference.predictor import (
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
 from synthseg_lite.io import load_volume, save_volume
+from synthseg_lite.model.artifact import ensemble_qc_threshold
 from synthseg_lite.safety import check_outputs, record_written
 from synthseg_lite.validate import scan_problem, scan_warnings
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
@@ -112,7 +113,9 @@ class InferenceOptions:
         num_parts: split the study into this many parts (array jobs).
         part_id: which part (0-based) this run segments: every ``num_parts``-th scan of the
             sorted study, starting at ``part_id``.
-        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``.
+        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``
+            (None: the model's own, stored in its file by ``benchmarks/qc_calibration.py``; 0.70,
+            :data:`QC_THRESHOLD`, for a model without one; an ensemble: the lowest of its members').
         report: write ``report.html`` for the study (all rows of ``volumes.csv``).
     """
 
@@ -132,7 +135,7 @@ class InferenceOptions:
     overwrite: bool = False
     num_parts: int = 1
     part_id: int = 0
-    qc_threshold: float = QC_THRESHOLD
+    qc_threshold: float | None = None
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -148,7 +151,7 @@ class InferenceOptions:
             )
         if self.labels not in LABEL_CONVENTIONS:
             raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {self.labels!r}")
-        if not 0 <= self.qc_threshold <= 1:
+        if self.qc_threshold is not None and not 0 <= self.qc_threshold <= 1:
             raise ValueError(f"qc_threshold must be in [0, 1], got {self.qc_threshold}")
         select_part([], self.num_parts, self.part_id)  # validates num_parts / part_id
         if not 0 <= self.overlap < 1:
@@ -432,6 +435,10 @@ def segment_scans(
         torch.set_num_threads(int(opts.threads))
     model_path = resolve_model(model)
     nets, meta = load_ensemble(model_path, device)
+    if opts.qc_threshold is None:  # the model's own threshold
+        qc = ensemble_qc_threshold(find_checkpoints(model_path), QC_THRESHOLD)
+        opts = replace(opts, qc_threshold=qc)
+        log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
     predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
     target = meta.label_table.target
     root = study.root(output_dir)
