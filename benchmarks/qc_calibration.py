@@ -4,6 +4,8 @@
     python benchmarks/qc_calibration.py --model tissue --output qc_tissue.json
     python benchmarks/qc_calibration.py --model structures --output qc.json \\
         --write synthseg_lite/resources/model_structures.pt     # store the proposed threshold
+    python benchmarks/qc_calibration.py --from-json qc_tissue.json --threshold 0.70 \\
+        --write synthseg_lite/resources/model_cpu.pt            # store a chosen value
 
 The README's procedure ("Outputs", QC score), as one command:
 
@@ -49,8 +51,7 @@ from synthseg_lite.degrade import invert_contrast, thick_slices, through_plane_a
 from synthseg_lite.inference.pipeline import QC_THRESHOLD
 from synthseg_lite.inference.predictor import resolve_model
 from synthseg_lite.io import load_label_map, load_volume
-from synthseg_lite.labels import REFERENCE_PRESETS
-from synthseg_lite.metrics import map_labels
+from synthseg_lite.metrics import label_mapping, map_labels
 from synthseg_lite.model.artifact import model_qc_threshold, read_meta, with_qc_threshold
 
 log = logging.getLogger("qc_calibration")
@@ -86,8 +87,8 @@ def degrade(data: np.ndarray, spacing: tuple[float, ...], kind: str, seed: int =
 def tissue_dice(pred: np.ndarray, values: tuple[int, ...], ref: np.ndarray, preset: str) -> dict:
     """GM / WM / CSF Dice of a segmentation (written values) against a reference."""
     tissue = tuple(values[:4]) == (0, 1, 2, 3)
-    p = pred.astype(np.int64) if tissue else map_labels(pred, REFERENCE_PRESETS["aseg_ventricular"])
-    r = map_labels(ref, dict(REFERENCE_PRESETS[preset]))
+    p = pred.astype(np.int64) if tissue else map_labels(pred, label_mapping("aseg_ventricular"))
+    r = map_labels(ref, label_mapping(preset))
     out = {}
     for k, name in enumerate(("GM", "WM", "CSF"), start=1):
         a, b = p == k, r == k
@@ -182,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the model with the proposed threshold stored to OUT.pt")
     parser.add_argument("--threshold", type=float,
                         help="with --write: store this value instead of the proposal")
+    parser.add_argument("--from-json", metavar="QC.json",
+                        help="with --write: take the scores of an earlier run instead of "
+                             "segmenting again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        result = calibrate(args.model, Path(args.data), args.base, args.threads, args.seed)
-        result["command"] = " ".join(["python", "benchmarks/qc_calibration.py", *sys.argv[1:]])
+        if args.from_json:
+            result = json.loads(Path(args.from_json).read_text())
+        else:
+            result = calibrate(args.model, Path(args.data), args.base, args.threads, args.seed)
+            result["command"] = " ".join(["python", "benchmarks/qc_calibration.py", *(argv if argv is not None else sys.argv[1:])])
         if args.write:
             value = args.threshold if args.threshold is not None else result["proposed_threshold"]
             if value is None:

@@ -99,7 +99,8 @@ def test_options_accept_none_and_refuse_out_of_range() -> None:
 
 
 def test_the_shipped_models_carry_their_threshold() -> None:
-    assert model_qc_threshold(read_meta(resolve_model("structures"))) is not None
+    assert model_qc_threshold(read_meta(resolve_model("tissue"))) == QC_THRESHOLD  # kept
+    assert 0 < model_qc_threshold(read_meta(resolve_model("structures"))) < 1
 
 
 @pytest.mark.slow
