@@ -68,8 +68,9 @@ def test_the_threshold_is_read_from_the_model_file(tmp_path, tiny_model, scan) -
     assert _flags(scan, tmp_path / "b", lenient) == [False]
     assert _flags(scan, tmp_path / "c", strict, qc_threshold=0.0) == [False]  # the user's wins
     # an ensemble takes the lowest of its members'; a member without one counts as 0.70
-    assert ensemble_qc_threshold([strict, lenient], QC_THRESHOLD) == 0.0
-    assert ensemble_qc_threshold([strict, tiny_model], QC_THRESHOLD) == QC_THRESHOLD
+    assert ensemble_qc_threshold(meta, [lenient], QC_THRESHOLD) == 0.0
+    assert ensemble_qc_threshold(meta, [tiny_model], QC_THRESHOLD) == QC_THRESHOLD
+    assert ensemble_qc_threshold(meta, [], QC_THRESHOLD) == 1.0
 
 
 def test_storing_a_threshold_keeps_the_weights(tmp_path, tiny_model) -> None:

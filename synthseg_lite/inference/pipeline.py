@@ -437,7 +437,7 @@ def segment_scans(
     model_path = resolve_model(model)
     nets, meta = load_ensemble(model_path, device)
     if opts.qc_threshold is None:  # the model's own threshold
-        qc = ensemble_qc_threshold(find_checkpoints(model_path), QC_THRESHOLD)
+        qc = ensemble_qc_threshold(meta, find_checkpoints(model_path)[1:], QC_THRESHOLD)
         opts = replace(opts, qc_threshold=qc)
         log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
     predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)

@@ -13,6 +13,7 @@ Two forms are read by :func:`load_model`:
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,16 +211,22 @@ def model_qc_threshold(meta: ModelMeta) -> float | None:
     return None if value is None else float(value)
 
 
-def ensemble_qc_threshold(paths: list[Path], default: float) -> float:
+def ensemble_qc_threshold(meta: ModelMeta, others: Sequence[Path], default: float) -> float:
     """The QC threshold of an ensemble: the **lowest** of its members' own thresholds, a member
     without one counting as ``default`` (a training checkpoint never has one, so it is not read).
 
     The lowest, because an ensemble's score (the confidence of averaged probabilities) is at most
     the mean of its members' scores, and a clean scan must not be flagged for the members'
     disagreement alone.
+
+    Args:
+        meta: the first member's metadata (already loaded).
+        others: the other members' files.
     """
-    own = [model_qc_threshold(read_meta(p)) if Path(p).suffix == ".pt" else None for p in paths]
-    return min(default if t is None else t for t in own) if own else default
+    own = [model_qc_threshold(meta)] + [
+        model_qc_threshold(read_meta(p)) if Path(p).suffix == ".pt" else None for p in others
+    ]
+    return min(default if t is None else t for t in own)
 
 
 def with_qc_threshold(src: str | Path, dst: str | Path, threshold: float, note: str = "") -> Path:
