@@ -12,7 +12,14 @@ Every number comes from the project's command-line tools, run as subprocesses as
 
 * ``python -m synthseg_lite.degrade`` derives OASIS' degraded versions (same grid, so the aseg
   stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
-  ``benchmarks/real_scans.py``);
+  ``benchmarks/real_scans.py``), and ``thick3_head``, a **proxy** for "a 3 mm scan with skull, no
+  mask": ``../shared/data`` holds no real scan with a skull (OASIS and IBSR are skull-stripped), so
+  the OASIS brain is padded by 16 mm and wrapped in a synthetic head (:func:`head_proxy`: shells
+  at distances from the brain mask of 0-2 mm CSF, 2-7 mm skull, 7-12 mm scalp, T1-like
+  intensities relative to the scan's WM, Gaussian noise), then given 3 mm slabs; the network sees
+  no brain mask (its foreground box is the whole head). A synthetic head is not a real one (no
+  eyes, neck, fat-suppression or coil shading): read it as a check of what extra-cerebral tissue
+  does to the model, not as a real-scan figure;
 * ``python infer.py model=<model>`` segments them (default options), and IBSR's 10 scans
   (``--ibsr-conditions``, default ``original``);
 * ``python evaluate.py mode=structures`` scores OASIS per structure against its FreeSurfer aseg
@@ -21,8 +28,13 @@ Every number comes from the project's command-line tools, run as subprocesses as
   ``ref_labels=aseg_ventricular`` (OASIS) and ``ibsr`` (IBSR). A tissue model (values 1 GM, 2 WM,
   3 CSF, detected from its output) gets the tissue view only.
 
+With a structure model, the shipped tissue model (``--tissue-model``, default ``tissue``; ``''``
+for none) segments OASIS and IBSR as they are too, so the tissue view sits beside it.
+
 Output: ``results.json`` (per condition: Dice per structure, structure mean, group means, the
-weakest structure, tissue Dice, inference seconds; the commands) and ``results.md`` (tables).
+weakest structure, per structure the predicted and reference volume (mm^3) and their ratio with
+the +-35 % check for structures of >= 1,000 mm^3 in the reference, tissue Dice, inference seconds;
+the tissue model's tissue Dice; the commands) and ``results.md`` (tables).
 With ``--checkpoints``: ``learning_curve.json`` and ``learning_curve.png`` (OASIS Dice per
 structure group and the structure mean against the training step, read from the checkpoint
 name ``...step=N...`` / ``...stepN...``). Needs ``../shared/data/real`` (``--data``).
@@ -46,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+from head_proxy import head_proxy  # noqa: E402
 from real_scans import CLASSES, CONDITIONS, run  # noqa: E402
 
 from synthseg_lite.cli import fail  # noqa: E402
@@ -54,6 +67,12 @@ from synthseg_lite.pairing import find_cases  # noqa: E402
 from synthseg_lite.structure_metrics import check_structure_labels  # noqa: E402
 
 log = logging.getLogger("structures")
+
+#: OASIS conditions: real_scans' and the head proxy (3 mm slabs of OASIS in a synthetic head).
+HEAD_PROXY = "thick3_head"
+OASIS_CONDITIONS = {**CONDITIONS, HEAD_PROXY: CONDITIONS["thick3"]}
+#: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
+VOLUME_TOLERANCE, VOLUME_CHECK_MM3 = 0.35, 1000.0
 
 
 def only_prediction(folder: Path) -> Path:
@@ -82,8 +101,28 @@ def read_structures(summary_path: Path) -> dict:
         if not np.isnan(m["Dice"])
     }
     worst = min(dice, key=dice.get)
+    volumes = {}
+    for v, m in s["mean"].items():
+        pred, ref = float(m["pred_volume_mm3"]), float(m["ref_volume_mm3"])
+        if np.isnan(ref) or ref <= 0:
+            continue
+        ratio = pred / ref
+        checked = ref >= VOLUME_CHECK_MM3
+        volumes[s["structures"][v]] = {
+            "pred_mm3": round(pred, 1),
+            "ref_mm3": round(ref, 1),
+            "ratio": round(ratio, 3),
+            "within_35pct": bool(abs(ratio - 1) <= VOLUME_TOLERANCE) if checked else None,
+        }
+    checked = {n: r for n, r in volumes.items() if r["within_35pct"] is not None}
     return {
         "structures": dice,
+        "volumes": volumes,
+        "volume_check": {
+            "n_checked": len(checked),
+            "n_within": sum(r["within_35pct"] for r in checked.values()),
+            "outside": sorted(n for n, r in checked.items() if not r["within_35pct"]),
+        },
         "structure_mean": round(s["structure_mean"]["Dice"], 4),
         "groups": {g: round(m["Dice"], 4) for g, m in s["group_mean"].items()},
         "weakest": [worst, dice[worst]],
@@ -105,6 +144,7 @@ class Bench:
         self.args, self.out, self.py = args, out, sys.executable
         self.commands: list[str] = []
         self.kind: str | None = None if args.kind == "auto" else args.kind
+        self.refs: dict[str, Path] = {}  # OASIS reference per condition (the head proxy's own)
 
     def infer(self, scans: list[str], folder: Path, model: str) -> float:
         extra = [f"threads={self.args.threads}"] if self.args.threads else []
@@ -124,12 +164,20 @@ class Bench:
         return folder / "summary.json"
 
     def degraded(self, scans: list[str], cond: str, dataset: str) -> list[str]:
-        if not CONDITIONS[cond]:
+        if cond == HEAD_PROXY:  # OASIS only
+            data = self.args.data / "oasis_vxm"
+            t1, aseg = head_proxy(
+                data / "t1.nii.gz", data / "aseg.nii.gz", self.out / "scans" / cond / "head"
+            )
+            self.commands.append(f"benchmarks/head_proxy.py head_proxy() -> {t1}, {aseg}")
+            self.refs[cond] = aseg
+            scans = [str(t1)]
+        if not OASIS_CONDITIONS[cond]:
             return scans
         folder = self.out / "scans" / cond / dataset
         run(
             [self.py, "-m", "synthseg_lite.degrade", *scans, "--output", str(folder),
-             *CONDITIONS[cond]],
+             *OASIS_CONDITIONS[cond]],
             self.commands,
         )
         return [str(folder / Path(s).name) for s in scans]
@@ -144,7 +192,7 @@ class Bench:
         if self.kind is None:
             self.kind = "structures" if is_structure_segmentation(pred) else "tissue"
             log.info("the model writes %s segmentations", self.kind)
-        ref = data / "oasis_vxm" / "aseg.nii.gz"
+        ref = self.refs.get(cond, data / "oasis_vxm" / "aseg.nii.gz")
         result: dict = {"infer_seconds": seconds}
         if self.kind == "structures":
             ev = self.evaluate(pred, ref, self.out / "eval" / tag / "oasis", "mode=structures")
@@ -182,6 +230,25 @@ class Bench:
 
     def pred_labels(self) -> str:
         return "aseg_ventricular" if self.kind == "structures" else "tissue"
+
+    def tissue_model(self, model: str) -> dict:
+        """Tissue Dice of a tissue model on OASIS and IBSR as they are (beside the tissue view)."""
+        data, root = self.args.data, self.out / "tissue_model"
+        result: dict = {"model": model}
+        self.infer([str(data / "oasis_vxm" / "t1.nii.gz")], root / "seg" / "oasis", model)
+        ev = self.evaluate(
+            only_prediction(root / "seg" / "oasis"), data / "oasis_vxm" / "aseg.nii.gz",
+            root / "eval" / "oasis", "pred_labels=tissue", "ref_labels=aseg_ventricular",
+        )
+        result["oasis"] = read_tissue(ev)
+        scans = sorted(str(p) for p in data.glob("ibsr/IBSR_*/IBSR_??.nii.gz"))
+        if scans:
+            self.infer(scans, root / "seg" / "ibsr", model)
+            ev = self.evaluate(root / "seg" / "ibsr", data / "ibsr", root / "eval" / "ibsr",
+                               "pred_labels=tissue", "ref_labels=ibsr")
+            result["ibsr"] = read_tissue(ev)
+        log.info("tissue model %s: %s", model, result)
+        return result
 
 
 def step_of(path: Path) -> int:
@@ -273,14 +340,32 @@ def markdown(record: dict) -> str:
                 f"{oasis[c]['weakest'][0]} {oasis[c]['weakest'][1]:.3f}" for c in conds
             ) + " |"
         )
+        lines.append(
+            "| volumes within ±35 % (≥ 1,000 mm³) | " + " | ".join(
+                "{n_within}/{n_checked}".format(**oasis[c]["volume_check"]) for c in conds
+            ) + " |"
+        )
         lines.append("")
-    lines += ["| condition | dataset | " + " | ".join(CLASSES) + " |",
-              "|---|---|" + "---|" * len(CLASSES)]
+        first = conds[0]
+        lines += [f"Volumes on OASIS ({first}): predicted vs reference (mm³)", "",
+                  "| structure | predicted | reference | ratio | ±35 % |", "|---|---|---|---|---|"]
+        for name, r in oasis[first]["volumes"].items():
+            check = {True: "ok", False: "**out**", None: ""}[r["within_35pct"]]
+            lines.append(f"| {name} | {r['pred_mm3']:,.0f} | {r['ref_mm3']:,.0f} | "
+                         f"{r['ratio']:.2f} | {check} |")
+        lines.append("")
+    view = "tissue view" if conds else "tissue"
+    lines += ["| model | condition | dataset | " + " | ".join(CLASSES) + " |",
+              "|---|---|---|" + "---|" * len(CLASSES)]
     for dataset in ("oasis", "ibsr"):
         for cond, r in record[dataset].items():
             if "tissue" in r:
                 vals = " | ".join(_f(r["tissue"].get(c, float("nan"))) for c in CLASSES)
-                lines.append(f"| {cond} | {dataset} | {vals} |")
+                lines.append(f"| {record['model']} ({view}) | {cond} | {dataset} | {vals} |")
+        tm = record.get("tissue_model") or {}
+        if dataset in tm:
+            vals = " | ".join(_f(tm[dataset].get(c, float("nan"))) for c in CLASSES)
+            lines.append(f"| {tm['model']} (tissue model) | original | {dataset} | {vals} |")
     return "\n".join(lines) + "\n"
 
 
@@ -290,8 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="structures",
                         help="infer.py's model=: 'structures', 'tissue', a file or a run folder")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+    parser.add_argument("--conditions", default=",".join(OASIS_CONDITIONS),
                         help="OASIS conditions, comma-separated")
+    parser.add_argument("--tissue-model", default="tissue",
+                        help="tissue model segmented beside a structure model ('' for none)")
     parser.add_argument("--ibsr-conditions", default="original",
                         help="IBSR conditions (tissue view), comma-separated; '' for none")
     parser.add_argument("--kind", choices=("auto", "structures", "tissue"), default="auto",
@@ -318,11 +405,11 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
         fail(f"the OASIS scan is not under {args.data} (--data)")
     lists = {}
-    for opt in ("conditions", "ibsr_conditions"):
+    for opt, known in (("conditions", OASIS_CONDITIONS), ("ibsr_conditions", CONDITIONS)):
         lists[opt] = [c for c in getattr(args, opt).split(",") if c]
-        if unknown := set(lists[opt]) - set(CONDITIONS):
+        if unknown := set(lists[opt]) - set(known):
             fail(f"unknown --{opt.replace('_', '-')} {sorted(unknown)}; choose from "
-                 f"{list(CONDITIONS)}")
+                 f"{list(known)}")
     bench = Bench(args, out)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -338,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         record["oasis"][cond] = bench.oasis(cond, args.model, cond)
     for cond in lists["ibsr_conditions"]:
         record["ibsr"][cond] = bench.ibsr(cond, args.model)
+    if args.tissue_model and bench.kind == "structures":
+        record["tissue_model"] = bench.tissue_model(args.tissue_model)
     record |= {
         "kind": bench.kind,
         "seconds": round(time.perf_counter() - t0, 1),

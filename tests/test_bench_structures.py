@@ -52,7 +52,12 @@ def _fake_tools(monkeypatch, bench, aseg):
         for s in scans:
             img = nib.load(s)
             folder.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(pred, img.affine), str(folder / "t1_seg.nii.gz"))
+            pad = (np.array(img.shape) - np.array(pred.shape)) // 2  # the head proxy is padded
+            out = np.pad(pred, [(p, p) for p in pad])
+            if model == "tissue":  # a tissue model: 1 GM, 2 WM, 3 CSF
+                out = np.select([np.isin(out, (3, 10, 17)), out == 2], [1, 2], 0)
+            name = Path(s).name.replace(".nii.gz", "_seg.nii.gz")
+            nib.save(nib.Nifti1Image(out.astype(np.int16), img.affine), str(folder / name))
         return 0.1
 
     def evaluate(self, pred_path, ref, folder, *options):
@@ -69,7 +74,7 @@ def test_structures_benchmark_tables(tmp_path, monkeypatch, bench):
     _fake_tools(monkeypatch, bench, aseg)
     out = tmp_path / "out"
     bench.main(["--output", str(out), "--data", str(data), "--conditions", "original,thick3",
-                "--ibsr-conditions", ""])
+                "--ibsr-conditions", "", "--tissue-model", ""])
     record = json.loads((out / "results.json").read_text())
     assert record["kind"] == "structures"
     r = record["oasis"]["original"]
@@ -84,6 +89,38 @@ def test_structures_benchmark_tables(tmp_path, monkeypatch, bench):
     assert (out / "scans" / "thick3" / "oasis" / "t1.nii.gz").is_file()  # degraded for real
     table = (out / "results.md").read_text()
     assert "| Left-Thalamus | 0.750 | 0.750 |" in table and "**mean (31)**" in table
+
+
+def test_structures_benchmark_head_proxy_volumes_and_tissue_model(tmp_path, monkeypatch, bench):
+    """The 3 mm head proxy (padded OASIS in a synthetic head, scored against the padded aseg),
+    per-structure volumes with the +-35 % check, and the tissue model beside the tissue view."""
+    data, aseg = _data(tmp_path)
+    _fake_tools(monkeypatch, bench, aseg)
+    out = tmp_path / "out"
+    bench.main(["--output", str(out), "--data", str(data), "--conditions", "original,thick3_head",
+                "--ibsr-conditions", ""])
+    record = json.loads((out / "results.json").read_text())
+    head = nib.load(str(out / "scans" / "thick3_head" / "head" / "t1.nii.gz"))
+    assert head.shape == tuple(n + 32 for n in aseg.shape)
+    t1 = np.asarray(head.dataobj)
+    brain = np.pad(aseg, 16) > 0
+    assert t1[~brain].max() > 0.5 * np.median(t1[brain])  # a bright scalp around the brain
+    assert (out / "scans" / "thick3_head" / "oasis" / "t1.nii.gz").is_file()  # then 3 mm slabs
+    r = record["oasis"]["thick3_head"]
+    assert r["structures"] == record["oasis"]["original"]["structures"]  # same padded segmentation
+    vol = record["oasis"]["original"]["volumes"]
+    assert vol["Left-Thalamus"] == {"pred_mm3": 144.0, "ref_mm3": 144.0, "ratio": 1.0,
+                                    "within_35pct": None}  # < 1,000 mm3: not checked
+    wm = vol["Left-Cerebral-White-Matter"]
+    assert wm["ref_mm3"] > 1000 and wm["within_35pct"] is True
+    assert record["oasis"]["original"]["volume_check"]["n_checked"] == 1
+    assert record["tissue_model"]["model"] == "tissue"
+    assert record["tissue_model"]["oasis"]["WM"] == pytest.approx(r["tissue"]["WM"], abs=0.02)
+    table = (out / "results.md").read_text()
+    assert "| Left-Thalamus | 144 | 144 | 1.00 |  |" in table
+    assert "| Left-Cerebral-White-Matter | 3,388 | 3,424 | 0.99 | ok |" in table
+    assert "| tissue (tissue model) | original | oasis |" in table
+    assert "| volumes within ±35 % (≥ 1,000 mm³) | 1/1 | 1/1 |" in table
 
 
 def test_structures_benchmark_learning_curve(tmp_path, monkeypatch, bench):

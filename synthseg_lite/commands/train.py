@@ -29,6 +29,7 @@ from synthseg_lite.commands.common import (
 )
 from synthseg_lite.data import DataConfig
 from synthseg_lite.model.module import ModelConfig
+from synthseg_lite.model.real_validation import structure_lut
 from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.config import register_configs as register_synth_configs
 from synthseg_lite.training import register_configs
@@ -112,11 +113,14 @@ def build(cfg: DictConfig):
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     metrics = {"val/dice", "val/loss", *(f"val/dice_{n}" for n in table.target.names[1:])}
+    structures = structure_lut(table.target) is not None
     for s in data_cfg.real_val:
         metrics |= {
             f"val_real/{s.name}/dice",
             *(f"val_real/{s.name}/dice_{n}" for n in ("GM", "WM", "CSF")),
         }
+        if structures and s.reference_preset == "aseg":  # per-structure validation
+            metrics.add(f"val_real/{s.name}/structure_mean")
     for name, c in (cfg.get("callbacks") or {}).items():
         if c and c.get("monitor") and c.monitor not in metrics:
             raise ValueError(

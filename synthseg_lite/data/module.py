@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from synthseg_lite.data.bank import load_label_maps, phantom_label_maps, resolve_paths
 from synthseg_lite.data.config import DataConfig, RealValSet
 from synthseg_lite.io import atomic_write, load_volume
-from synthseg_lite.labels import LabelTable
+from synthseg_lite.labels import TARGET_PRESETS, LabelTable
 from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
 
 __all__ = [
@@ -346,7 +346,10 @@ def load_real_case(
 class RealValDataset(Dataset):
     """Real validation cases, loaded once.
 
-    Item ``i``: ``{"image": (1, X, Y, Z) float32, "target": (X, Y, Z) uint8 tissue classes}``.
+    Item ``i``: ``{"image": (1, X, Y, Z) float32, "target": (X, Y, Z) uint8 tissue classes}``,
+    and for FreeSurfer references (``reference_preset: aseg``) ``"structures"``: (X, Y, Z) uint8
+    indices of SynthSeg 1.0's structures (the ``synthseg`` preset's folding: 0 background,
+    1..31 in the preset's order; FreeSurfer's CSF 24 and unlisted labels are 0).
     """
 
     def __init__(self, spec: RealValSet, spacing_mm: float) -> None:
@@ -358,6 +361,10 @@ class RealValDataset(Dataset):
         pairs = list(zip(images, refs))[: spec.max_cases]
         self.name, self.paths = spec.name, pairs
         self.cases = [load_real_case(i, r, spec.reference_preset, spacing_mm) for i, r in pairs]
+        self.structures: list[torch.Tensor] = []
+        if spec.reference_preset == "aseg":  # per-structure validation of a structure model
+            folding = dict(TARGET_PRESETS["synthseg"].mapping)
+            self.structures = [load_real_case(i, r, folding, spacing_mm)[1] for i, r in pairs]
         log.info("real validation set %r: %d cases", spec.name, len(self.cases))
 
     def __len__(self) -> int:
@@ -365,7 +372,8 @@ class RealValDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, target = self.cases[i]
-        return {"image": image, "target": target}
+        item = {"image": image, "target": target}
+        return item | ({"structures": self.structures[i]} if self.structures else {})
 
 
 # ---------------------------------------------------------------------------------- data module

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -41,7 +41,6 @@ from synthseg_lite.inference.predictor import (
     resolve_model,
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
-from synthseg_lite.io import load_volume, save_volume
 from synthseg_lite.inference.record import (
     StudyLease,
     StudyRecord,
@@ -51,7 +50,7 @@ from synthseg_lite.inference.record import (
     clean_temporaries,
     scan_finished,
 )
-from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
+from synthseg_lite.io import load_volume, save_volume
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
     LABEL_CONVENTIONS,
@@ -62,6 +61,7 @@ from synthseg_lite.lut import (
     write_dseg_tsv,
     write_lut,
 )
+from synthseg_lite.model.artifact import ensemble_qc_threshold
 from synthseg_lite.outputs import (
     DERIVATIVES,
     Scan,
@@ -74,6 +74,7 @@ from synthseg_lite.outputs import (
     write_json,
 )
 from synthseg_lite.plots import qc_figure
+from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
 
 __all__ = [
     "InferenceOptions",
@@ -89,10 +90,11 @@ log = logging.getLogger(__name__)
 
 VOLUMES_CSV = "volumes.csv"
 REPORT_HTML = "report.html"
-#: Default QC threshold: a scan whose score (lowest group confidence) is below it is flagged.
-#: Measured with the shipped tissue model (README "Outputs"): 11 real T1 scans 0.80-0.84;
+#: QC threshold of a model file that carries none of its own (``qc_threshold=null``): a scan
+#: whose score (lowest group confidence) is below it is flagged. Measured with the shipped tissue
+#: model (README "Outputs", ``benchmarks/qc_calibration.py``): 11 real T1 scans 0.80-0.84;
 #: degraded versions of IBSR_01 that keep Dice >= 0.74 (inverted, noisy, 5 mm) 0.77-0.81;
-#: a blurred one (GM Dice 0.54) 0.68; random intensities in a brain mask 0.30.
+#: a blurred one (GM Dice 0.54) 0.68; random intensities in a brain mask 0.30-0.43.
 QC_THRESHOLD = 0.70
 
 
@@ -122,7 +124,9 @@ class InferenceOptions:
         num_parts: split the study into this many parts (array jobs).
         part_id: which part (0-based) this run segments: every ``num_parts``-th scan of the
             sorted study, starting at ``part_id``.
-        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``.
+        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``
+            (None: the model's own, stored in its file by ``benchmarks/qc_calibration.py``; 0.70,
+            :data:`QC_THRESHOLD`, for a model without one; an ensemble: the lowest of its members').
         report: write ``report.html`` for the study (all rows of ``volumes.csv``).
         max_voxels: a scan whose header declares more voxels is skipped before it is read
             (default 2**28: twice a 0.5 mm 512^3 head).
@@ -144,7 +148,7 @@ class InferenceOptions:
     overwrite: bool = False
     num_parts: int = 1
     part_id: int = 0
-    qc_threshold: float = QC_THRESHOLD
+    qc_threshold: float | None = None
     report: bool = True
     max_voxels: int = MAX_VOXELS
 
@@ -161,7 +165,7 @@ class InferenceOptions:
             )
         if self.labels not in LABEL_CONVENTIONS:
             raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {self.labels!r}")
-        if not 0 <= self.qc_threshold <= 1:
+        if self.qc_threshold is not None and not 0 <= self.qc_threshold <= 1:
             raise ValueError(f"qc_threshold must be in [0, 1], got {self.qc_threshold}")
         select_part([], self.num_parts, self.part_id)  # validates num_parts / part_id
         if not 0 <= self.overlap < 1:
@@ -420,6 +424,10 @@ def segment_scans(
         torch.set_num_threads(int(opts.threads))
     model_path = resolve_model(model)
     nets, meta = load_ensemble(model_path, device)
+    if opts.qc_threshold is None:  # the model's own threshold
+        qc = ensemble_qc_threshold(meta, find_checkpoints(model_path)[1:], QC_THRESHOLD)
+        opts = replace(opts, qc_threshold=qc)
+        log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
     predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
     target = meta.label_table.target
     root = study.root(output_dir)

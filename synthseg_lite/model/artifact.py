@@ -13,6 +13,7 @@ Two forms are read by :func:`load_model`:
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,21 @@ from synthseg_lite.model.unet import UNetConfig, build_unet
 from synthseg_lite.safety import load_torch_file
 from synthseg_lite.schema import check_model_meta
 
-__all__ = ["FORMAT", "ModelMeta", "load_model", "save_model"]
+__all__ = [
+    "FORMAT",
+    "QC_THRESHOLD_KEY",
+    "ModelMeta",
+    "ensemble_qc_threshold",
+    "load_model",
+    "model_qc_threshold",
+    "read_meta",
+    "save_model",
+    "with_qc_threshold",
+]
 
 FORMAT = "synthseg_lite.model/1"
+#: ``ModelMeta.extra`` key of a model's own QC threshold (``benchmarks/qc_calibration.py``).
+QC_THRESHOLD_KEY = "qc_threshold"
 
 
 @dataclass
@@ -157,28 +170,91 @@ def load_model(
         raise ValueError(f"{path}: a damaged or incompatible model file ({msg})") from exc
 
 
-def _build(ckpt: object, path: Path) -> tuple[nn.Module, ModelMeta]:
+def _meta(ckpt: object, path: Path) -> ModelMeta:
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         check_model_meta(ckpt.get("meta"), path)
-        meta = ModelMeta.from_dict(ckpt["meta"])
-        state = {k: _decode(v) for k, v in ckpt["state_dict"].items()}
-        state.update({k: state[v] for k, v in ckpt.get("aliases", {}).items()})
-    elif (
-        isinstance(ckpt, dict)
-        and "hyper_parameters" in ckpt
-        and "label_table" in ckpt["hyper_parameters"]
-    ):
+        return ModelMeta.from_dict(ckpt["meta"])
+    if isinstance(ckpt, dict) and "label_table" in ckpt.get("hyper_parameters", {}):
         hp = ckpt["hyper_parameters"]
         check_model_meta(hp, path)
-        meta = ModelMeta.from_dict(
+        return ModelMeta.from_dict(
             {**hp, "extra": {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}}
         )
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    raise ValueError(f"{path}: not a synthseg_lite model or training checkpoint")
+
+
+def _build(ckpt: object, path: Path) -> tuple[nn.Module, ModelMeta]:
+    meta = _meta(ckpt, path)
+    if ckpt.get("format") == FORMAT:
+        state = {k: _decode(v) for k, v in ckpt["state_dict"].items()}
+        state.update({k: state[v] for k, v in ckpt.get("aliases", {}).items()})
     else:
-        raise ValueError(f"{path}: not a synthseg_lite model or training checkpoint")
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net = build_unet(meta.unet, meta.label_table.target.n_classes)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval(), meta
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """The metadata of a ``.pt`` model file or ``.ckpt`` (no network is built).
+
+    Raises:
+        ValueError: as :func:`load_model`.
+    """
+    path = Path(path)
+    try:
+        return _meta(load_torch_file(path, "cpu", "model file"), path)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: a damaged or incompatible model file ({exc})") from exc
+
+
+def model_qc_threshold(meta: ModelMeta) -> float | None:
+    """A model's own QC threshold (``meta.extra["qc_threshold"]``), None when it has none."""
+    value = meta.extra.get(QC_THRESHOLD_KEY)
+    return None if value is None else float(value)
+
+
+def ensemble_qc_threshold(meta: ModelMeta, others: Sequence[Path], default: float) -> float:
+    """The QC threshold of an ensemble: the **lowest** of its members' own thresholds, a member
+    without one counting as ``default`` (a training checkpoint never has one, so it is not read).
+
+    The lowest, because an ensemble's score (the confidence of averaged probabilities) is at most
+    the mean of its members' scores, and a clean scan must not be flagged for the members'
+    disagreement alone.
+
+    Args:
+        meta: the first member's metadata (already loaded).
+        others: the other members' files.
+    """
+    own = [model_qc_threshold(meta)] + [
+        model_qc_threshold(read_meta(p)) if Path(p).suffix == ".pt" else None for p in others
+    ]
+    return min(default if t is None else t for t in own)
+
+
+def with_qc_threshold(src: str | Path, dst: str | Path, threshold: float, note: str = "") -> Path:
+    """Write a copy of model file ``src`` with its own QC threshold stored (weights unchanged).
+
+    ``src`` is a ``.pt`` model file (its stored tensors are copied as they are) or a training
+    checkpoint (converted with :func:`save_model`, float16). ``note`` (how the threshold was
+    calibrated) goes to ``extra["qc_calibration"]``. Written atomically; ``dst`` may be ``src``.
+
+    Raises:
+        ValueError: threshold outside [0, 1], or an unreadable ``src``.
+    """
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"qc threshold must be in [0, 1], got {threshold}")
+    extra = {QC_THRESHOLD_KEY: float(threshold)} | ({"qc_calibration": note} if note else {})
+    src = Path(src)
+    ckpt = load_torch_file(src, "cpu", "model file")
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == FORMAT):
+        net, meta = load_model(src)
+        meta.extra.update(extra)
+        return save_model(dst, net, meta, "float16")
+    ckpt["meta"]["extra"] = dict(ckpt["meta"].get("extra", {})) | extra
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return atomic_write(dst, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def main(argv: list[str] | None = None) -> None:

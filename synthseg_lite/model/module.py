@@ -24,8 +24,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from monai.inferers import sliding_window_inference
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS, LabelTable, TargetPreset
+from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.loss import LossConfig, SegLoss
+from synthseg_lite.model.overlay import overlay_grid, overlay_slices
+from synthseg_lite.model.real_validation import (
+    RealValidation,
+    confusion,
+    dice_from_confusion,
+    tissue_lut,
+)
 from synthseg_lite.model.slicing import (
     SliceConfig,
     class_presence,
@@ -47,9 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-TISSUE_NAMES = TARGET_PRESETS["tissue"].names
-
 
 @dataclass
 class ModelConfig:
@@ -83,81 +87,6 @@ class ModelConfig:
 
 #: ``worker`` id of the generator that picks training slices (apart from DataLoader workers).
 SLICE_STREAM = 1_000_003
-
-
-def tissue_lut(target: TargetPreset) -> list[int]:
-    """Target class -> tissue class (0 bg, 1 GM, 2 WM, 3 CSF), for Dice against real references."""
-    if tuple(target.names[:4]) == TISSUE_NAMES or (
-        target.n_classes == 4 and target.values == (0, 1, 2, 3)
-    ):
-        return list(range(target.n_classes))
-    aseg = REFERENCE_PRESETS["aseg"]
-    return [int(aseg.get(int(v), 0)) for v in target.values]
-
-
-def confusion(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, n) int64 confusion matrix, rows = target, columns = prediction (any equal shapes)."""
-    idx = target.reshape(-1).long() * n + pred.reshape(-1).long()
-    return torch.bincount(idx, minlength=n * n).view(n, n)
-
-
-def _dice(cm: torch.Tensor) -> torch.Tensor:
-    """Per-class Dice from a confusion matrix (NaN where the class is absent from both)."""
-    tp = cm.diag().double()
-    denom = cm.sum(0).double() + cm.sum(1).double()
-    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.full_like(tp, math.nan))
-
-
-def overlay_grid(
-    image: torch.Tensor,
-    target: torch.Tensor,
-    pred: torch.Tensor,
-    colors: torch.Tensor,
-    alpha: float = 0.45,
-) -> torch.Tensor:
-    """Central sagittal/coronal/axial slices: image | target overlay | prediction overlay.
-
-    Args:
-        image: (X, Y, Z) float in [0, 1] (RAS). target, pred: (X, Y, Z) class indices.
-        colors: (K, 3) float RGB per class (class 0 is not drawn).
-
-    Returns:
-        (3, H, W) float RGB in [0, 1]; superior/anterior up.
-    """
-    views = [tuple(v.select(a, v.shape[a] // 2) for v in (image, target, pred)) for a in range(3)]
-    return _overlay_rows(views, colors, alpha)
-
-
-def overlay_slices(
-    image: torch.Tensor,
-    target: torch.Tensor,
-    pred: torch.Tensor,
-    colors: torch.Tensor,
-    alpha: float = 0.45,
-) -> torch.Tensor:
-    """Like :func:`overlay_grid` for a batch of 2D slices: image (N, H, W), up to 4 rows."""
-    views = [(image[i], target[i], pred[i]) for i in range(min(4, image.shape[0]))]
-    return _overlay_rows(views, colors, alpha)
-
-
-def _overlay_rows(
-    views: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    colors: torch.Tensor,
-    alpha: float,
-) -> torch.Tensor:
-    rows = []
-    for view in views:
-        img, tgt, prd = (v.T.flip(0) for v in (view[0].float(), view[1].long(), view[2].long()))
-        gray = img.clamp(0, 1).expand(3, *img.shape)
-        panels = [gray]
-        for lab in (tgt, prd):
-            col = colors[lab].permute(2, 0, 1)
-            a = (lab > 0).float() * alpha
-            panels.append(gray * (1 - a) + col * a)
-        rows.append(torch.cat(panels, 2))
-    width = max(r.shape[2] for r in rows)
-    rows = [torch.nn.functional.pad(r, (0, width - r.shape[2], 0, 2)) for r in rows]
-    return torch.cat(rows, 1).cpu()
 
 
 class SynthSegModule(pl.LightningModule):
@@ -227,7 +156,7 @@ class SynthSegModule(pl.LightningModule):
         self.generator = SynthGenerator(synth, table)
         self.net = build_unet(unet, table.target.n_classes)
         self.loss_fn = SegLoss(cfg.loss, unet.n_stages)
-        self.register_buffer("tissue_lut", torch.tensor(tissue_lut(table.target)), persistent=False)
+        self.real_val = RealValidation(self.real_val_names, table.target, float(synth.voxel_mm))
         colors = np.asarray(class_colors(table.target.n_classes))[:, :3]
         self.register_buffer("colors", torch.tensor(colors, dtype=torch.float32), persistent=False)
         self._params: dict[str, list[torch.Tensor]] = {}
@@ -362,10 +291,9 @@ class SynthSegModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        k, n = self.table.target.n_classes, len(self.real_val_names)
+        k = self.table.target.n_classes
         self._val_cm = torch.zeros(k, k, dtype=torch.long, device=self.device)
-        self._real_sum = torch.zeros(max(n, 1), 4, dtype=torch.float64, device=self.device)
-        self._real_cnt = torch.zeros_like(self._real_sum)
+        self.real_val.reset(self.device)
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -383,47 +311,44 @@ class SynthSegModule(pl.LightningModule):
             )
             self._val_cm += confusion(logits.argmax(1), batch["target"], self._val_cm.shape[0])
             return
+        draw = batch_idx == 0 and self.trainer.is_global_zero
+        self.real_val.update(dataloader_idx - 1, batch, self.predict_volume(batch["image"]), draw)
+
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 1, X, Y, Z) real scan -> (1, K, X, Y, Z) class scores (slice-wise for 2D networks,
+        sliding window for 3D ones)."""
         if self.unet_cfg.spatial_dims == 2:  # probabilities (same argmax as logits)
             c = self.slices
-            scores = predict_slicewise(
-                self.net, batch["image"], c.axes, c.context, c.batch_size, self.unet_cfg.divisor
+            return predict_slicewise(
+                self.net, image, c.axes, c.context, c.batch_size, self.unet_cfg.divisor
             )
-        else:
-            scores = sliding_window_inference(
-                batch["image"],
-                tuple(self.synth_cfg.patch_shape),
-                self.cfg.sw_batch_size,
-                self.net,
-                overlap=self.cfg.sw_overlap,
-                mode="gaussian",
-            )
-        pred = self.tissue_lut[scores.argmax(1)]
-        d = _dice(confusion(pred, batch["target"], 4))
-        ok = ~torch.isnan(d)
-        self._real_sum[dataloader_idx - 1] += torch.where(ok, d, 0)
-        self._real_cnt[dataloader_idx - 1] += ok.double()
+        return sliding_window_inference(
+            image,
+            tuple(self.synth_cfg.patch_shape),
+            self.cfg.sw_batch_size,
+            self.net,
+            overlap=self.cfg.sw_overlap,
+            mode="gaussian",
+        )
 
     def on_validation_epoch_end(self) -> None:
         reduce = self.trainer.strategy.reduce
-        dice = _dice(reduce(self._val_cm, reduce_op="sum"))
+        dice = dice_from_confusion(reduce(self._val_cm, reduce_op="sum"))
         for name, d in zip(self.class_names[1:], dice[1:]):
             self.log(f"val/dice_{name}", float(d), sync_dist=True)
         self.log("val/dice", float(torch.nanmean(dice[1:])), prog_bar=True, sync_dist=True)
-        if self.real_val_names:
-            sums, cnts = (
-                reduce(self._real_sum, reduce_op="sum"),
-                reduce(self._real_cnt, reduce_op="sum"),
-            )
-            mean = sums / cnts.clamp(min=1)
-            mean[cnts == 0] = math.nan
-            for s, set_name in enumerate(self.real_val_names):
-                for c, tissue in enumerate(TISSUE_NAMES[1:], start=1):
-                    self.log(
-                        f"val_real/{set_name}/dice_{tissue}", float(mean[s, c]), sync_dist=True
-                    )
-                self.log(
-                    f"val_real/{set_name}/dice", float(torch.nanmean(mean[s, 1:])), sync_dist=True
-                )
+        if not self.real_val_names:
+            return
+        tb = self._tensorboard() if self.trainer.is_global_zero else None
+        for name, res in zip(
+            self.real_val_names, self.real_val.results(lambda t: reduce(t, reduce_op="sum"))
+        ):
+            for key, value in res.scalars.items():
+                self.log(key, value, sync_dist=True)
+            if tb is not None and res.table is not None:
+                tb.add_text(f"val_real/{name}/structures", res.table, self.global_step)
+            if tb is not None and res.overlay is not None:
+                tb.add_image(f"val_real/{name}/overlay", res.overlay, self.global_step)
 
 
 def _schedule_length(trainer: pl.Trainer) -> tuple[int, int]:
