@@ -244,6 +244,20 @@ def predict_slicewise(
     return (total / len(axes))[..., : shape[0], : shape[1], : shape[2]]
 
 
+def _add_slices(target: torch.Tensor, where: torch.Tensor, values: torch.Tensor) -> None:
+    """``target[where] += values`` along dim 0, in place: one strided add over a block of
+    consecutive slices (the usual case; a slice across the last axis is scattered in memory,
+    and a block of them covers whole cache lines), ``index_add_`` otherwise."""
+    n = len(where)
+    lo, hi = int(where.min()), int(where.max())
+    if hi - lo + 1 == n and n > 1 and bool((where.diff() == where[1] - where[0]).all()):
+        target[lo : hi + 1].add_(values if int(where[1]) > int(where[0]) else values.flip(0))
+    elif n == 1:
+        target[lo].add_(values[0])
+    else:
+        target.index_add_(0, where, values)
+
+
 @torch.inference_mode()
 def accumulate_slicewise(
     net: Callable[[torch.Tensor], torch.Tensor],
@@ -307,7 +321,7 @@ def accumulate_slicewise(
                 probs = probs.flip(back)
             if swap is not None:
                 probs = probs.index_select(1, swap)
-            target.index_add_(0, n_slices - 1 - idx if axis in flip else idx, probs)
+            _add_slices(target, n_slices - 1 - idx if axis in flip else idx, probs)
         if empty_class is not None and bool(blank.any()):
             where = torch.nonzero(blank).flatten()
             if axis in flip:
