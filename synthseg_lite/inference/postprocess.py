@@ -92,6 +92,12 @@ class NativePrediction:
     qc: dict[str, float] = field(default_factory=dict)
 
 
+def _sums(probs: torch.Tensor) -> np.ndarray:
+    """(K,) float64 sum of each class of a (K, ...) tensor, class by class (a float64 copy of
+    one class at a time, never of all of them)."""
+    return np.array([float(p.sum(dtype=torch.float64)) for p in probs])
+
+
 def to_native(
     probs: torch.Tensor, geom: Geometry, keep_posteriors: bool = False, chunk: int = 4
 ) -> NativePrediction:
@@ -115,7 +121,7 @@ def to_native(
         # K-channel volume of the scan's size is ever made
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
         best_k[box] = crop.argmax(0)
-        volumes = crop.sum((1, 2, 3), dtype=torch.float64).cpu().numpy() * voxel_mm3
+        volumes = _sums(crop) * voxel_mm3
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt)
         return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes)
@@ -131,7 +137,7 @@ def to_native(
         full[(slice(None), *box)] = crop[start:stop]
         ras = resample(full, back_ratios, geom.ras_shape)
         del full
-        volumes[start:stop] = ras.sum((1, 2, 3), dtype=torch.float64).cpu().numpy() * voxel_mm3
+        volumes[start:stop] = _sums(ras) * voxel_mm3
         p, k = ras.max(0)
         if best_p is None:
             best_p, best_k = p, k.add_(start)
