@@ -1,17 +1,27 @@
-"""Seconds per scan of ``infer.py``'s pipeline on a 1 mm 256^3 head, CPU by default.
+"""End-to-end seconds, CPU time, peak memory and a per-stage breakdown of ``infer.py``'s pipeline.
 
-    python benchmarks/inference.py                                 # cpu-preset U-Net, 2 and 1 mm, 2 threads
-    python benchmarks/inference.py --spacing 2 --tta flip --folds 5
-    python benchmarks/inference.py --scan ../shared/data/real/oasis_vxm/t1.nii.gz --device cuda
+    python benchmarks/inference.py                                   # model=structures, 256^3 stripped
+    python benchmarks/inference.py --models tissue structures --cases stripped skull
+    python benchmarks/inference.py --trees /tmp/base .                # an older checkout beside this one
+    python benchmarks/inference.py --models 3d-cpu:2.0 --cases phantom   # random cpu-preset 3D U-Net
 
-Prints one JSON line per (spacing, roi) setting (keys: benchmarks/README.md). The network is the
-assumed ``cpu`` preset (``UNetConfig(n_stages=5, base_features=16, max_features=256)``) with random
-weights: speed does not depend on the weights. The default scan is a procedural whole head
-(``synthseg_lite.phantom``, labels painted with random intensities, 256^3 at 1 mm, LIA on disk like
-FreeSurfer's conformed space), so cropping to the non-zero voxels saves what it would on an
-unstripped scan. Each run is the whole ``segment_scans`` call (read, preprocess, predict,
-post-process, write segmentation, volumes and QC PNG); stage times come from a separate, identical
-pass through the pipeline's functions.
+Each run is one fresh worker process (``--worker``) that imports the package of one code tree,
+loads the model and calls ``segment_scans`` on one scan into a new folder with the given options
+(default: flip TTA, QC PNG on, 2 threads), exactly as ``infer.py`` does. The pipeline's functions
+are wrapped (in ``synthseg_lite.inference.pipeline``'s namespace, so any checkout works) to time
+the stages: ``read`` (load_volume), ``preprocess``, ``network`` (time inside the networks' forward,
+from forward hooks), ``aggregation`` (the rest of the predictor: softmax, flips, averaging),
+``postprocess`` (connected components, QC scores), ``resample`` (back to the scan's grid and
+argmax), ``write`` (image files), ``qc_figure``, ``other`` (the rest of ``segment_scans``).
+``startup_s`` is import + model load; ``cpu_s`` is user + sys of the ``segment_scans`` call;
+``peak_rss_gb`` the worker's peak resident memory. With several ``--trees`` the runs alternate
+between trees (tree A, tree B, tree A, ...), and ``ratio`` (first tree / each) is printed per
+setting: on a loaded machine only ratios measured side by side mean anything.
+
+Scans (written to a temporary folder): ``stripped``, the OASIS T1 (160x192x224, 1 mm, LIA,
+skull-stripped) padded into 256^3; ``skull``, the same with low-intensity noise filling an
+ellipsoid of 200 x 240 x 220 mm around the brain (a head with signal everywhere); ``phantom``, a
+procedural 256^3 head; or ``--scan PATH``.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,153 +39,215 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+OASIS = ROOT.parent / "shared/data/real/oasis_vxm/t1.nii.gz"
+STAGES = (
+    "read", "preprocess", "network", "aggregation", "postprocess", "resample", "write",
+    "qc_figure", "other",
+)
 
 
-def _head(path: Path) -> Path:
-    """Write a 256^3 1 mm head image (LIA on disk) painted from a phantom label map."""
+def make_scan(case: str, folder: Path, source: Path = OASIS) -> Path:
+    """Write the benchmark scan ``case`` (see the module docstring) into ``folder``."""
     import nibabel as nib
 
-    from synthseg_lite.phantom import make_phantom
+    path = folder / f"{case}_256.nii.gz"
+    if path.exists():
+        return path
+    if case == "phantom":
+        from synthseg_lite.phantom import make_phantom
 
-    labels = make_phantom((256, 256, 256), seed=0)
-    rng = np.random.default_rng(0)
-    lut = rng.uniform(20, 200, labels.max() + 1).astype(np.float32)
-    lut[0] = 0
-    image = lut[labels] + rng.normal(0, 4, labels.shape).astype(np.float32) * (labels > 0)
-    affine = np.eye(4)
-    affine[:3, 3] = -128  # 1 mm RAS grid centred on the origin
-    to_lia = nib.orientations.ornt_transform(
-        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("LIA")
-    )
-    nib.save(nib.Nifti1Image(image, affine).as_reoriented(to_lia), str(path))
+        labels = make_phantom((256, 256, 256), seed=0)
+        rng = np.random.default_rng(0)
+        lut = rng.uniform(20, 200, labels.max() + 1).astype(np.float32)
+        lut[0] = 0
+        data = lut[labels] + rng.normal(0, 4, labels.shape).astype(np.float32) * (labels > 0)
+        nib.save(nib.Nifti1Image(data, np.diag([-1.0, 1, 1, 1])), str(path))
+        return path
+    img = nib.load(str(source))
+    src = np.asarray(img.dataobj, dtype=np.float32)
+    data = np.zeros((256, 256, 256), np.float32)
+    lo = [(256 - n) // 2 for n in src.shape]
+    data[lo[0] : lo[0] + src.shape[0], lo[1] : lo[1] + src.shape[1], lo[2] : lo[2] + src.shape[2]] = src
+    affine = img.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.array(lo, dtype=float)
+    if case == "skull":
+        # semi-axes (mm) of the ellipsoid along each voxel axis (RAS half-sizes 100, 120, 110 mm)
+        ras_half = np.array([100.0, 120.0, 110.0])
+        ras_axis = nib.orientations.io_orientation(affine)[:, 0].astype(int)
+        half = ras_half[ras_axis]
+        centre = [lo[i] + src.shape[i] / 2 for i in range(3)]
+        grid = np.ogrid[:256, :256, :256]
+        r2 = sum(((g - c) / h) ** 2 for g, c, h in zip(grid, centre, half))
+        rng = np.random.default_rng(0)
+        head = (r2 <= 1) & (data == 0)
+        noise = rng.normal(0.12, 0.05, data.shape).astype(np.float32).clip(0.01, 1)
+        data[head] = noise[head] * data.max()
+    elif case != "stripped":
+        raise ValueError(f"unknown case {case!r}")
+    nib.save(nib.Nifti1Image(data, affine), str(path))
     return path
 
 
-def _stages(scan: Path, predictor, opts, device) -> dict[str, float]:
-    """Seconds per stage of one scan (same calls as the pipeline)."""
+def _timed(stages: dict[str, float], name: str, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One run in this process: import the tree's package, segment the scan, time the stages."""
+    t0 = time.perf_counter()
+    sys.path.insert(0, str(Path(args.tree).resolve()))
     import torch
 
-    from synthseg_lite.inference.postprocess import keep_largest_component, to_native
-    from synthseg_lite.inference.preprocess import preprocess
-    from synthseg_lite.io import load_volume
+    from synthseg_lite.inference import InferenceOptions, pipeline
 
-    t = {}
-    start = time.perf_counter()
-    vol = load_volume(scan, canonical=False)
-    t["read"] = time.perf_counter() - start
-    start = time.perf_counter()
-    meta = predictor.meta
-    image, geom = preprocess(
-        torch.as_tensor(vol.data, device=device),
-        vol.affine,
-        meta.spacing_mm,
-        meta.unet.divisor,
-        tuple(opts.percentiles),
-        opts.crop_foreground,
+    t_import = time.perf_counter() - t0
+    stages: dict[str, float] = {}
+    pipeline.load_volume = _timed(stages, "read", pipeline.load_volume)
+    pipeline.preprocess = _timed(stages, "preprocess", pipeline.preprocess)
+    pipeline.keep_largest_component = _timed(
+        stages, "postprocess", pipeline.keep_largest_component
     )
-    t["preprocess"] = time.perf_counter() - start
-    start = time.perf_counter()
-    probs = predictor(image)[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t["network"] = time.perf_counter() - start
-    start = time.perf_counter()
-    probs = keep_largest_component(probs, opts.keep_largest)
-    to_native(probs, geom)
-    t["postprocess"] = time.perf_counter() - start
-    return t | {"grid_shape": list(geom.grid_shape), "network_input_shape": list(geom.padded_shape)}
+    pipeline.qc_scores = _timed(stages, "postprocess", pipeline.qc_scores)
+    pipeline.to_native = _timed(stages, "resample", pipeline.to_native)
+    pipeline.save_volume = _timed(stages, "write", pipeline.save_volume)
+    pipeline.qc_figure = _timed(stages, "qc_figure", pipeline.qc_figure)
+    load = pipeline.load_ensemble
+
+    def load_hooked(*a, **k):
+        start = time.perf_counter()
+        nets, meta = load(*a, **k)
+        stages["model_load"] = time.perf_counter() - start
+        for net in nets:
+            net.register_forward_pre_hook(lambda *_: stages.__setitem__("_t", time.perf_counter()))
+            net.register_forward_hook(
+                lambda *_: stages.__setitem__(
+                    "network", stages.get("network", 0.0) + time.perf_counter() - stages["_t"]
+                )
+            )
+        return nets, meta
+
+    pipeline.load_ensemble = load_hooked
+    pipeline.Predictor.__call__ = _timed(stages, "predictor", pipeline.Predictor.__call__)
+    options = {"tta": args.tta, "threads": args.threads, "progress": False, "device": args.device}
+    options |= dict(kv.split("=", 1) for kv in args.option)
+    for key in ("overlap",):
+        if key in options:
+            options[key] = float(options[key])
+    model = args.model
+    if model.startswith("3d-cpu:"):
+        model = _random_3d(Path(args.out), float(model.split(":")[1]))
+    opts = InferenceOptions(**options)
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    (res,) = pipeline.segment_scans(args.scan, Path(args.out) / "seg", model, opts)
+    wall = time.perf_counter() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    if res.error:
+        raise SystemExit(res.error)
+    stages.pop("_t", None)
+    stages["aggregation"] = stages.pop("predictor") - stages.get("network", 0.0)
+    model_load = stages.pop("model_load")
+    stages["other"] = wall - model_load - sum(stages.values())
+    return {
+        "tree": str(args.tree),
+        "seconds_per_scan": round(res.seconds, 2),
+        "wall_s": round(wall - model_load, 2),
+        "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
+        "startup_s": round(t_import + model_load, 2),
+        "peak_rss_gb": round(cpu1.ru_maxrss / 2**20, 2),
+        "stages_s": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
+        "qc_score": round(res.qc["qc_score"], 4),
+        "torch": torch.__version__,
+    }
+
+
+def _random_3d(folder: Path, spacing: float) -> Path:
+    """A cpu-preset-size 3D U-Net with random weights (speed does not depend on weights)."""
+    import torch
+
+    from synthseg_lite.labels import LabelTable
+    from synthseg_lite.model.artifact import ModelMeta, save_model
+    from synthseg_lite.model.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    unet = UNetConfig(n_stages=5, base_features=16, max_features=256, deep_supervision=False)
+    meta = ModelMeta(unet, LabelTable.create("tissue"), spacing, (128,) * 3, {})
+    return save_model(folder / "random3d.pt", build_unet(unet, 4), meta)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--spacing", type=float, nargs="+", default=[2.0, 1.0], help="model voxel sizes (mm)"
-    )
-    p.add_argument(
-        "--roi",
-        nargs="+",
-        default=["patch"],
-        choices=["patch", "full"],
-        help="sliding window of the training patch, or one window over the whole input",
-    )
-    p.add_argument("--patch", type=int, default=128, help="training patch side (voxels)")
-    p.add_argument("--overlap", type=float, default=0.5)
-    p.add_argument("--tta", default="none", choices=["none", "flip", "mirror"])
-    p.add_argument("--folds", type=int, default=1, help="models in the ensemble")
+    p.add_argument("--models", nargs="+", default=["structures"], help="model= values")
+    p.add_argument("--cases", nargs="+", default=["stripped"], help="stripped, skull, phantom")
+    p.add_argument("--scan", type=Path, default=None, help="segment this scan instead of --cases")
+    p.add_argument("--trees", nargs="+", default=[str(ROOT)], help="code trees, compared in turn")
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "mirror"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=2, help="timed end-to-end runs")
-    p.add_argument(
-        "--scan", type=Path, default=None, help="scan to segment (default: 256^3 phantom head)"
-    )
+    p.add_argument("--repeats", type=int, default=1, help="runs per tree and setting")
+    p.add_argument("--option", nargs="*", default=[], help="more options, key=value (strings)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tree", default=str(ROOT), help=argparse.SUPPRESS)
+    p.add_argument("--model", default="structures", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)), flush=True)
+        return
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
-
-    from synthseg_lite.inference import InferenceOptions, Predictor, load_ensemble, segment_scans
-    from synthseg_lite.labels import LabelTable
-    from synthseg_lite.model.artifact import ModelMeta, save_model
-    from synthseg_lite.model.unet import UNetConfig, build_unet
-
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    unet = UNetConfig(n_stages=5, base_features=16, max_features=256, deep_supervision=False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        scan = args.scan or _head(tmp / "head_1mm.nii.gz")
-        for spacing in args.spacing:
-            run_dir = tmp / f"run_{spacing}"
-            for fold in range(args.folds):
-                torch.manual_seed(fold)
-                meta = ModelMeta(unet, LabelTable.create("tissue"), spacing, (args.patch,) * 3, {})
-                save_model(run_dir / f"fold_{fold}.pt", build_unet(unet, 4), meta)
-            for roi in args.roi:
-                opts = InferenceOptions(
-                    device=args.device,
-                    tta=args.tta,
-                    overlap=args.overlap,
-                    progress=False,
-                    roi_size=[1024] * 3 if roi == "full" else None,
-                )
-                load_before = os.getloadavg()[0]
-                runs = []
+        sys.path.insert(0, str(ROOT))
+        scans = {"scan": args.scan} if args.scan else {c: make_scan(c, tmp) for c in args.cases}
+        for case, scan in scans.items():
+            for model in args.models:
+                runs: dict[str, list[dict]] = {t: [] for t in args.trees}
+                load = [os.getloadavg()[0]]
                 for r in range(args.repeats):
-                    (res,) = segment_scans(scan, tmp / f"out_{spacing}_{roi}_{r}", run_dir, opts)
-                    if res.error:
-                        raise SystemExit(res.error)
-                    runs.append(round(res.seconds, 2))
-                nets, meta = load_ensemble(run_dir, device)
-                predictor = Predictor(
-                    nets, meta, opts.tta, [1024] * 3 if roi == "full" else None, opts.overlap
-                )
-                stages = _stages(scan, predictor, opts, device)
+                    for i, tree in enumerate(args.trees):
+                        out = tmp / f"out_{case}_{model.replace(':', '_')}_{i}_{r}"
+                        cmd = [
+                            sys.executable, __file__, "--worker", "--tree", tree, "--model", model,
+                            "--scan", str(scan), "--out", str(out), "--tta", args.tta,
+                            "--threads", str(args.threads), "--device", args.device,
+                            "--option", *args.option,
+                        ]
+                        env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+                        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                        if done.returncode:
+                            raise SystemExit(f"{tree}: {done.stderr.strip()[-2000:]}")
+                        runs[tree].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                        load.append(os.getloadavg()[0])
+                best = {t: min(rs, key=lambda d: d["wall_s"]) for t, rs in runs.items()}
+                first = best[args.trees[0]]
                 print(
                     json.dumps(
                         {
                             "benchmark": "inference",
-                            "scan": str(args.scan or "phantom head 256^3 1 mm (LIA)"),
-                            "spacing_mm": spacing,
-                            "roi": roi,
-                            "patch": args.patch,
-                            "overlap": args.overlap,
+                            "case": case,
+                            "scan": str(args.scan or case),
+                            "model": model,
                             "tta": args.tta,
-                            "folds": args.folds,
-                            "unet": unet.to_dict(),
-                            "device": args.device,
                             "threads": args.threads,
-                            "seconds_per_scan": float(np.median(runs)),
-                            "runs_s": runs,
-                            "stages_s": {
-                                k: (round(v, 2) if isinstance(v, float) else v)
-                                for k, v in stages.items()
+                            "device": args.device,
+                            "options": args.option,
+                            "loadavg_1m": [round(v, 2) for v in load],
+                            "runs": runs,
+                            "ratio_first_over": {
+                                t: {
+                                    k: round(first[k] / max(b[k], 1e-9), 2)
+                                    for k in ("wall_s", "cpu_s", "peak_rss_gb", "startup_s")
+                                }
+                                for t, b in best.items()
                             },
-                            "loadavg_1m_before": round(load_before, 2),
-                            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                            "torch": torch.__version__,
                         }
                     ),
                     flush=True,

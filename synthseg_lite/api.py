@@ -121,8 +121,13 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     """
     import torch
 
-    from synthseg_lite.inference.pipeline import InferenceOptions, resolve_device, segment_volume
-    from synthseg_lite.inference.predictor import Predictor, resolve_model
+    from synthseg_lite.inference.pipeline import (
+        InferenceOptions,
+        build_predictor,
+        resolve_device,
+        segment_volume,
+    )
+    from synthseg_lite.inference.predictor import resolve_model
     from synthseg_lite.lut import label_dtype, output_labels
 
     known = {f.name for f in fields(InferenceOptions)}
@@ -138,8 +143,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         torch.set_num_threads(int(opts.threads))
     path = resolve_model(model)
     nets, meta = _ensemble(str(path), str(device))
-    predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
-    pred = segment_volume(data, affine, predictor, opts, device)
+    pred = segment_volume(data, affine, build_predictor(nets, meta, opts), opts, device)
     out = output_labels(meta.label_table.target, opts.labels)
     lut = out.lut()
     labels = lut[pred.labels].astype(label_dtype(lut))

@@ -75,21 +75,24 @@ def qc_figure(
             :mod:`synthseg_lite.lut`); None: :func:`class_colors`.
     """
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    img = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    lo, hi = np.percentile(image[::2, ::2, ::2], [0.5, 99.5])  # display range: 1/8 is plenty
     rgba = class_colors(len(names))
     if colors is not None:
         rgba[1:, :3] = np.asarray(colors, dtype=float)[1:] / 255
         rgba[1:, 3] = 1
     cmap = ListedColormap(rgba)
-    present = [k for k in np.unique(labels).tolist() if 0 < k < len(names)]
+    counts = np.bincount(labels.ravel(), minlength=len(names))
+    present = [k for k in np.nonzero(counts)[0].tolist() if 0 < k < len(names)]
     ncol = 8 if max((len(names[k]) for k in present), default=0) <= 12 else 4
     legend_rows = -(-len(present) // ncol)
     legend_in = 0.2 * legend_rows + 0.15
-    fg = (labels > 0) | (img > 0.05)
-    fg = np.nonzero(fg) if fg.any() else np.nonzero(np.ones_like(labels))
+    fg = (labels > 0) | (image > lo + 0.05 * max(hi - lo, 1e-6))
     # Show the bounding box of the head / brain (with a margin), slices at 30, 50, 70 % of it.
-    box = [(max(0, int(i.min()) - 5), min(n, int(i.max()) + 6)) for i, n in zip(fg, labels.shape)]
+    box = []
+    for axis, n in enumerate(labels.shape):
+        idx = np.nonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo_i, hi_i = (int(idx[0]), int(idx[-1])) if idx.size else (0, n - 1)
+        box.append((max(0, lo_i - 5), min(n, hi_i + 6)))
     fig_h = 10 + legend_in
     fig, axes = plt.subplots(3, 4, figsize=(13, fig_h), facecolor="black")
     for row, (fixed, h, v, view, dirs) in enumerate(_VIEWS):
@@ -101,7 +104,7 @@ def qc_figure(
             sl[fixed] = pos
             aspect = spacing[v] / spacing[h]
             ax.imshow(
-                img[tuple(sl)].T,
+                np.clip((image[tuple(sl)].T - lo) / max(hi - lo, 1e-6), 0, 1),
                 cmap="gray",
                 origin="lower",
                 aspect=aspect,

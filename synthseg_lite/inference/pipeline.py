@@ -23,7 +23,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from synthseg_lite.inference.postprocess import (
@@ -39,6 +38,7 @@ from synthseg_lite.inference.predictor import (
     find_checkpoints,
     load_ensemble,
     resolve_model,
+    with_oom_fallback,
 )
 from synthseg_lite.inference.preprocess import preprocess, to_ras
 from synthseg_lite.inference.record import (
@@ -50,6 +50,7 @@ from synthseg_lite.inference.record import (
     clean_temporaries,
     scan_finished,
 )
+from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.io import load_volume, save_volume
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
@@ -79,6 +80,7 @@ from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
 __all__ = [
     "InferenceOptions",
     "ScanResult",
+    "build_predictor",
     "expand_inputs",
     "output_paths",
     "resolve_device",
@@ -103,9 +105,13 @@ class InferenceOptions:
     """How scans are segmented (the defaults of ``infer.py``).
 
     Attributes:
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        device: ``"auto"`` (CUDA when available, else Apple's MPS, else CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         tta: test-time augmentation, one of ``none``, ``flip`` (left/right, SynthSeg), ``mirror``
             (all 8 axis flips, nnU-Net).
+        fast: fast mode for huge studies: no test-time augmentation (whatever ``tta`` says) and,
+            for a 2D model, one slicing axis (the model's first) instead of all; its Dice cost is
+            in the README.
         overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
@@ -134,6 +140,7 @@ class InferenceOptions:
 
     device: str = "auto"
     tta: str = "flip"
+    fast: bool = False
     overlap: float = 0.5
     sw_batch_size: int = 1
     roi_size: list[int] | None = None
@@ -205,16 +212,35 @@ class ScanResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else Apple's MPS when torch has it, else CPU; anything
+    else is passed to ``torch.device``.
+
+    Raises:
+        ValueError: an unknown device, or a GPU that is not there.
+    """
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device: {exc}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device}: no CUDA GPU available (use device=cpu or auto)")
+    if dev.type == "mps" and not has_mps:
+        raise ValueError(f"device={device}: Apple's MPS is not available (use device=cpu or auto)")
     return dev
+
+
+def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
+    """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis)."""
+    return Predictor(
+        nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
+        opts.sw_batch_size, views=1 if opts.fast else None,
+    )
 
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -246,8 +272,12 @@ def segment_volume(
     predictor: Predictor,
     opts: InferenceOptions,
     device: torch.device,
+    name: str = "",
 ) -> NativePrediction:
     """Segment one volume held in memory.
+
+    On an out-of-memory error the volume is segmented again with a smaller network batch, then
+    on the CPU (:func:`~synthseg_lite.inference.predictor.with_oom_fallback`, one warning line).
 
     Args:
         data: (X, Y, Z) array in the on-disk voxel order.
@@ -255,6 +285,7 @@ def segment_volume(
         predictor: the ensemble.
         opts: options (percentiles, cropping, connected components, posteriors).
         device: where to compute.
+        name: the scan, for the out-of-memory warning.
 
     Returns:
         :class:`~synthseg_lite.inference.postprocess.NativePrediction`, with its QC scores
@@ -264,15 +295,24 @@ def segment_volume(
         ValueError: empty or constant image.
     """
     meta = predictor.meta
-    x = torch.as_tensor(np.asarray(data, dtype=np.float32), device=device)
-    image, geom = preprocess(
-        x, affine, meta.spacing_mm, meta.unet.divisor, tuple(opts.percentiles), opts.crop_foreground
-    )
-    probs = predictor(image)[0]
-    probs = keep_largest_component(probs, opts.keep_largest)
-    pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors)
-    pred.qc = qc_scores(probs, qc_groups(meta.label_table.target))
-    return pred
+
+    @torch.inference_mode()
+    def attempt(dev: torch.device) -> NativePrediction:
+        x = torch.as_tensor(np.asarray(data, dtype=np.float32), device=dev)
+        image, geom = preprocess(
+            x, affine, meta.spacing_mm, meta.unet.divisor, tuple(opts.percentiles),
+            opts.crop_foreground,
+        )
+        del x
+        probs = predictor(image)[0]
+        del image
+        probs = keep_largest_component(probs, opts.keep_largest, inplace=True)
+        qc = qc_scores(probs, qc_groups(meta.label_table.target))
+        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors)
+        pred.qc = qc
+        return pred
+
+    return with_oom_fallback(attempt, predictor, device, name)
 
 
 @dataclass
@@ -286,6 +326,7 @@ class _Writer:
     tissue: tuple[np.ndarray, OutputLabels] | None
     provenance: dict
     root: Path
+    reader: ScanReader | None = None
 
 
 def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -294,7 +335,9 @@ def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
-    vol = load_volume(scan.path, canonical=False, max_voxels=w.opts.max_voxels)
+    vol = w.reader.read(scan) if w.reader else load_volume(
+        scan.path, canonical=False, max_voxels=w.opts.max_voxels
+    )
     if not np.any(vol.data):
         raise ValueError(f"{scan.path}: image is empty (all zeros)")
     problem = scan_problem(vol.data[::2, ::2, ::2], scan.path, vol.data.shape)  # a label map...
@@ -302,7 +345,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
         raise ValueError(problem)
     for warning in scan_warnings(vol.data.shape, vol.spacing, scan.path):
         log.warning(warning)
-    pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device)
+    pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device, str(scan.path))
     target = w.predictor.meta.label_table.target
     names = target.names
     written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
@@ -428,7 +471,7 @@ def segment_scans(
         qc = ensemble_qc_threshold(meta, find_checkpoints(model_path)[1:], QC_THRESHOLD)
         opts = replace(opts, qc_threshold=qc)
         log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
-    predictor = Predictor(nets, meta, opts.tta, opts.roi_size, opts.overlap, opts.sw_batch_size)
+    predictor = build_predictor(nets, meta, opts)
     target = meta.label_table.target
     root = study.root(output_dir)
     w = _Writer(
@@ -477,13 +520,23 @@ def _run_scans(
     files it wrote stay."""
     opts = w.opts
     seen: set[Path] = set()
-    with logging_redirect_tqdm():
-        for scan in tqdm(scans, desc="scans", unit="scan", disable=not opts.progress):
+
+    def pending(scan: Scan) -> bool:  # read ahead only scans that will be segmented
+        return opts.overwrite or not scan_finished(output_paths(scan, output_dir, w.labels.desc))
+
+    reader = ScanReader(
+        scans, lambda s: load_volume(s.path, canonical=False, max_voxels=opts.max_voxels), pending
+    )
+    w.reader = reader
+    with logging_redirect_tqdm(), reader:
+        bar = StudyProgress(scans, disable=not opts.progress)
+        for scan in bar:
             out = output_paths(scan, output_dir, w.labels.desc)
             if not opts.overwrite and scan_finished(out):
                 log.info("%s: outputs exist, kept (overwrite=true to segment it again)", scan.case)
                 kept = {k: p for k, p in out.items() if p.is_file()}
                 results.append(ScanResult(scan.path, kept, case=scan.case, done=True))
+                bar.done(0.0, segmented=False)
                 continue
             result = ScanResult(scan.path, case=scan.case)
             start = time.perf_counter()
@@ -509,5 +562,6 @@ def _run_scans(
                 record.discard_scan(out.values())
             result.seconds = time.perf_counter() - start
             results.append(result)
+            bar.done(result.seconds)
             if result.error is None:
                 log.info("%s: %.1f s, QC %.2f", scan.case, result.seconds, result.qc["qc_score"])

@@ -35,16 +35,19 @@ def _largest(mask: torch.Tensor) -> torch.Tensor:
     return get_largest_connected_component_mask(mask[None], connectivity=3)[0].bool()
 
 
-def keep_largest_component(probs: torch.Tensor, mode: str = "brain") -> torch.Tensor:
+def keep_largest_component(
+    probs: torch.Tensor, mode: str = "brain", inplace: bool = False
+) -> torch.Tensor:
     """Connected-component clean-up of class probabilities.
 
     Args:
         probs: (K, X, Y, Z) float probabilities (sum 1 over K); class 0 is background.
         mode: ``"none"``; ``"brain"``: keep the largest component of the foreground;
             ``"labels"``: ``"brain"``, then each class keeps its largest component.
+        inplace: modify ``probs`` itself (no second K-channel volume in memory).
 
     Returns:
-        (K, X, Y, Z) probabilities (a new tensor unless ``mode == "none"``).
+        (K, X, Y, Z) probabilities (``probs`` itself when ``inplace`` or ``mode == "none"``).
 
     Raises:
         ValueError: unknown mode.
@@ -55,15 +58,18 @@ def keep_largest_component(probs: torch.Tensor, mode: str = "brain") -> torch.Te
         return probs
     labels = probs.argmax(0)
     brain = _largest(labels > 0)
-    probs = probs.clone()
-    probs[:, ~brain] = 0
-    probs[0][~brain] = 1
+    if not inplace:
+        probs = probs.clone()
+    outside = ~brain
+    if bool(outside.any()):
+        probs.mul_(brain.to(probs.dtype))  # (K, ...) * (...): zero outside the brain
+        probs[0].add_(outside.to(probs.dtype))  # outside: background with probability 1
     if mode == "labels":
         for k in range(1, probs.shape[0]):  # loop over classes (a handful), not voxels
             mask = labels == k
             stray = mask & ~_largest(mask)
             probs[k][stray] = 0
-        probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
+        probs.div_(probs.sum(0, keepdim=True).clamp(min=1e-8))
     return probs
 
 
@@ -86,6 +92,12 @@ class NativePrediction:
     qc: dict[str, float] = field(default_factory=dict)
 
 
+def _sums(probs: torch.Tensor) -> np.ndarray:
+    """(K,) float64 sum of each class of a (K, ...) tensor, class by class (a float64 copy of
+    one class at a time, never of all of them)."""
+    return np.array([float(p.sum(dtype=torch.float64)) for p in probs])
+
+
 def to_native(
     probs: torch.Tensor, geom: Geometry, keep_posteriors: bool = False, chunk: int = 4
 ) -> NativePrediction:
@@ -102,8 +114,18 @@ def to_native(
     """
     n_classes = probs.shape[0]
     crop = probs[(slice(None), *(slice(0, b - a) for a, b in geom.box))]
-    back_ratios = tuple(1.0 / r for r in geom.ratios)
+    box = tuple(slice(a, b) for a, b in geom.box)
     voxel_mm3 = float(abs(np.linalg.det(geom.ras_affine[:3, :3])))
+    if all(r == 1.0 for r in geom.ratios) and not keep_posteriors:
+        # the network grid is the RAS grid: the argmax of the crop is the label volume, no
+        # K-channel volume of the scan's size is ever made
+        best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
+        best_k[box] = crop.argmax(0)
+        volumes = _sums(crop) * voxel_mm3
+        volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
+        labels = from_ras(best_k, geom.ornt)
+        return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes)
+    back_ratios = tuple(1.0 / r for r in geom.ratios)
     best_p = best_k = None
     volumes = np.zeros(n_classes)
     posteriors = [] if keep_posteriors else None
@@ -112,19 +134,20 @@ def to_native(
         full = torch.zeros((stop - start, *geom.grid_shape), dtype=probs.dtype, device=probs.device)
         if start == 0:
             full[0] = 1  # outside the crop: background
-        full[(slice(None), *(slice(a, b) for a, b in geom.box))] = crop[start:stop]
+        full[(slice(None), *box)] = crop[start:stop]
         ras = resample(full, back_ratios, geom.ras_shape)
-        volumes[start:stop] = ras.double().sum((1, 2, 3)).cpu().numpy() * voxel_mm3
+        del full
+        volumes[start:stop] = _sums(ras) * voxel_mm3
         p, k = ras.max(0)
-        k = k + start
         if best_p is None:
-            best_p, best_k = p, k
+            best_p, best_k = p, k.add_(start)
         else:
             better = p > best_p
             best_p = torch.where(better, p, best_p)
-            best_k = torch.where(better, k, best_k)
+            best_k = torch.where(better, k.add_(start), best_k)
         if posteriors is not None:
             posteriors.append(from_ras(ras, geom.ornt).cpu())
+        del ras, p, k
     labels = from_ras(best_k, geom.ornt)
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
     return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes, post)

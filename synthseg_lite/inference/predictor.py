@@ -13,16 +13,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
 from synthseg_lite.model.artifact import ModelMeta, load_model
-from synthseg_lite.model.slicing import SliceConfig, predict_slicewise
+from synthseg_lite.model.slicing import SliceConfig, accumulate_slicewise
 
 __all__ = [
     "SHIPPED_MODELS",
@@ -33,6 +34,7 @@ __all__ = [
     "load_ensemble",
     "resolve_model",
     "tta_flips",
+    "with_oom_fallback",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,8 @@ class Predictor:
         overlap: window overlap fraction in [0, 1).
         sw_batch_size: windows per network call (3D networks; 2D networks take
             ``meta.slices["batch_size"]`` slices per call).
+        views: 2D networks: slice along only the first ``views`` of the model's slicing axes
+            (None: all of them; the fast mode takes 1).
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class Predictor:
         roi_size: Sequence[int] | None = None,
         overlap: float = 0.5,
         sw_batch_size: int = 1,
+        views: int | None = None,
     ):
         if not nets:
             raise ValueError("at least one network is needed")
@@ -214,6 +219,9 @@ class Predictor:
         self.nets, self.meta = list(nets), meta
         self.overlap, self.sw_batch_size = overlap, sw_batch_size
         self.swap = meta.label_table.target.class_swap()
+        if views is not None and views < 1:
+            raise ValueError(f"views must be >= 1 (or null), got {views}")
+        self.axes = list(self.slices.axes[:views]) if self.slices is not None else []
 
     @property
     def n_passes(self) -> int:
@@ -224,15 +232,35 @@ class Predictor:
     def passes_text(self) -> str:
         """What runs per image, for the log: e.g. ``6 network passes (1 model x 2 TTA flips x 3
         slicing axes)``; a 2D network goes over the volume once per slicing axis."""
-        axes = len(self.slices.axes) if self.slices is not None else 1
+        axes = len(self.axes) if self.slices is not None else 1
         parts = [f"{len(self.nets)} model(s)", f"{len(self.flips)} TTA flip(s)"]
         if self.slices is not None:
             parts.append(f"{axes} slicing axes")
         return f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
 
+    @property
+    def batch_size(self) -> int:
+        """Slices (2D networks) or windows (3D networks) per network call."""
+        return self.slices.batch_size if self.slices is not None else self.sw_batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if self.slices is not None:
+            self.slices.batch_size = int(value)
+        else:
+            self.sw_batch_size = int(value)
+
+    def to(self, device: torch.device | str) -> Predictor:
+        """Move the networks to ``device`` (in place); returns self."""
+        self.nets = [net.to(device) for net in self.nets]
+        return self
+
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Predict class probabilities.
+
+        Every pass (model x flip x slicing axis) adds its softmax in place into one preallocated
+        float32 (K, X, Y, Z) sum, divided once at the end: the only full-size tensor.
 
         Args:
             image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
@@ -241,31 +269,78 @@ class Predictor:
         Returns:
             (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
         """
+        k = self.meta.label_table.target.n_classes
+        total = torch.zeros((k, *image.shape[2:]), dtype=torch.float32, device=image.device)
+        swap = torch.as_tensor(self.swap, dtype=torch.long, device=image.device)
         roi = tuple(min(r, s) for r, s in zip(self.roi_size, image.shape[2:]))
-        total = None
         for net in self.nets:
             for axes in self.flips:
-                dims = [2 + a for a in axes]
-                x = image.flip(dims) if dims else image
                 if self.slices is not None:
                     c = self.slices
-                    probs = predict_slicewise(
-                        net, x, c.axes, c.context, c.batch_size, self.meta.unet.divisor
+                    accumulate_slicewise(
+                        net, image, total, self.axes, c.context, c.batch_size,
+                        self.meta.unet.divisor, flip=axes, swap=swap if 0 in axes else None,
                     )
-                else:
-                    logits = sliding_window_inference(
-                        x,
-                        roi,
-                        self.sw_batch_size,
-                        net,
-                        overlap=self.overlap,
-                        mode="gaussian",
-                        sigma_scale=0.125,
-                    )
-                    probs = torch.softmax(logits.float(), dim=1)
+                    continue
+                dims = [2 + a for a in axes]
+                x = image.flip(dims) if dims else image
+                logits = sliding_window_inference(
+                    x, roi, self.sw_batch_size, net, overlap=self.overlap, mode="gaussian",
+                    sigma_scale=0.125,
+                )
+                probs = torch.softmax(logits.float(), dim=1)[0]
                 if dims:
-                    probs = probs.flip(dims)
-                if 0 in axes:
-                    probs = probs[:, self.swap]
-                total = probs if total is None else total.add_(probs)
-        return total / self.n_passes
+                    probs = probs.flip([d - 1 for d in dims])
+                total.add_(probs.index_select(0, swap) if 0 in axes else probs)
+                del logits, probs
+        n_axes = len(self.axes) if self.slices is not None else 1
+        return total.div_(self.n_passes * n_axes)[None]
+
+
+T = TypeVar("T")
+
+
+def with_oom_fallback(
+    attempt: Callable[[torch.device], T], predictor: Predictor, device: torch.device, name: str = ""
+) -> T:
+    """Run ``attempt(device)``; on an out-of-memory error retry it with half the network batch
+    (down to 1), then on the CPU with the full batch, and say so in one warning line.
+
+    The predictor is moved back to ``device`` with its batch restored afterwards, so the next scan
+    starts on the GPU again.
+
+    Args:
+        attempt: segments one scan on the given device (the predictor is already there).
+        predictor: its networks and batch size are changed for the retries.
+        device: where to try first.
+        name: the scan, for the warning.
+
+    Raises:
+        torch.OutOfMemoryError: out of memory on the CPU with a batch of 1.
+    """
+    batch, current, tried = predictor.batch_size, device, []
+    try:
+        while True:
+            try:
+                result = attempt(current)
+                break
+            except torch.OutOfMemoryError:
+                if current.type == "cuda":
+                    torch.cuda.empty_cache()
+                if predictor.batch_size > 1:
+                    predictor.batch_size = max(1, predictor.batch_size // 2)
+                    tried.append(f"batch {predictor.batch_size}")
+                elif current.type != "cpu":
+                    current = torch.device("cpu")
+                    predictor.to(current).batch_size = batch
+                    tried.append(f"the CPU (batch {batch})")
+                else:
+                    raise
+    finally:
+        if tried:
+            predictor.to(device).batch_size = batch
+    if tried:
+        log.warning(
+            "%s: out of memory on %s; retried with %s", name or "scan", device, ", then ".join(tried)
+        )
+    return result

@@ -7,7 +7,10 @@ explicit ``torch.Generator``, ``per_step`` slices among those with enough foregr
 input) in one indexing operation, without a loop over the batch.
 
 Inference: :func:`predict_slicewise` segments a volume slice by slice along each axis and averages
-the softmax over the axes (SynthSeg-like TTA over the three orientations). Slices without any
+the softmax over the axes (SynthSeg-like TTA over the three orientations);
+:func:`accumulate_slicewise` does the same for one (possibly flipped) pass, adding each batch's
+softmax in place into a preallocated (K, X, Y, Z) sum (what the inference pipeline uses: no
+full-size temporary per axis or per flip). Slices without any
 signal (constant, e.g. the empty slices around a skull-stripped brain) are background without a
 network pass: training only shows slices with labelled tissue, and a network's answer to a blank
 input is arbitrary (it drifts during training).
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "SliceConfig",
+    "accumulate_slicewise",
     "class_presence",
     "extract_slices",
     "predict_slicewise",
@@ -238,3 +242,89 @@ def predict_slicewise(
         probs = probs.movedim(0, 1).movedim(1, 1 + axis)[None]  # (1, K, X, Y, Z)
         total = probs if total is None else total.add_(probs)
     return (total / len(axes))[..., : shape[0], : shape[1], : shape[2]]
+
+
+def _add_slices(target: torch.Tensor, where: torch.Tensor, values: torch.Tensor) -> None:
+    """``target[where] += values`` along dim 0, in place: one strided add over a block of
+    consecutive slices (the usual case; a slice across the last axis is scattered in memory,
+    and a block of them covers whole cache lines), ``index_add_`` otherwise."""
+    n = len(where)
+    lo, hi = int(where.min()), int(where.max())
+    if hi - lo + 1 == n and n > 1 and bool((where.diff() == where[1] - where[0]).all()):
+        target[lo : hi + 1].add_(values if int(where[1]) > int(where[0]) else values.flip(0))
+    elif n == 1:
+        target[lo].add_(values[0])
+    else:
+        target.index_add_(0, where, values)
+
+
+@torch.inference_mode()
+def accumulate_slicewise(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    out: torch.Tensor,
+    axes: Sequence[int] = (0, 1, 2),
+    context: int = 1,
+    batch_size: int = 16,
+    divisor: int = 1,
+    flip: Sequence[int] = (),
+    swap: torch.Tensor | None = None,
+    empty_class: int | None = 0,
+) -> torch.Tensor:
+    """Add the softmax of a 2D network over every slice along each of ``axes`` into ``out``.
+
+    The same sum as ``predict_slicewise(net, image.flip(flip)).flip(flip)[:, swap] * len(axes)``
+    (up to float rounding), computed batch by batch: each batch's (n, K, H, W) softmax is flipped
+    back, its classes permuted and added in place at its slices of ``out``.
+
+    Args:
+        net: maps (N, context, H, W) to (N, K, H, W) logits.
+        image: (1, 1, X, Y, Z) float; padded at the end to a multiple of ``divisor`` for the passes.
+        out: (K, X, Y, Z) float32 running sum, same device (modified in place and returned).
+        axes, context, batch_size, empty_class: see :func:`predict_slicewise`.
+        flip: spatial axes (0 = X) the network sees mirrored (test-time augmentation).
+        swap: (K,) int64 class permutation applied to the mirrored prediction (left/right classes),
+            or None.
+
+    Returns:
+        ``out``.
+    """
+    h = context // 2
+    shape = image.shape[2:]
+    dims = [2 + a for a in flip]
+    x = image.flip(dims) if dims else image
+    pad = [(-n) % divisor for n in shape]
+    if any(pad):
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+    offsets = torch.arange(context, device=image.device)
+    for axis in axes:
+        vol = x[0, 0].movedim(axis, 0)  # (S, H, W), padded
+        n_slices = shape[axis]
+        inplane = [a for a in range(3) if a != axis]
+        hw = [shape[a] for a in inplane]
+        back = [2 + i for i, a in enumerate(inplane) if a in flip]  # dims of (n, K, H, W)
+        padded = F.pad(vol[None, None], (0, 0, 0, 0, h, h), mode="replicate")[0, 0] if h else vol
+        if empty_class is None:
+            blank = torch.zeros(vol.shape[0], dtype=torch.bool, device=vol.device)
+        else:
+            flat = padded.flatten(1)
+            lo, hi = flat.amin(1).unfold(0, context, 1), flat.amax(1).unfold(0, context, 1)
+            blank = lo.amin(1) == hi.amax(1)
+        blank = blank[:n_slices]
+        todo = torch.nonzero(~blank).flatten()
+        target = out.movedim(1 + axis, 0)  # (S, K, H, W) view of the sum
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            probs = torch.softmax(net(padded[idx[:, None] + offsets]).float(), 1)
+            probs = probs[..., : hw[0], : hw[1]]
+            if back:
+                probs = probs.flip(back)
+            if swap is not None:
+                probs = probs.index_select(1, swap)
+            _add_slices(target, n_slices - 1 - idx if axis in flip else idx, probs)
+        if empty_class is not None and bool(blank.any()):
+            where = torch.nonzero(blank).flatten()
+            if axis in flip:
+                where = n_slices - 1 - where
+            target[where, empty_class] += 1.0
+    return out

@@ -1,0 +1,200 @@
+"""The fast inference path gives the straightforward path's labels: in-place accumulation of
+slice passes, in-place clean-up, the identity resampling shortcut; out-of-memory fallback, device
+choice, fast mode, reading ahead and the study progress bar."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from synthseg_lite.inference import InferenceOptions, Predictor, resolve_device, segment_volume
+from synthseg_lite.inference.pipeline import build_predictor
+from synthseg_lite.inference.postprocess import keep_largest_component, to_native
+from synthseg_lite.inference.preprocess import preprocess
+from synthseg_lite.inference.study import ScanReader, StudyProgress
+from synthseg_lite.labels import LabelTable
+from synthseg_lite.model.artifact import ModelMeta
+from synthseg_lite.model.slicing import predict_slicewise
+from synthseg_lite.model.unet import UNetConfig, build_unet
+
+
+def _tiny_2d(context: int, axes: list[int], target: str = "synthseg", seed: int = 0):
+    """A random tiny 2D U-Net and its metadata (left/right classes for ``synthseg``)."""
+    cfg = UNetConfig(
+        n_stages=3, base_features=4, deep_supervision=False, spatial_dims=2, in_channels=context
+    )
+    table = LabelTable.create(target)
+    torch.manual_seed(seed)
+    net = build_unet(cfg, table.target.n_classes).eval()
+    slices = {"axes": axes, "context": context, "batch_size": 5}
+    return net, ModelMeta(cfg, table, 1.0, (32, 32, 32), {}, slices)
+
+
+def _volume(shape=(20, 17, 23)) -> torch.Tensor:
+    """(1, 1, *shape) a bright off-centre blob with texture in a blank margin."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.zeros(1, 1, *shape)
+    box = tuple(slice(n // 6, n * 3 // 4) for n in shape)
+    size = [b.stop - b.start for b in box]
+    image[(0, 0, *box)] = torch.rand(*size, generator=g) * 0.5 + 0.3
+    return image
+
+
+def _straightforward(net, meta, image, tta):
+    """The old predictor: a full volume per flip and axis, flipped back, permuted, averaged."""
+    pred = Predictor([net], meta, tta=tta)
+    c, swap, total = pred.slices, meta.label_table.target.class_swap(), 0
+    for axes in pred.flips:
+        dims = [2 + a for a in axes]
+        x = image.flip(dims) if dims else image
+        p = predict_slicewise(net, x, c.axes, c.context, c.batch_size, meta.unet.divisor)
+        p = p.flip(dims) if dims else p
+        total = total + (p[:, swap] if 0 in axes else p)
+    return total / len(pred.flips)
+
+
+@pytest.mark.parametrize(
+    "tta,context,axes", [("flip", 3, [1, 2]), ("mirror", 1, [0, 1, 2]), ("none", 1, [2, 0])]
+)
+def test_accumulated_passes_give_the_straightforward_probabilities(tta, context, axes) -> None:
+    net, meta = _tiny_2d(context, axes)
+    image = _volume()  # sides not multiples of the divisor: padded, cropped back
+    new = Predictor([net], meta, tta=tta)(image)
+    ref = _straightforward(net, meta, image, tta)
+    assert new.shape == ref.shape == (1, meta.label_table.target.n_classes, 20, 17, 23)
+    torch.testing.assert_close(new, ref, atol=2e-6, rtol=0)
+    assert torch.equal(new.argmax(1), ref.argmax(1))
+
+
+def test_in_place_clean_up_and_identity_resampling_keep_the_labels() -> None:
+    net, meta = _tiny_2d(3, [1, 2])
+    data = torch.zeros(24, 22, 26)
+    data[4:18, 3:19, 5:21] = _volume((14, 16, 16))[0, 0] * 100 + 1
+    image, geom = preprocess(data, np.diag([-1.0, 1, 1, 1]), 1.0, meta.unet.divisor)
+    assert all(r == 1.0 for r in geom.ratios) and geom.box != ((0, 24), (0, 22), (0, 26))
+    probs = Predictor([net], meta, tta="flip")(image)[0]
+    for mode in ("brain", "labels"):
+        copy = keep_largest_component(probs, mode)
+        inplace = keep_largest_component(probs.clone(), mode, inplace=True)
+        torch.testing.assert_close(inplace, copy, atol=1e-6, rtol=0)
+    cleaned = keep_largest_component(probs, "brain")
+    fast = to_native(cleaned, geom)  # shortcut: argmax of the crop, no K-channel full volume
+    full = to_native(cleaned, geom, keep_posteriors=True)  # the resampling path
+    assert fast.posteriors is None and full.posteriors is not None
+    np.testing.assert_array_equal(fast.labels, full.labels)
+    np.testing.assert_array_equal(fast.labels_ras, full.labels_ras)
+    np.testing.assert_allclose(fast.volumes_mm3, full.volumes_mm3, rtol=1e-6)
+
+
+class _OomAbove(nn.Module):
+    """Wraps a network; raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, net: nn.Module, limit: int):
+        super().__init__()
+        self.net, self.limit, self.batches = net, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def _scan() -> tuple[np.ndarray, np.ndarray]:
+    data = np.zeros((24, 22, 26), np.float32)
+    data[4:18, 3:19, 5:21] = _volume((14, 16, 16))[0, 0].numpy() * 100 + 1
+    return data, np.diag([-1.0, 1, 1, 1])
+
+
+def test_out_of_memory_retries_with_a_smaller_batch(caplog) -> None:
+    net, meta = _tiny_2d(3, [1, 2])
+    data, affine = _scan()
+    opts, cpu = InferenceOptions(progress=False), torch.device("cpu")
+    plain = segment_volume(data, affine, Predictor([net], meta), opts, cpu)
+    flaky = _OomAbove(net, limit=2)
+    predictor = Predictor([flaky], meta)
+    with caplog.at_level(logging.WARNING):
+        pred = segment_volume(data, affine, predictor, opts, cpu, "scan.nii.gz")
+    np.testing.assert_array_equal(pred.labels, plain.labels)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "out of memory" in warnings[0] and "batch 2" in warnings[0]
+    assert max(flaky.batches[-3:]) <= 2 and predictor.batch_size == 5  # restored for the next scan
+
+
+def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu(monkeypatch, caplog) -> None:
+    """Simulated on a CPU machine: every attempt on 'cuda' runs out of memory."""
+    net, meta = _tiny_2d(1, [2], target="tissue")
+    predictor = Predictor([net], meta)
+    moves: list[str] = []
+    monkeypatch.setattr(Predictor, "to", lambda self, d: moves.append(str(d)) or self)
+    tried: list[tuple[str, int]] = []
+
+    def attempt(dev: torch.device) -> str:
+        tried.append((dev.type, predictor.batch_size))
+        if dev.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    from synthseg_lite.inference.predictor import with_oom_fallback
+
+    with caplog.at_level(logging.WARNING):
+        assert with_oom_fallback(attempt, predictor, torch.device("cuda"), "s") == "done"
+    assert tried == [("cuda", 5), ("cuda", 2), ("cuda", 1), ("cpu", 5)]
+    assert moves == ["cpu", "cuda"] and predictor.batch_size == 5  # back on the GPU afterwards
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "the CPU" in warning
+    with pytest.raises(torch.OutOfMemoryError):  # on the CPU with a batch of 1: a real failure
+        predictor.batch_size = 1
+        with_oom_fallback(lambda d: attempt(torch.device("cuda")), predictor, torch.device("cpu"))
+
+
+def test_auto_device_prefers_cuda_then_mps(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="MPS"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+
+
+def test_fast_mode_is_one_pass() -> None:
+    net, meta = _tiny_2d(3, [1, 2])
+    fast = build_predictor([net], meta, InferenceOptions(fast=True, tta="flip"))
+    assert fast.flips == [()] and fast.axes == [1]
+    assert fast.passes_text.startswith("1 network passes")
+    full = build_predictor([net], meta, InferenceOptions())
+    assert len(full.flips) == 2 and full.axes == [1, 2]
+
+
+def test_reader_reads_ahead_only_pending_scans_and_reports_errors_in_turn() -> None:
+    read: list[str] = []
+
+    def load(name: str) -> str:
+        read.append(name)
+        if name == "bad":
+            raise ValueError("bad: not a NIfTI file")
+        return name.upper()
+
+    scans = ["a", "done", "b", "bad", "c"]
+    with ScanReader(scans, load, pending=lambda s: s != "done") as reader:
+        assert reader.read("a") == "A"
+        assert reader.read("b") == "B"  # "done" was never read
+        with pytest.raises(ValueError, match="bad"):
+            reader.read("bad")
+        assert reader.read("c") == "C"
+    assert "done" not in read and read.count("b") == 1 and read.count("c") == 1
+
+
+def test_progress_bar_shows_scans_per_hour_and_time_left() -> None:
+    bar = StudyProgress(range(4), disable=False)
+    bar.done(0.0, segmented=False)
+    bar.done(36.0)
+    assert "100 scans/h" in bar.postfix and "01:12 left" in bar.postfix  # 2 scans x 36 s
+    bar.close()
