@@ -48,7 +48,7 @@ from scipy.ndimage import gaussian_filter
 import synthseg_lite
 from synthseg_lite.cli import fail
 from synthseg_lite.degrade import invert_contrast, thick_slices, through_plane_axis
-from synthseg_lite.inference.pipeline import QC_THRESHOLD
+from synthseg_lite.inference.segment import QC_THRESHOLD
 from synthseg_lite.inference.predictor import resolve_model
 from synthseg_lite.io import load_label_map, load_volume
 from synthseg_lite.metrics import label_mapping, map_labels

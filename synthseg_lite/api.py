@@ -121,13 +121,13 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     """
     import torch
 
-    from synthseg_lite.inference.pipeline import (
+    from synthseg_lite.inference.predictor import resolve_model
+    from synthseg_lite.inference.segment import (
         InferenceOptions,
         build_predictor,
         resolve_device,
         segment_volume,
     )
-    from synthseg_lite.inference.predictor import resolve_model
     from synthseg_lite.lut import label_dtype, output_labels
 
     known = {f.name for f in fields(InferenceOptions)}

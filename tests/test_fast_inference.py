@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from synthseg_lite.inference import InferenceOptions, Predictor, resolve_device, segment_volume
-from synthseg_lite.inference.pipeline import build_predictor
+from synthseg_lite.inference.segment import build_predictor
 from synthseg_lite.inference.postprocess import keep_largest_component, to_native
 from synthseg_lite.inference.preprocess import preprocess
 from synthseg_lite.inference.study import ScanReader, StudyProgress

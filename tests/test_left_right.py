@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from synthseg_lite.inference import InferenceOptions, Predictor
-from synthseg_lite.inference.pipeline import segment_volume
+from synthseg_lite.inference.segment import segment_volume
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import ModelMeta
 from synthseg_lite.model.unet import UNetConfig

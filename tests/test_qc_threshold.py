@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from synthseg_lite.inference import InferenceOptions, segment_scans
-from synthseg_lite.inference.pipeline import QC_THRESHOLD
+from synthseg_lite.inference.segment import QC_THRESHOLD
 from synthseg_lite.inference.predictor import resolve_model
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import (

@@ -3,17 +3,15 @@
 ``segment_scans(inputs, output_dir, model, options)`` is the entry point (``infer.py`` wraps it).
 The steps live in :mod:`.preprocess` (RAS, resampling, intensity rescaling, cropping),
 :mod:`.predictor` (ensemble x TTA over MONAI's sliding window) and :mod:`.postprocess`
-(connected components, back to the scan's grid).
+(connected components, back to the scan's grid); :mod:`.segment` runs them on one scan in
+memory, :mod:`.pipeline` on a study (files, record, ``volumes.csv``, report).
 """
 
 from synthseg_lite.inference.pipeline import (
-    InferenceOptions,
     ScanResult,
     expand_inputs,
     output_paths,
-    resolve_device,
     segment_scans,
-    segment_volume,
 )
 from synthseg_lite.inference.predictor import (
     Predictor,
@@ -21,6 +19,7 @@ from synthseg_lite.inference.predictor import (
     find_checkpoints,
     load_ensemble,
 )
+from synthseg_lite.inference.segment import InferenceOptions, resolve_device, segment_volume
 
 __all__ = [
     "InferenceOptions",

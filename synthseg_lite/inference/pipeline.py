@@ -25,22 +25,13 @@ import numpy as np
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from synthseg_lite.inference.postprocess import (
-    KEEP_LARGEST,
-    NativePrediction,
-    keep_largest_component,
-    qc_scores,
-    to_native,
-)
 from synthseg_lite.inference.predictor import (
-    TTA_MODES,
     Predictor,
     find_checkpoints,
     load_ensemble,
     resolve_model,
-    with_oom_fallback,
 )
-from synthseg_lite.inference.preprocess import preprocess, to_ras
+from synthseg_lite.inference.preprocess import to_ras
 from synthseg_lite.inference.record import (
     StudyLease,
     StudyRecord,
@@ -50,11 +41,16 @@ from synthseg_lite.inference.record import (
     clean_temporaries,
     scan_finished,
 )
+from synthseg_lite.inference.segment import (
+    QC_THRESHOLD,
+    InferenceOptions,
+    build_predictor,
+    resolve_device,
+    segment_volume,
+)
 from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.io import load_volume, save_volume
-from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.lut import (
-    LABEL_CONVENTIONS,
     OutputLabels,
     label_dtype,
     output_labels,
@@ -75,7 +71,7 @@ from synthseg_lite.outputs import (
     write_json,
 )
 from synthseg_lite.plots import qc_figure
-from synthseg_lite.validate import MAX_VOXELS, scan_problem, scan_warnings
+from synthseg_lite.validate import scan_problem, scan_warnings
 
 __all__ = [
     "InferenceOptions",
@@ -92,99 +88,6 @@ log = logging.getLogger(__name__)
 
 VOLUMES_CSV = "volumes.csv"
 REPORT_HTML = "report.html"
-#: QC threshold of a model file that carries none of its own (``qc_threshold=null``): a scan
-#: whose score (lowest group confidence) is below it is flagged. Measured with the shipped tissue
-#: model (README "Outputs", ``benchmarks/qc_calibration.py``): 11 real T1 scans 0.80-0.84;
-#: degraded versions of IBSR_01 that keep Dice >= 0.74 (inverted, noisy, 5 mm) 0.77-0.81;
-#: a blurred one (GM Dice 0.54) 0.68; random intensities in a brain mask 0.30-0.43.
-QC_THRESHOLD = 0.70
-
-
-@dataclass
-class InferenceOptions:
-    """How scans are segmented (the defaults of ``infer.py``).
-
-    Attributes:
-        device: ``"auto"`` (CUDA when available, else Apple's MPS, else CPU), ``"cpu"``,
-            ``"cuda"``, ``"cuda:1"``, ``"mps"``...
-        tta: test-time augmentation, one of ``none``, ``flip`` (left/right, SynthSeg), ``mirror``
-            (all 8 axis flips, nnU-Net).
-        fast: fast mode for huge studies: no test-time augmentation (whatever ``tta`` says) and,
-            for a 2D model, one slicing axis (the model's first) instead of all; its Dice cost is
-            in the README.
-        overlap: sliding-window overlap fraction in [0, 1).
-        sw_batch_size: windows per network call.
-        roi_size: sliding-window size in voxels (None: the model's training patch).
-        keep_largest: connected-component clean-up: ``none``, ``brain`` or ``labels``.
-        percentiles: intensity percentiles mapped to 0 and 1.
-        crop_foreground: run the network on the bounding box of the non-zero voxels only.
-        save_posteriors: also write the class probabilities on the input grid.
-        save_qc: write a QC PNG per scan.
-        threads: CPU threads for torch (None: torch's default).
-        progress: show a progress bar over scans.
-        labels: output values: ``native`` (structures: FreeSurfer aseg values; tissue: 1 GM,
-            2 WM, 3 CSF) or ``fast`` (FSL FAST's 1 CSF, 2 GM, 3 WM for tissue outputs, including
-            the tissue view of a structure model).
-        overwrite: segment scans again whose outputs exist (default: skip them, so an interrupted
-            study resumes).
-        num_parts: split the study into this many parts (array jobs).
-        part_id: which part (0-based) this run segments: every ``num_parts``-th scan of the
-            sorted study, starting at ``part_id``.
-        qc_threshold: scans whose QC score is below it get ``qc_flag=1`` in ``volumes.csv``
-            (None: the model's own, stored in its file by ``benchmarks/qc_calibration.py``; 0.70,
-            :data:`QC_THRESHOLD`, for a model without one; an ensemble: the lowest of its members').
-        report: write ``report.html`` for the study (all rows of ``volumes.csv``).
-        max_voxels: a scan whose header declares more voxels is skipped before it is read
-            (default 2**28: twice a 0.5 mm 512^3 head).
-    """
-
-    device: str = "auto"
-    tta: str = "flip"
-    fast: bool = False
-    overlap: float = 0.5
-    sw_batch_size: int = 1
-    roi_size: list[int] | None = None
-    keep_largest: str = "brain"
-    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    crop_foreground: bool = True
-    save_posteriors: bool = False
-    save_qc: bool = True
-    threads: int | None = None
-    progress: bool = True
-    labels: str = "native"
-    overwrite: bool = False
-    num_parts: int = 1
-    part_id: int = 0
-    qc_threshold: float | None = None
-    report: bool = True
-    max_voxels: int = MAX_VOXELS
-
-    def __post_init__(self) -> None:
-        if self.tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
-        if self.keep_largest not in KEEP_LARGEST:
-            raise ValueError(
-                f"keep_largest must be one of {KEEP_LARGEST}, got {self.keep_largest!r}"
-            )
-        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            raise ValueError(
-                f"percentiles must be [low, high] in [0, 100], got {list(self.percentiles)}"
-            )
-        if self.labels not in LABEL_CONVENTIONS:
-            raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {self.labels!r}")
-        if self.qc_threshold is not None and not 0 <= self.qc_threshold <= 1:
-            raise ValueError(f"qc_threshold must be in [0, 1], got {self.qc_threshold}")
-        select_part([], self.num_parts, self.part_id)  # validates num_parts / part_id
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
-        if self.max_voxels < 1:
-            raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
-
-
 @dataclass
 class ScanResult:
     """Outcome for one scan.
@@ -211,38 +114,6 @@ class ScanResult:
     done: bool = False
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else Apple's MPS when torch has it, else CPU; anything
-    else is passed to ``torch.device``.
-
-    Raises:
-        ValueError: an unknown device, or a GPU that is not there.
-    """
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device}: no CUDA GPU available (use device=cpu or auto)")
-    if dev.type == "mps" and not has_mps:
-        raise ValueError(f"device={device}: Apple's MPS is not available (use device=cpu or auto)")
-    return dev
-
-
-def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
-    """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis)."""
-    return Predictor(
-        nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
-        opts.sw_batch_size, views=1 if opts.fast else None,
-    )
-
-
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Scans named by files, folders (searched recursively) and glob patterns, as absolute paths
     (see :func:`synthseg_lite.outputs.find_scans`).
@@ -251,68 +122,6 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         ValueError: nothing matches.
     """
     return [s.path.resolve() for s in find_scans(inputs).scans]
-
-
-def qc_groups(target: TargetPreset) -> dict[str, list[int]]:
-    """Class groups scored by QC: the structure groups (``labels.STRUCTURE_GROUPS``) when they
-    cover every class of the target, else one group per class (e.g. GM, WM, CSF)."""
-    index = {v: k for k, v in enumerate(target.values) if k}
-    groups = {
-        name: [index[v] for v in values if v in index] for name, values in STRUCTURE_GROUPS.items()
-    }
-    groups = {name: classes for name, classes in groups.items() if classes}
-    if {k for c in groups.values() for k in c} == set(index.values()):
-        return groups
-    return {target.names[k]: [k] for k in range(1, target.n_classes)}
-
-
-def segment_volume(
-    data: np.ndarray,
-    affine: np.ndarray,
-    predictor: Predictor,
-    opts: InferenceOptions,
-    device: torch.device,
-    name: str = "",
-) -> NativePrediction:
-    """Segment one volume held in memory.
-
-    On an out-of-memory error the volume is segmented again with a smaller network batch, then
-    on the CPU (:func:`~synthseg_lite.inference.predictor.with_oom_fallback`, one warning line).
-
-    Args:
-        data: (X, Y, Z) array in the on-disk voxel order.
-        affine: (4, 4) its voxel -> world affine.
-        predictor: the ensemble.
-        opts: options (percentiles, cropping, connected components, posteriors).
-        device: where to compute.
-        name: the scan, for the out-of-memory warning.
-
-    Returns:
-        :class:`~synthseg_lite.inference.postprocess.NativePrediction`, with its QC scores
-        (:func:`~synthseg_lite.inference.postprocess.qc_scores` over :func:`qc_groups`).
-
-    Raises:
-        ValueError: empty or constant image.
-    """
-    meta = predictor.meta
-
-    @torch.inference_mode()
-    def attempt(dev: torch.device) -> NativePrediction:
-        x = torch.as_tensor(np.asarray(data, dtype=np.float32), device=dev)
-        image, geom = preprocess(
-            x, affine, meta.spacing_mm, meta.unet.divisor, tuple(opts.percentiles),
-            opts.crop_foreground,
-        )
-        del x
-        probs = predictor(image)[0]
-        del image
-        probs = keep_largest_component(probs, opts.keep_largest, inplace=True)
-        qc = qc_scores(probs, qc_groups(meta.label_table.target))
-        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors)
-        pred.qc = qc
-        return pred
-
-    return with_oom_fallback(attempt, predictor, device, name)
 
 
 @dataclass
