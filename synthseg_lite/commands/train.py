@@ -76,7 +76,7 @@ def build(cfg: DictConfig):
         splits_path=out_dir / "splits.json",
     )
     _, maps = dm.load_maps()
-    plan, _ = plan_for(cfg, table, maps.shape[1:])
+    plan, record = plan_for(cfg, table, maps.shape[1:])
     cfg.synth.patch_shape, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
     synth_cfg.patch_shape, dm.batch_size = list(plan.patch_size), plan.batch_size
     guard = plan_guard(  # memory figures at the first step; smaller plan if it runs out
@@ -89,6 +89,7 @@ def build(cfg: DictConfig):
         synth_cfg.partial_volume_factor,
         out_dir / "plan.json",
     )
+    guard.fake = record
     sched = cfg.model.scheduler
     module = SynthSegModule(
         model_cfg,

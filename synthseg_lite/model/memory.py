@@ -11,7 +11,7 @@ transposed convolutions in the low-precision dtype, as CUDA autocast does).
 
 Fake tensors have no values, so an operation whose result depends on them (``bool(t)``,
 ``t.item()``, ``nonzero``) cannot run. :class:`_SmallValues` keeps the real values of small tensors
-(at most :data:`VALUE_LIMIT` elements: the generator's random parameters, index tables, MONAI's
+(at most :func:`value_limit` elements: the generator's random parameters, index tables, MONAI's
 ``torch.arange(...).tolist()``) by running those operations for real beside the fake ones (random
 draws from the job's own ``torch.Generator``), so every data-dependent decision of the step is
 taken exactly as a real step with that seed would take it. A data-dependent operation on a large
@@ -62,8 +62,11 @@ __all__ = [
     "run_steps",
 ]
 
-#: tensors of at most this many elements keep their real values beside the fake ones
-VALUE_LIMIT = 65_536
+def value_limit(patch: Sequence[int], batch_size: int) -> int:
+    """Tensors of at most this many elements keep their real values beside the fake ones: 1/64
+    of a batch of patches (at least 4096). The generator's SVF (3 values per 25.6 mm grid node)
+    and its parameter tables stay under it; image-sized tensors never do."""
+    return max(4096, int(batch_size) * math.prod(int(p) for p in patch) // 64)
 
 #: What fake tensors do not see, on a CUDA device. Each figure and its source:
 #: - ``cuda_context_gb``: the CUDA context (driver, runtime and the kernels loaded), outside
@@ -201,7 +204,7 @@ class _SmallValues(TorchDispatchMode):
     results, so data-dependent operations on them (``item``, ``bool``, ``nonzero``) get their true
     answer. Enter it inside the :class:`FakeTensorMode` (and inside the MemTracker)."""
 
-    def __init__(self, limit: int = VALUE_LIMIT) -> None:
+    def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
         self.values: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -354,7 +357,7 @@ def measure_step(
     from torch.distributed._tools.mem_tracker import MemTracker
 
     start = time.perf_counter()
-    fake, values = FakeTensorMode(), _SmallValues()
+    fake, values = FakeTensorMode(), _SmallValues(value_limit(patch, batch_size))
     with fake, values:
         parts = build_step(job, patch, batch_size)
     tracker = MemTracker()
@@ -386,7 +389,7 @@ def measure_generator(
     from torch.distributed._tools.mem_tracker import MemTracker
 
     start = time.perf_counter()
-    fake, values = FakeTensorMode(), _SmallValues()
+    fake, values = FakeTensorMode(), _SmallValues(value_limit(patch, batch_size))
     with fake, values:
         gen = SynthGenerator(replace(synth, patch_shape=[int(p) for p in patch]), table)
         maps = torch.empty((batch_size, 1, *map_shape), dtype=torch.uint8)

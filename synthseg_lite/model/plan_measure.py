@@ -84,14 +84,17 @@ def plan_measured(
     """
     start = time.perf_counter()
     u, vox, pv = job.unet, float(job.synth.voxel_mm), int(job.synth.partial_volume_factor)
-    formula = plan_patch_and_batch(
-        gpu_memory_gb, u, job.n_classes, max_patch, job.map_shape, vox, pv, batch_size
-    )
+    try:
+        formula: Plan | None = plan_patch_and_batch(
+            gpu_memory_gb, u, job.n_classes, max_patch, job.map_shape, vox, pv, batch_size
+        )
+    except ValueError as exc:  # the formula finds nothing: the measurement may still
+        formula, formula_error = None, exc
     record: dict[str, Any] = {
         "gpu_memory_gb": gpu_memory_gb,
         "device": job.device,
         "precision": str(job.precision),
-        "formula": {**asdict(formula), "estimated_gb": formula.estimated_gb},
+        "formula": asdict(formula) if formula is not None else {"error": str(formula_error)},
         "counted": "allocations of one training step on fake tensors (CPU), not a run on a GPU",
     }
     tried: list[dict[str, Any]] = []
@@ -117,6 +120,8 @@ def plan_measured(
             patches, formula, batch_size, fits, lambda p, b: cache[(tuple(p), b)], budget_peak
         )
     except FakeUnsupported as exc:
+        if formula is None:
+            raise formula_error from exc
         log.warning("fake tensors cannot run %s: the formula's plan is used", exc)
         record |= {
             "method": "formula",
@@ -158,7 +163,7 @@ def plan_measured(
 
 def _search(
     patches: list[tuple[int, int, int]],
-    formula: Plan,
+    formula: Plan | None,
     batch_size: int | None,
     fits: Callable[[Sequence[int], int], bool],
     measured: Callable[[Sequence[int], int], StepMeasurement],
@@ -168,7 +173,8 @@ def _search(
     while they fit, or to smaller ones until one fits; then grow the batch."""
     min_batch = batch_size or MIN_BATCH
     for b in ([min_batch, 1] if batch_size is None else [batch_size]):
-        i = patches.index(formula.patch_size) if formula.patch_size in patches else 0
+        guess = formula.patch_size if formula is not None else patches[-1]
+        i = patches.index(guess) if guess in patches else 0
         if fits(patches[i], b):
             while i > 0 and fits(patches[i - 1], b):
                 i -= 1
