@@ -82,7 +82,7 @@ def plan_measured(
     Raises:
         ValueError: nothing fits (not even the smallest patch at batch size 1).
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     u, vox, pv = job.unet, float(job.synth.voxel_mm), int(job.synth.partial_volume_factor)
     try:
         formula: Plan | None = plan_patch_and_batch(
@@ -108,7 +108,8 @@ def plan_measured(
         if key not in cache:
             cache[key] = m = measure(job, p, b)
             tried.append({"patch_size": list(p), "batch_size": b, "peak_gb": m.peak_gb,
-                          "total_gb": round(total(m), 4), "seconds": m.seconds})
+                          "total_gb": round(total(m), 4), "seconds": m.seconds,
+                          "cpu_seconds": m.cpu_seconds})
         return total(cache[key]) <= gpu_memory_gb
 
     patches = candidate_patches(max_patch, u.divisor, job.map_shape, vox)
@@ -156,6 +157,7 @@ def plan_measured(
         "total_gb": round(m.peak_gb + allowance["total_gb"], 4),
         "measured": tried,
         "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu, 2),
     }
     plan = Plan(tuple(patch), batch, record["total_gb"])
     return plan, record
