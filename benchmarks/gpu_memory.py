@@ -80,11 +80,11 @@ def default_job_plans(budgets: tuple[float, ...], overrides: tuple[str, ...] = (
     """``plan_only``'s JSON record of the default job (``python train.py``) for each budget, in
     one process (the label maps are made once)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     import train  # noqa: F401  (registers the config schemas)
     from synthseg_lite.commands.train import plan_for
     from synthseg_lite.data import SynthDataModule, make_label_table
-    from omegaconf import OmegaConf
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):

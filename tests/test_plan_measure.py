@@ -4,6 +4,7 @@ fake count against a real step, and the bf16 precision path on a CPU."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import sys
@@ -99,7 +100,7 @@ def test_candidates_are_the_formulas_shrinking_sequence() -> None:
     seq = candidate_patches([160, 160, 160], 32, (160, 192, 160), 1.0)
     assert seq[:4] == [(160, 160, 160), (128, 160, 160), (128, 160, 128), (128, 128, 128)]
     assert seq[-1] == (64, 64, 64)
-    assert all(math.prod(b) < math.prod(a) for a, b in zip(seq, seq[1:]))
+    assert all(math.prod(b) < math.prod(a) for a, b in itertools.pairwise(seq))
 
 
 def test_patch_sizes_never_shrink_as_the_budget_grows() -> None:
@@ -112,7 +113,7 @@ def test_patch_sizes_never_shrink_as_the_budget_grows() -> None:
         assert rec["method"] == "measured" and rec["total_gb"] <= gb
         plans.append(plan)
     vols = [math.prod(p.patch_size) for p in plans]
-    assert all(b >= a for a, b in zip(vols, vols[1:])) and vols[0] < vols[-1]
+    assert all(b >= a for a, b in itertools.pairwise(vols)) and vols[0] < vols[-1]
     assert plans[-1].patch_size == (80, 80, 80) and plans[-1].batch_size > 2
     # the largest: one more sample would not fit
     for gb, p in zip(budgets, plans):
@@ -126,7 +127,7 @@ def test_fake_failure_falls_back_to_the_formula_and_says_which_operation(
 ) -> None:
     """A generator stage that reads a value of a large tensor cannot run on fake tensors: the plan
     is the formula's, and the record names the operation and where it was called."""
-    import synthseg_lite.synth as synth
+    from synthseg_lite import synth
 
     real = synth.gmm_image
 

@@ -234,7 +234,7 @@ class _SmallValues(TorchDispatchMode):
             except Exception:  # noqa: BLE001 - no real value then; the fake result stands
                 return None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         flat, spec = tree_flatten((args, kwargs))
         try:
@@ -376,7 +376,7 @@ def measure_step(
     with fake, values:
         parts = build_step(job, patch, batch_size)
     tracker = _tracker()
-    gen, net, _, opt, maps = parts
+    _, net, _, opt, maps = parts
     tracker.track_external(net, opt, maps)
     with fake, tracker, values, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Module is None")

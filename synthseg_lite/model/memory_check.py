@@ -69,7 +69,7 @@ def compare_step(
     fake = measure_step(job, patch, b, steps, seed)
     torch.manual_seed(seed)
     dev = torch.device(device)
-    gen, net, loss_fn, opt, _ = build_step(job, patch, b)
+    gen, net, loss_fn, _, _ = build_step(job, patch, b)
     maps = maps.to(dev)
     parts = (gen.to(dev), net.to(dev), loss_fn.to(dev), job.optimizer(params=net.parameters()), maps)
     base = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers(), maps])
