@@ -26,8 +26,14 @@ that fails writes its line with ``error`` and the next part runs:
    seeded per device: ``torch.Generator`` streams differ between CPU and CUDA by design); and the
    default job's loss decreases over ``--loss-steps`` steps on the device.
 
+5. ``memory`` (``benchmarks/gpu_memory.py``): a tiny step's peak counted on fake tensors beside the
+   same step run for real (CPU: ``torch.profiler``, within 10 %; CUDA: ``max_memory_allocated`` /
+   ``reserved``). Part ``train`` records, per budget, the planner's fake-counted peak
+   (``fake_peak_gb``) beside the real first-step and run peaks: one CUDA run calibrates the
+   allowance (``synthseg_lite/model/memory.py``).
+
 ``--tiny`` runs the same parts with a 3-stage 4-16 feature U-Net, 64^3 phantoms at 2 mm, budgets
-/200, a 64^3 scan (used by the test suite). On a CPU the memory figures are the process's peak
+/400, a 64^3 scan (used by the test suite). On a CPU the memory figures are the process's peak
 resident set (``peak_rss_gb``, the whole process, not only training), labelled as such; fp16 is
 CUDA-only, so CPU runs use ``32-true`` and ``bf16-mixed``.
 """
@@ -54,12 +60,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_memory import part_memory  # noqa: E402  (part 5: fake-tensor peak against the real one)
 
 log = logging.getLogger("gpu_check")
 
-PARTS = ("generator", "train", "inference", "correctness")
+PARTS = ("generator", "train", "inference", "correctness", "memory")
 BUDGETS_GB = (12.0, 8.0, 24.0)
-TINY_BUDGET_SCALE = 1 / 200
+TINY_BUDGET_SCALE = 1 / 400
 # the tiny job: 3-stage U-Net (4-16 features), 64^3 phantoms at 2 mm, patch at most 32^3
 TINY_OVERRIDES = [
     "model.unet.n_stages=3",
@@ -307,6 +316,7 @@ def train_steps(
     synth = statistics.median(timed_synth) if timed_synth else math.nan
     est = plan["estimated_gb"]
     first = {f"first_step_peak_{k}_gb": v for k, v in (plan["measured_peak_gb"] or {}).items()}
+    fake = plan.get("fake_measured") or {}  # the planner's fake-tensor count of this plan
     return {
         "gpu_memory_gb": gpu_memory_gb,
         "precision": str(trainer.precision),
@@ -321,6 +331,10 @@ def train_steps(
         "synth_share_of_step": round(synth / step_s, 3) if step_s > 0 else None,
         **first,
         **run_peak,
+        "fake_peak_gb": fake.get("measured_peak_gb"),
+        "fake_peak_by_kind_gb": fake.get("peak_by_kind_gb"),
+        "fake_allowance_gb": fake.get("allowance_gb"),
+        "plan_method": fake.get("method"),
         # on a CPU the peak is the whole process's (Python, torch, maps): no ratio to the estimate
         "peak_over_estimate": (
             round(run_peak["peak_allocated_gb"] / est, 3) if est and device.type == "cuda" else None
@@ -551,6 +565,7 @@ PART_FUNCTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "train": part_train,
     "inference": part_inference,
     "correctness": part_correctness,
+    "memory": part_memory,
 }
 
 

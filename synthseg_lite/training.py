@@ -329,6 +329,7 @@ class PlanGuard(pl.Callback):
         self.failed: list[dict[str, Any]] = []  # plans that ran out of memory before this one
         self.first_step_done = False
         self.measured: dict[str, float] = {}
+        self.fake: dict[str, Any] | None = None  # the planner's fake-tensor record (plan_measure)
 
     def to_dict(self) -> dict[str, Any]:
         est = self.plan.estimated_gb
@@ -339,6 +340,7 @@ class PlanGuard(pl.Callback):
             "estimated_gb": est if math.isfinite(est) else None,
             "measured_peak_gb": {k: round(v, 3) for k, v in self.measured.items()} or None,
             "out_of_memory_before": self.failed,
+            "fake_measured": self.fake,
         }
 
     def _write(self) -> None:

@@ -51,7 +51,6 @@ def build(cfg: DictConfig):
         check_accelerator,
         check_trainer_args,
         plan_guard,
-        plan_sizes,
     )
 
     check_accelerator(cfg.trainer.accelerator)
@@ -79,16 +78,7 @@ def build(cfg: DictConfig):
         splits_path=out_dir / "splits.json",
     )
     _, maps = dm.load_maps()
-    plan = plan_sizes(
-        cfg.gpu_memory_gb,
-        UNetConfig(**OmegaConf.to_container(cfg.model.unet)),
-        table.target.n_classes,
-        list(synth_cfg.patch_shape),
-        data_cfg.batch_size,
-        maps.shape[1:],
-        synth_cfg.voxel_mm,
-        synth_cfg.partial_volume_factor,
-    )
+    plan, record = plan_for(cfg, table, maps.shape[1:])
     cfg.synth.patch_shape, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
     synth_cfg.patch_shape, dm.batch_size = list(plan.patch_size), plan.batch_size
     guard = plan_guard(  # memory figures at the first step; smaller plan if it runs out
@@ -101,6 +91,7 @@ def build(cfg: DictConfig):
         synth_cfg.partial_volume_factor,
         out_dir / "plan.json",
     )
+    guard.fake = record
     sched = cfg.model.scheduler
     module = SynthSegModule(
         model_cfg,
@@ -141,6 +132,56 @@ def build(cfg: DictConfig):
     return dm, module, trainer
 
 
+def plan_for(cfg: DictConfig, table, map_shape) -> tuple:
+    """The run's (plan, record): measured on a fake training step for ``gpu_memory_gb``
+    (:mod:`synthseg_lite.model.plan_measure`), or the sizes as given (record None)."""
+    from hydra.utils import instantiate
+
+    from synthseg_lite.model.memory import StepJob
+    from synthseg_lite.model.plan_measure import plan_measured
+    from synthseg_lite.model.unet import UNetConfig
+    from synthseg_lite.training import plan_sizes
+
+    synth_cfg, model_cfg = OmegaConf.to_object(cfg.synth), OmegaConf.to_object(cfg.model)
+    unet = UNetConfig(**OmegaConf.to_container(cfg.model.unet))
+    if cfg.gpu_memory_gb is None:
+        args = (unet, table.target.n_classes, list(synth_cfg.patch_shape), cfg.data.batch_size)
+        return plan_sizes(None, *args, tuple(map_shape), synth_cfg.voxel_mm), None
+    acc = str(cfg.trainer.accelerator).lower()
+    cuda = acc in ("gpu", "cuda") or (acc == "auto" and __import__("torch").cuda.is_available())
+    job = StepJob(unet, table.target.n_classes, synth_cfg, table, tuple(map_shape),
+                  model_cfg.loss, instantiate(cfg.model.optimizer), str(cfg.trainer.precision),
+                  cfg.trainer.get("gradient_clip_val"), "cuda" if cuda else "cpu")
+    plan, record = plan_measured(float(cfg.gpu_memory_gb), job, list(synth_cfg.patch_shape),
+                                 cfg.data.batch_size)
+    log.info("planned for %.1f GB (%s): patch %s, batch %d (%.2f GB with allowance)",
+             cfg.gpu_memory_gb, record["method"], list(plan.patch_size), plan.batch_size,
+             plan.estimated_gb)
+    return plan, record
+
+
+def plan_only(cfg: DictConfig) -> None:
+    """``plan_only=true``: print the plan's JSON line (measured peak by kind, allowance, formula,
+    seconds) and stop; nothing trains."""
+    import json
+    import sys
+
+    from synthseg_lite.data import SynthDataModule, make_label_table
+
+    if cfg.get("threads"):
+        __import__("torch").set_num_threads(int(cfg.threads))
+    data_cfg = OmegaConf.to_object(cfg.data)
+    table = make_label_table(data_cfg)
+    dm = SynthDataModule(data_cfg, table, cfg.fold, batch_size=1, seed=int(cfg.seed),
+                         spacing_mm=float(cfg.synth.voxel_mm),
+                         splits_path=Path(cfg.paths.output_dir) / "splits.json")
+    _, maps = dm.load_maps()
+    plan, record = plan_for(cfg, table, maps.shape[1:])
+    record = record or {"method": "given", "patch_size": list(plan.patch_size),
+                        "batch_size": plan.batch_size}
+    sys.stdout.write(json.dumps(record) + "\n")
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train; returns the best value of the monitored metric (for sweepers)."""
     from synthseg_lite.model.planning import Plan
@@ -152,6 +193,8 @@ def run(cfg: DictConfig) -> float | None:
         read_resume,
     )
 
+    if cfg.get("plan_only"):
+        return plan_only(cfg)
     if cfg.resume:
         info = read_resume(cfg.resume)
         if int(cfg.seed) != info["seed"]:
