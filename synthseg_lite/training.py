@@ -25,6 +25,12 @@ from synthseg_lite.data import DataConfig
 from synthseg_lite.io import atomic_write
 from synthseg_lite.model.module import ModelConfig
 from synthseg_lite.model.planning import Plan, plan_patch_and_batch, shrink_plan
+from synthseg_lite.model.start import (  # noqa: F401  (the run's start, re-exported)
+    check_resume_compatible,
+    config_differences,
+    init_weights,
+    read_resume,
+)
 from synthseg_lite.model.unet import UNetConfig
 from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
 
@@ -118,119 +124,6 @@ def check_trainer_args(trainer: Mapping[str, Any]) -> None:
             raise ValueError(f"trainer.{key} must be {names}, got {v!r}")
         if v < 0 and not (key in ("max_epochs", "max_steps") and v == -1):
             raise ValueError(f"trainer.{key} must not be negative, got {v}")
-
-
-def read_resume(path: str | Path) -> dict[str, Any]:
-    """The training-relevant contents of a checkpoint: ``seed``, ``global_step``, ``config``.
-
-    Raises:
-        ValueError: missing or foreign file.
-    """
-    path = Path(path)
-    try:  # weights_only: a crafted checkpoint cannot run code
-        ckpt = load_torch_file(path, "cpu", "checkpoint")
-    except ValueError as exc:
-        raise ValueError(f"resume={exc}") from exc
-    try:
-        hp = ckpt["hyper_parameters"]
-        return {
-            "seed": int(hp["seed"]),
-            "global_step": int(ckpt.get("global_step", 0)),
-            "config": dict(hp.get("config") or {}),
-            "shapes": {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()},
-        }
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(
-            f"resume={path}: not a synthseg_lite training checkpoint (no {exc})"
-        ) from exc
-
-
-def check_resume_compatible(module: torch.nn.Module, info: Mapping[str, Any], path: str) -> None:
-    """Fail before any training when the checkpoint's weights do not fit the configured network.
-
-    Args:
-        module: the LightningModule built from the current configuration.
-        info: :func:`read_resume`'s result (``shapes``: state-dict key -> tensor shape).
-        path: the checkpoint, for the message.
-
-    Raises:
-        ValueError: missing, unexpected or differently shaped weights (the first one is named).
-    """
-    have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    want = dict(info.get("shapes") or {})
-    missing = sorted(set(have) - set(want))
-    extra = sorted(set(want) - set(have))
-    shaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
-    if missing or extra or shaped:
-        what = (
-            f"{shaped[0]} is {list(want[shaped[0]])} there, {list(have[shaped[0]])} here"
-            if shaped
-            else f"weights {'missing' if missing else 'unexpected'}: {(missing or extra)[0]}"
-        )
-        raise ValueError(
-            f"resume={path}: checkpoint from an incompatible configuration ({what}; "
-            f"{len(missing) + len(extra) + len(shaped)} mismatch(es)); resume with the run's own "
-            "settings (model.*, data.target)"
-        )
-
-
-def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
-    """Start ``module.net`` from the network weights of a model file (fine-tuning).
-
-    Args:
-        module: the LightningModule built from the current configuration (``.net``,
-            ``.table``).
-        path: a ``.pt`` model file or a training ``.ckpt`` (read with ``weights_only=True``).
-
-    Returns:
-        The file's recorded ``extra`` metadata (step, config), for the run's log.
-
-    Raises:
-        ValueError: unreadable file, another topology, or other target classes.
-    """
-    from synthseg_lite.model.artifact import load_model
-
-    try:
-        net, meta = load_model(path)
-    except ValueError as exc:
-        raise ValueError(f"init_weights={exc}") from exc
-    want = list(module.table.target.names)
-    if list(meta.label_table.target.names) != want:
-        raise ValueError(
-            f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
-            f"configured target is {want[:4]}... (data.target must match the model's)"
-        )
-    have = {k: tuple(v.shape) for k, v in module.net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    if have != got:
-        bad = sorted(k for k in set(have) | set(got) if have.get(k) != got.get(k))
-        raise ValueError(
-            f"init_weights={path}: another network ({bad[0]} is {got.get(bad[0])} there, "
-            f"{have.get(bad[0])} here); set model.unet and model.slices as the model was trained"
-        )
-    module.net.load_state_dict(net.state_dict())
-    return dict(meta.extra)
-
-
-def config_differences(
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
-    sections: tuple[str, ...] = ("data", "synth", "model", "seed", "fold"),
-) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (within ``sections``)."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, key: str) -> None:
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) | set(b), key=str):
-                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
-        elif a != b:
-            diffs.append(f"{key}: {a!r} -> {b!r}")
-
-    for s in sections:
-        if s in old or s in new:
-            walk(old.get(s), new.get(s), s)
-    return diffs
 
 
 def plan_sizes(

@@ -26,14 +26,13 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from test_cli import tiny_model  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -727,7 +726,8 @@ def test_catalogue_size() -> None:
 def test_crafted_files_never_run_code(tmp_path: Path) -> None:
     """Model files and resume checkpoints: a pickled callable is refused in one line, unrun."""
     from synthseg_lite.model.artifact import load_model
-    from synthseg_lite.training import AtomicCheckpointIO, read_resume
+    from synthseg_lite.model.start import read_resume
+    from synthseg_lite.training import AtomicCheckpointIO
 
     marker = tmp_path / "PWNED"
     evil = _evil(tmp_path / "evil.ckpt", marker, {"hyper_parameters": {"seed": 0}})

@@ -389,7 +389,7 @@ def test_init_weights_starts_from_a_model_file_and_refuses_another_network(
     toy_maps: str, tmp_path: Path
 ) -> None:
     from synthseg_lite.model.artifact import save_model
-    from synthseg_lite.training import init_weights
+    from synthseg_lite.model.start import init_weights
 
     tiny = [
         "experiment=cpu",

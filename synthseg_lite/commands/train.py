@@ -16,7 +16,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from synthseg_lite.cli import hydra_main, user_errors
@@ -185,13 +184,13 @@ def plan_only(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float | None:
     """Train; returns the best value of the monitored metric (for sweepers)."""
     from synthseg_lite.model.planning import Plan
-    from synthseg_lite.training import (
+    from synthseg_lite.model.start import (
         check_resume_compatible,
         config_differences,
-        fit_with_oom_fallback,
         init_weights,
         read_resume,
     )
+    from synthseg_lite.training import fit_with_oom_fallback
 
     if cfg.get("plan_only"):
         return plan_only(cfg)
