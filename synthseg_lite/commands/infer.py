@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -70,6 +69,19 @@ register_help(
 )
 
 
+def study_qc_threshold(qc_threshold: float | None, model: str | None) -> float:
+    """``qc_threshold=`` as given, else the model's own (an ensemble: its members' lowest; 0.70
+    for a model without one), as the segmenting run used it."""
+    if qc_threshold is not None:
+        return float(qc_threshold)
+    from synthseg_lite.inference.predictor import find_checkpoints, resolve_model
+    from synthseg_lite.inference.segment import QC_THRESHOLD
+    from synthseg_lite.model.artifact import ensemble_qc_threshold, read_meta
+
+    files = find_checkpoints(resolve_model(model))
+    return ensemble_qc_threshold(read_meta(files[0]), files[1:], QC_THRESHOLD)
+
+
 def rebuild_report(output: str | Path, qc_threshold: float) -> Path:
     """Write ``report.html`` beside the study's ``volumes.csv`` in ``output`` (or in its
     ``derivatives/synthseg_lite`` for a BIDS study); returns the page's path.
@@ -102,7 +114,9 @@ class StudyReport(Callback):
         if config.get("report_only") or not config.get("report") or output in (None, MISSING):
             return
         try:
-            path = rebuild_report(output, float(config.qc_threshold))
+            path = rebuild_report(
+                output, study_qc_threshold(config.qc_threshold, config.get("model"))
+            )
         except ValueError as exc:  # no part wrote a row
             log.warning("%s", exc)
             return
@@ -117,7 +131,9 @@ def main(cfg: DictConfig) -> None:
     if OwnedLogHandler.refused is not None:  # a user's infer.log: Hydra's log went nowhere
         user_errors(lambda: check_study_files([OwnedLogHandler.refused]))
     if cfg.report_only:
-        path = user_errors(lambda: rebuild_report(cfg.output, float(cfg.qc_threshold)))
+        path = user_errors(lambda: rebuild_report(
+            cfg.output, study_qc_threshold(cfg.qc_threshold, cfg.model)
+        ))
         log.info("report -> %s", path)
         return
     args = OmegaConf.to_container(cfg, resolve=True)
