@@ -27,7 +27,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MAPS = ROOT.parent / "shared" / "data" / "label_maps"
-sys.path.insert(0, str(ROOT))
 
 
 def _rss_mb() -> float:
@@ -50,7 +49,7 @@ def _label_map(spec: str | None):
     from synthseg_lite.data import crop_to_labels, resolve_paths
     from synthseg_lite.io import load_label_map
     from synthseg_lite.labels import LabelTable
-    from synthseg_lite.phantom import make_phantom
+    from synthseg_lite.data.phantom import make_phantom
 
     table = LabelTable.create("tissue")
     if spec is None and DEFAULT_MAPS.is_dir():

@@ -2,8 +2,8 @@
 
 For a tiny job (3-stage 4-16 feature U-Net, two 64^3 phantoms, 32^3 patch at 2 mm, batch 2) and
 each precision: the peak of two training steps counted on fake tensors
-(:func:`synthseg_lite.model.memory.measure_step`) beside the same steps run for real on the device
-(:func:`synthseg_lite.model.memory_check.compare_step`: ``torch.profiler`` allocations on a CPU,
+(:func:`synthseg_lite.training.memory.measure_step`) beside the same steps run for real on the device
+(:func:`synthseg_lite.training.memory_check.compare_step`: ``torch.profiler`` allocations on a CPU,
 ``torch.cuda.max_memory_allocated``/``reserved`` on CUDA). On a CPU the check is that the two
 agree within ``TOLERANCE``; on CUDA the figures calibrate the planner's allowance (the per-budget
 default-job figures are in part ``train``: ``fake_peak_gb`` beside the measured peaks).
@@ -27,7 +27,7 @@ def tiny_job(precision: str, device: str):
     from synthseg_lite.data.config import PhantomConfig
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.model.loss import LossConfig
-    from synthseg_lite.model.memory import StepJob
+    from synthseg_lite.training.memory import StepJob
     from synthseg_lite.model.unet import UNetConfig
     from synthseg_lite.synth import SynthConfig
 
@@ -46,7 +46,7 @@ def tiny_job(precision: str, device: str):
 
 def part_memory(s: Any) -> dict[str, Any]:
     """Fake against real peak of the tiny step, per precision (``s``: gpu_check's Settings)."""
-    from synthseg_lite.model.memory_check import compare_step
+    from synthseg_lite.training.memory_check import compare_step
 
     device = "cuda" if s.is_cuda else "cpu"
     runs = []
@@ -67,7 +67,7 @@ def generator_peaks(
     """The default generator's own peak on fake tensors, per patch and batch (label maps of
     ``map_shape``, the default phantoms' stack, included)."""
     from synthseg_lite.labels import LabelTable
-    from synthseg_lite.model.memory import measure_generator
+    from synthseg_lite.training.memory import measure_generator
     from synthseg_lite.synth import SynthConfig
 
     table = LabelTable.create("tissue")
@@ -82,7 +82,6 @@ def default_job_plans(budgets: tuple[float, ...], overrides: tuple[str, ...] = (
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import train  # noqa: F401  (registers the config schemas)
     from synthseg_lite.commands.train import plan_for
     from synthseg_lite.data import SynthDataModule, make_label_table
 
@@ -107,7 +106,6 @@ if __name__ == "__main__":
     import json
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
     torch.set_num_threads(1)

@@ -54,7 +54,7 @@ def make_scan(case: str, folder: Path, source: Path = OASIS) -> Path:
     if path.exists():
         return path
     if case == "phantom":
-        from synthseg_lite.phantom import make_phantom
+        from synthseg_lite.data.phantom import make_phantom
 
         labels = make_phantom((256, 256, 256), seed=0)
         rng = np.random.default_rng(0)
@@ -102,7 +102,6 @@ def _timed(stages: dict[str, float], name: str, fn):
 def worker(args: argparse.Namespace) -> dict:
     """One run in this process: import the tree's package, segment the scan, time the stages."""
     t0 = time.perf_counter()
-    sys.path.insert(0, str(Path(args.tree).resolve()))
     import torch
 
     from synthseg_lite.inference import InferenceOptions, pipeline
@@ -205,7 +204,6 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sys.path.insert(0, str(ROOT))
         scans = {"scan": args.scan} if args.scan else {c: make_scan(c, tmp) for c in args.cases}
         for case, scan in scans.items():
             for model in args.models:
@@ -220,7 +218,8 @@ def main() -> None:
                             "--threads", str(args.threads), "--device", args.device,
                             "--option", *args.option,
                         ]
-                        env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+                        env = os.environ | {"OMP_NUM_THREADS": str(args.threads),  # the tree's package first
+                                           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(tree).resolve()), os.environ.get("PYTHONPATH")]))}
                         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                         if done.returncode:
                             raise SystemExit(f"{tree}: {done.stderr.strip()[-2000:]}")

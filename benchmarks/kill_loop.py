@@ -50,9 +50,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/killloop"))
     args = parser.parse_args()
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+    import nibabel as nib
+    import numpy as np
     import torch
-    from test_bad_inputs import _head, _save
 
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.model.artifact import ModelMeta, save_model
@@ -65,8 +65,14 @@ def main() -> None:
     cfg = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
     meta = ModelMeta(cfg, LabelTable.create("tissue"), 2.0, (128,) * 3, {})
     model = save_model(w / "fold_0.pt", build_unet(cfg, 4), meta)
-    for i in range(3):
-        _save(_head(seed=i), w / "in" / f"s{i}.nii.gz")
+    (w / "in").mkdir()
+    for i in range(3):  # head-like scans: an ellipsoid, two tissues, noise; 2 mm voxels
+        rng, shape = np.random.default_rng(i), np.array((48, 52, 44))
+        idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+        r = np.sqrt((((idx - shape / 2) / (shape / 2.4)) ** 2).sum(-1))
+        img = np.where(r < 1, 60 + 50 * (r < 0.6), 0) + rng.normal(0, 3, tuple(shape)) * (r < 1)
+        affine = np.diag([2.0, 2.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(img.astype(np.float32), affine), str(w / "in" / f"s{i}.nii.gz"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
     def infer(out: Path, *extra: str) -> subprocess.Popen:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -27,16 +26,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from matplotlib import patheffects
 
-from synthseg_lite.cli import fail
+from synthseg_lite.commands.common import fail
 from synthseg_lite.io import atomic_write
 from synthseg_lite.labels import target_preset
-from synthseg_lite.lut import output_labels
+from synthseg_lite.labels.lut import output_labels
 
 # the class colours of the QC figures and label tables (FreeSurfer's cortex, white matter and
-# ventricle colours, synthseg_lite.lut); lines get a dark outline so white matter shows on white
+# ventricle colours, synthseg_lite.labels.lut); lines get a dark outline so white matter shows on white
 _TISSUE = output_labels(target_preset("tissue"))
 CLASSES = {n: tuple(c / 255 for c in rgb) for n, rgb in zip(_TISSUE.names[1:], _TISSUE.colors[1:])}
 OUTLINE = [patheffects.Stroke(linewidth=3.2, foreground="0.15"), patheffects.Normal()]

@@ -11,8 +11,8 @@ The README's procedure ("Outputs", QC score), as one command:
 
 * **clean** scans: the OASIS T1 and the 10 IBSR T1 scans of ``../shared/data/real`` (``--data``);
 * **degraded** versions of one scan (``--base``, default IBSR_01, skull-stripped): ``inverted``
-  (:func:`synthseg_lite.degrade.invert_contrast`), ``thick5`` (5 mm slabs along the through-plane
-  axis, :func:`synthseg_lite.degrade.thick_slices`), ``noise`` (Gaussian, SD 1.5 x the brain's
+  (:func:`synthseg_lite.evaluation.degrade.invert_contrast`), ``thick5`` (5 mm slabs along the through-plane
+  axis, :func:`synthseg_lite.evaluation.degrade.thick_slices`), ``noise`` (Gaussian, SD 1.5 x the brain's
   intensity SD, in the brain mask), and the **heavy** ones, which a QC must flag: ``blur``
   (Gaussian, sigma 4 voxels) and ``random`` (uniform random intensities in the brain mask,
   between the brain's 0.5 and 99.5 percentiles). Seeded.
@@ -40,18 +40,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 import synthseg_lite
-from synthseg_lite.cli import fail
-from synthseg_lite.degrade import invert_contrast, thick_slices, through_plane_axis
+from synthseg_lite.commands.common import fail
+from synthseg_lite.evaluation.degrade import invert_contrast, thick_slices, through_plane_axis
 from synthseg_lite.inference.segment import QC_THRESHOLD
 from synthseg_lite.inference.predictor import resolve_model
 from synthseg_lite.io import load_label_map, load_volume
-from synthseg_lite.metrics import label_mapping, map_labels
+from synthseg_lite.evaluation.metrics import label_mapping, map_labels
 from synthseg_lite.model.artifact import model_qc_threshold, read_meta, with_qc_threshold
 
 log = logging.getLogger("qc_calibration")

@@ -7,12 +7,12 @@ are and degraded (inverted contrast as a T2-like check, thick slices), scored wi
 Every number comes from the project's own command-line tools, run as subprocesses exactly as a
 user would run them (the commands are logged and stored in the JSON):
 
-* ``python -m synthseg_lite.degrade`` derives the degraded scans (same voxel grid, so the original
+* ``python -m synthseg_lite.commands.degrade`` derives the degraded scans (same voxel grid, so the original
   references stay valid): ``inverted`` (intensities mirrored inside the brain: CSF bright, WM
   dark) and ``thick3`` / ``thick5`` (3 / 5 mm slabs along the acquisition's slice axis, the axis
   with the largest voxel spacing, interpolated back to the original grid);
 * ``python infer.py`` segments them with the model (default TTA), ``python -m
-  synthseg_lite.baseline`` with the 3-class Gaussian mixture;
+  synthseg_lite.evaluation.baseline`` with the 3-class Gaussian mixture;
 * ``python evaluate.py`` scores both against the references (IBSR manual labels; FreeSurfer aseg
   for OASIS with ``ref_labels=aseg_ventricular``: CSF = ventricles), Dice per class.
 
@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from synthseg_lite.cli import fail
+from synthseg_lite.commands.common import fail
 
 log = logging.getLogger("real_scans")
 
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         py,
                         "-m",
-                        "synthseg_lite.degrade",
+                        "synthseg_lite.evaluation.degrade",
                         *scans,
                         "--output",
                         str(folder),
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         py,
                         "-m",
-                        "synthseg_lite.baseline",
+                        "synthseg_lite.evaluation.baseline",
                         *scans,
                         "--output",
                         str(methods["baseline"]),

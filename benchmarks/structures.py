@@ -1,16 +1,16 @@
 """A structure model on the shared real scans: per-structure Dice on OASIS as it is and degraded,
 the tissue view on OASIS and IBSR, and per-group learning curves from a run's checkpoints.
 
-    python benchmarks/structures.py --output results_structures/                  # model=structures
-    python benchmarks/structures.py --model outputs/train/<run>/checkpoints/last.ckpt --output r/
-    python benchmarks/structures.py --model tissue --output r_tissue/  # tissue view only
-    python benchmarks/structures.py --checkpoints 'outputs/train/<run>/checkpoints/step*.ckpt' \\
+    python -m benchmarks.structures --output results_structures/                  # model=structures
+    python -m benchmarks.structures --model outputs/train/<run>/checkpoints/last.ckpt --output r/
+    python -m benchmarks.structures --model tissue --output r_tissue/  # tissue view only
+    python -m benchmarks.structures --checkpoints 'outputs/train/<run>/checkpoints/step*.ckpt' \\
         --output curves/                                # learning curves (OASIS, per group)
 
 Every number comes from the project's command-line tools, run as subprocesses as a user would
 (the commands are logged and stored in the JSON):
 
-* ``python -m synthseg_lite.degrade`` derives OASIS' degraded versions (same grid, so the aseg
+* ``python -m synthseg_lite.commands.degrade`` derives OASIS' degraded versions (same grid, so the aseg
   stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
   ``benchmarks/real_scans.py``), and ``thick3_head``, a **proxy** for "a 3 mm scan with skull, no
   mask": ``../shared/data`` holds no real scan with a skull (OASIS and IBSR are skull-stripped), so
@@ -47,24 +47,21 @@ import glob
 import json
 import logging
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from head_proxy import head_proxy  # noqa: E402
-from real_scans import CLASSES, CONDITIONS, run  # noqa: E402
+import nibabel as nib
+import numpy as np
 
-from synthseg_lite.cli import fail  # noqa: E402
-from synthseg_lite.labels import STRUCTURE_GROUPS  # noqa: E402
-from synthseg_lite.pairing import find_cases  # noqa: E402
-from synthseg_lite.structure_metrics import check_structure_labels  # noqa: E402
+from benchmarks.head_proxy import head_proxy
+from benchmarks.real_scans import CLASSES, CONDITIONS, run
+from synthseg_lite.commands.common import fail
+from synthseg_lite.labels import STRUCTURE_GROUPS
+from synthseg_lite.evaluation.pairing import find_cases
+from synthseg_lite.evaluation.structure_metrics import check_structure_labels
 
 log = logging.getLogger("structures")
 
@@ -176,7 +173,7 @@ class Bench:
             return scans
         folder = self.out / "scans" / cond / dataset
         run(
-            [self.py, "-m", "synthseg_lite.degrade", *scans, "--output", str(folder),
+            [self.py, "-m", "synthseg_lite.commands.degrade", *scans, "--output", str(folder),
              *OASIS_CONDITIONS[cond]],
             self.commands,
         )

@@ -32,7 +32,6 @@ from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PRESETS = {"cpu": ["experiment=cpu"], "default": [], "smoke": ["experiment=smoke"]}
 
@@ -46,7 +45,7 @@ def worker(preset: str, steps: int, warmup: int, device: str, overrides: list[st
     import torch
     from hydra import compose, initialize_config_dir
 
-    import train as train_script  # registers the config schemas
+    from synthseg_lite.commands import train as train_script
 
     out = tempfile.mkdtemp(prefix="ssl_bench_")
     trainer_group = "trainer=cpu" if device == "cpu" else "trainer=default"

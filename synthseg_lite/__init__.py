@@ -9,13 +9,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("synthseg_lite")  # single source: pyproject.toml
-except PackageNotFoundError:  # a checkout that was never installed
-    __version__ = "0+unknown"
+from synthseg_lite._version import __version__
 
 if TYPE_CHECKING:
     from synthseg_lite.api import SegmentationResult, segment

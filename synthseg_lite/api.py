@@ -119,16 +119,8 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     Raises:
         ValueError: unknown option, unreadable or empty scan, missing model.
     """
-    import torch
-
-    from synthseg_lite.inference.predictor import resolve_model
-    from synthseg_lite.inference.segment import (
-        InferenceOptions,
-        build_predictor,
-        resolve_device,
-        segment_volume,
-    )
-    from synthseg_lite.lut import label_dtype, output_labels
+    from synthseg_lite.inference.segment import InferenceOptions, load_predictor, segment_volume
+    from synthseg_lite.labels.lut import label_dtype, output_labels
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -138,12 +130,9 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     data, affine = _read(scan_or_path)
     if not np.any(data):
         raise ValueError("image is empty (all zeros)")
-    device = resolve_device(opts.device)
-    if opts.threads:
-        torch.set_num_threads(int(opts.threads))
-    path = resolve_model(model)
-    nets, meta = _ensemble(str(path), str(device))
-    pred = segment_volume(data, affine, build_predictor(nets, meta, opts), opts, device)
+    cached = lambda p, d: _ensemble(str(p), str(d))  # noqa: E731  (the same model twice: loaded once)
+    predictor, meta, device, path = load_predictor(model, opts, cached)
+    pred = segment_volume(data, affine, predictor, opts, device)
     out = output_labels(meta.label_table.target, opts.labels)
     lut = out.lut()
     labels = lut[pred.labels].astype(label_dtype(lut))

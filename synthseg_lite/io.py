@@ -19,7 +19,8 @@ from nibabel.imageglobals import LoggingOutputSuppressor
 from nibabel.openers import ImageOpener
 
 __all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
-           "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix"]
+           "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix",
+           "load_segmentation"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
@@ -231,3 +232,22 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path,
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
     return atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
+def load_segmentation(path: str | Path) -> Volume:
+    """Read a segmentation (RAS order) as int64; unlike training label maps it may be empty.
+
+    Raises:
+        ValueError: unreadable, not 3D, non-integer values, or an intensity image
+            (:func:`synthseg_lite.validate.check_label_values`).
+    """
+    from synthseg_lite.validate import check_label_values
+
+    vol = load_volume(path, dtype=None)
+    if np.issubdtype(vol.data.dtype, np.floating) and not np.all(np.mod(vol.data, 1) == 0):
+        raise ValueError(
+            f"{path}: looks like an intensity image, not a segmentation (non-integer values)"
+        )
+    vol.data = vol.data.astype(np.int64)
+    check_label_values(vol.data[::2, ::2, ::2], path)  # an integer intensity image is refused too
+    return vol

@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from synthseg_lite.labels import FREESURFER_NAMES
+from synthseg_lite.labels.presets import FREESURFER_NAMES
 
 __all__ = [
     "MAX_LABEL_VALUES",

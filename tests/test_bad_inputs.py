@@ -18,9 +18,7 @@ Every case runs a command the way a user does (``main()`` of :mod:`synthseg_lite
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import logging
 import os
 import pickle
 import subprocess
@@ -33,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_cli import tiny_model  # noqa: F401  (fixture)
+from helpers import _head, _save, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -45,13 +43,6 @@ HYDRA_FILES = {"infer.log", "evaluate.log", "train.log", "export.log"}
 COARSE = np.diag([12.0, 2, 2, 1])
 
 
-def _head(shape=(48, 52, 44), seed=0) -> np.ndarray:
-    """A smooth head-like intensity image: float32, 0 outside an ellipsoid, two tissues inside."""
-    rng = np.random.default_rng(seed)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    r = np.sqrt((((idx - np.array(shape) / 2) / (np.array(shape) / 2.4)) ** 2).sum(-1))
-    img = np.where(r < 1, 60 + 50 * (r < 0.6), 0) + rng.normal(0, 3, shape) * (r < 1)
-    return img.astype(np.float32)
 
 
 def _aseg(shape=(48, 52, 44)) -> np.ndarray:
@@ -64,15 +55,8 @@ def _aseg(shape=(48, 52, 44)) -> np.ndarray:
     return lab.astype(np.int16)
 
 
-AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels: 96 x 104 x 88 mm
 
 
-def _save(data, path: Path, affine=AFFINE, dtype=None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.asarray(data) if dtype is None else np.asarray(data).astype(dtype)
-    img = nib.Nifti1Image(data, affine)
-    nib.save(img, str(path))
-    return path
 
 
 def _evil(path: Path, marker: Path, payload: dict | None = None) -> Path:
@@ -611,32 +595,6 @@ def _leftovers(out: Path) -> list[str]:
     ]
 
 
-def run_in_process(command: str, args: list[str]) -> int:
-    """``main()`` of ``synthseg_lite.commands.<command>`` with ``sys.argv`` set; the exit code.
-
-    Each command runs in its own process for a user, so Hydra's ConfigStore holds only what that
-    command registers; here the train command's groups (``model``, ``data``: imported by other
-    test modules) are hidden from the other commands, where ``model=`` is a plain key.
-    """
-    from hydra.core.config_store import ConfigStore
-
-    module = importlib.import_module(f"synthseg_lite.commands.{command}")
-    repo = ConfigStore.instance().repo
-    hidden = {g: repo.pop(g) for g in ("model", "data") if command != "train" and g in repo}
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for h in getattr(logger, "handlers", []):  # handlers of an earlier case hold its stream
-            if type(h) is logging.StreamHandler and h.stream not in (sys.stderr, sys.stdout):
-                h.stream = sys.stderr  # (not setStream: it flushes the closed stream)
-    argv = sys.argv
-    sys.argv = [f"{command}.py", *args]
-    try:
-        module.main()
-        return 0
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-        repo.update(hidden)
 
 
 def check_case(
@@ -726,7 +684,7 @@ def test_catalogue_size() -> None:
 def test_crafted_files_never_run_code(tmp_path: Path) -> None:
     """Model files and resume checkpoints: a pickled callable is refused in one line, unrun."""
     from synthseg_lite.model.artifact import load_model
-    from synthseg_lite.model.start import read_resume
+    from synthseg_lite.training.start import read_resume
     from synthseg_lite.training import AtomicCheckpointIO
 
     marker = tmp_path / "PWNED"

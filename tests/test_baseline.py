@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg_lite.baseline import fit_gmm, gmm_tissue, main
+from synthseg_lite.commands.baseline import main
+from synthseg_lite.evaluation.baseline import fit_gmm, gmm_tissue
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

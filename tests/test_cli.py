@@ -11,11 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from synthseg_lite.labels import LabelTable
-from synthseg_lite.model.artifact import ModelMeta, save_model
-from synthseg_lite.model.unet import UNetConfig, build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -31,17 +27,6 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
         check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random tiny network at 2 mm (fast); its predictions are meaningless but well-formed."""
-    torch.manual_seed(0)
-    cfg = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
-    path = tmp_path_factory.mktemp("model") / "fold_0.pt"
-    return save_model(
-        path, build_unet(cfg, 4), ModelMeta(cfg, LabelTable.create("tissue"), 2.0, (128,) * 3, {})
     )
 
 

@@ -9,12 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_digests, write_toy_maps
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
-
-from test_training import read_digests, write_toy_maps
 
 
 def test_ddp_two_cpu_ranks_draw_different_batches_and_checkpoint_once(tmp_path: Path) -> None:

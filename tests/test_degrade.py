@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg_lite.degrade import invert_contrast, main, slab_size, thick_slices, through_plane_axis
+from synthseg_lite.commands.degrade import main
+from synthseg_lite.evaluation.degrade import invert_contrast, slab_size, thick_slices, through_plane_axis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +160,7 @@ def test_cli_round_trip_keeps_grid_and_refuses_to_overwrite(tmp_path, capsys):
     # Second run without --overwrite: one error line, exit code 2, output untouched.
     written = _digest(out_dir / scan.name)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "synthseg_lite.degrade", str(scan),
+    res = subprocess.run([sys.executable, "-m", "synthseg_lite.commands.degrade", str(scan),
                           "--output", str(out_dir), "--invert"],
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert res.returncode == 2

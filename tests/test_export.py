@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from synthseg_lite.export import ExportConfig, export_dataset, voxel_affine
+from synthseg_lite.data.export import ExportConfig, export_dataset, voxel_affine
 from synthseg_lite.labels import TARGET_PRESETS
-from synthseg_lite.phantom import make_phantom
+from synthseg_lite.data.phantom import make_phantom
 from synthseg_lite.synth import SynthConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from torch import nn
 from synthseg_lite.inference import InferenceOptions, Predictor, resolve_device, segment_volume
 from synthseg_lite.inference.segment import build_predictor
 from synthseg_lite.inference.postprocess import keep_largest_component, to_native
-from synthseg_lite.inference.preprocess import preprocess
+from synthseg_lite.data.preprocess import preprocess
 from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import ModelMeta

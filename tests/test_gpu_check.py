@@ -13,11 +13,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import train as train_script
+from synthseg_lite.commands import train as train_script
 from synthseg_lite.model.module import SynthSegModule
-from synthseg_lite.model.planning import estimate_memory_gb, plan_patch_and_batch, shrink_plan
+from synthseg_lite.training.planning import estimate_memory_gb, plan_patch_and_batch, shrink_plan
 from synthseg_lite.model.unet import UNetConfig
 from synthseg_lite.training import PlanGuard, peak_memory_gb
 
@@ -157,7 +156,7 @@ def test_out_of_memory_after_the_first_step_or_with_explicit_sizes_is_not_hidden
 
 
 def test_plan_guard_without_a_budget_records_explicit_sizes(tmp_path: Path) -> None:
-    from synthseg_lite.model.planning import Plan
+    from synthseg_lite.training.planning import Plan
 
     guard = PlanGuard(Plan((32, 32, 32), 2, float("nan")), path=tmp_path / "plan.json")
     guard._write()
@@ -171,13 +170,9 @@ def test_plan_guard_without_a_budget_records_explicit_sizes(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("benchmarks.gpu_check")
 
 
 def _check_lines(lines: list[dict], device: str) -> None:
@@ -254,7 +249,7 @@ def test_gpu_check_refuses_bad_arguments(gpu_check) -> None:
 def test_gpu_check_cli_tiny_every_budget_and_precision(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     res = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--output", out],
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--output", out],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ from synthseg_lite.inference import (
 )
 from synthseg_lite.inference.postprocess import keep_largest_component
 from synthseg_lite.inference.predictor import default_model_path
-from synthseg_lite.inference.preprocess import from_ras, grid_for, preprocess, resample, to_ras
+from synthseg_lite.data.preprocess import from_ras, grid_for, preprocess, resample, to_ras
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import ModelMeta, save_model
 from synthseg_lite.model.unet import UNetConfig, build_unet

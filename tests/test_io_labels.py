@@ -11,7 +11,7 @@ import pytest
 
 from synthseg_lite.io import load_label_map, load_volume, save_volume
 from synthseg_lite.labels import LR_PAIRS, REFERENCE_PRESETS, LabelTable, target_preset
-from synthseg_lite.phantom import make_phantom_label_maps
+from synthseg_lite.data.phantom import make_phantom_label_maps
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg_lite.metrics import (
+from synthseg_lite.evaluation.metrics import (
     case_metrics,
     evaluate_pairs,
     label_mapping,
@@ -17,8 +17,8 @@ from synthseg_lite.metrics import (
     summarise,
     write_report,
 )
-from synthseg_lite.pairing import find_cases, pair_cases
-from synthseg_lite.quality import evaluate_quality, image_quality
+from synthseg_lite.evaluation.pairing import find_cases, pair_cases
+from synthseg_lite.evaluation.quality import evaluate_quality, image_quality
 
 
 def _cube(shape=(40, 40, 40), start=(10, 10, 10), size=(10, 10, 10)) -> np.ndarray:
@@ -90,7 +90,7 @@ def test_summary_means_skip_nan_and_keep_inf():
         {"metrics": {1: {"Dice": 0.6, "precision": 0.5, "HD95": float("inf")}}},
     ]
     # fill the other metrics so summarise sees the full set
-    from synthseg_lite.metrics import METRICS
+    from synthseg_lite.evaluation.metrics import METRICS
 
     for c in cases:
         c["metrics"][1] = {k: c["metrics"][1].get(k, 1.0) for k in METRICS}

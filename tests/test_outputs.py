@@ -15,65 +15,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from synthseg_lite.inference import InferenceOptions, segment_scans
-from synthseg_lite.inference import pipeline
 from synthseg_lite.inference.postprocess import qc_scores
-from synthseg_lite.labels import TARGET_PRESETS, LabelTable
-from synthseg_lite.lut import FREESURFER_COLORS, output_labels, read_lut
-from synthseg_lite.model.artifact import ModelMeta
-from synthseg_lite.model.unet import UNetConfig
-from synthseg_lite.outputs import find_scans, merge_volumes, read_volumes, select_part
-from synthseg_lite.report import robust_z, write_report
+from synthseg_lite.labels import TARGET_PRESETS
+from synthseg_lite.labels.lut import FREESURFER_COLORS, output_labels, read_lut
+from synthseg_lite.inference.outputs import find_scans, merge_volumes, read_volumes, select_part
+from synthseg_lite.inference.report import robust_z, write_report
+from helpers import _small_head, OPTS, _bids, _use_net, _write
 
-TINY = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
 ANISO = np.array([[1.2, 0, 0, -20], [0, 0.9, 0, -15], [0, 0, 1.5, -10], [0, 0, 0, 1.0]])
-
-
-class BandNet(nn.Module):
-    """Stand-in network: foreground (rescaled intensity > 0.3) split into K-1 bands along axis 2,
-    band k is class k; soft logits so probabilities are not one-hot. (B,1,X,Y,Z) -> (B,K,X,Y,Z)."""
-
-    def __init__(self, n_classes: int) -> None:
-        super().__init__()
-        self.k = n_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, nx, ny, nz = x.shape
-        band = (torch.arange(nz) * (self.k - 1) // nz + 1).view(1, 1, 1, nz).expand(b, nx, ny, nz)
-        logits = torch.zeros(b, self.k, nx, ny, nz)
-        fg = x[:, 0] > 0.3
-        logits.scatter_(1, band[:, None], 4.0)
-        logits[:, 0] = torch.where(fg, torch.tensor(-4.0), torch.tensor(8.0))
-        return logits
-
-
-def _use_net(monkeypatch, tmp_path: Path, target: str) -> Path:
-    """Make the pipeline load a BandNet for ``target``; returns a model file to name."""
-    table = LabelTable.create(target)
-    meta = ModelMeta(TINY, table, 1.0, (32, 32, 32), {})
-    net = BandNet(table.target.n_classes)
-    monkeypatch.setattr(pipeline, "load_ensemble", lambda path, device: ([net], meta))
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"stand-in model " + target.encode())
-    return model
-
-
-def _head(shape=(28, 24, 36), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    r = (((idx - np.array(shape) / 2) / (np.array(shape) * 0.42)) ** 2).sum(-1)
-    return np.where(r < 1, 100 + rng.normal(0, 2, shape), 0).astype(np.float32)
-
-
-def _write(path: Path, affine=ANISO, seed=0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(_head(seed=seed), affine), str(path))
-    return path
-
-
-OPTS = dict(tta="none", progress=False, roi_size=[32, 32, 32], keep_largest="none")
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
@@ -206,16 +157,6 @@ def test_mirrored_tree_keeps_scans_with_the_same_name_apart(monkeypatch, tmp_pat
     assert [s.case for s in study.scans] == ["site1/scan", "site2/scan"]
 
 
-def _bids(root: Path) -> Path:
-    (root).mkdir(parents=True)
-    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
-    _write(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
-    _write(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz", seed=1)
-    _write(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz", seed=2)
-    _write(root / "sub-02" / "ses-1" / "func" / "sub-02_ses-1_task-rest_bold.nii.gz")
-    return root
-
-
 def test_bids_dataset_gives_bids_derivatives(monkeypatch, tmp_path):
     model = _use_net(monkeypatch, tmp_path, "synthseg")
     root = _bids(tmp_path / "ds")
@@ -331,11 +272,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_qc_figure_legend_lists_present_labels_and_grows_the_figure(tmp_path):
     import matplotlib.pyplot as plt
 
-    from synthseg_lite.plots import qc_figure
+    from synthseg_lite.inference.figures import qc_figure
 
     target = TARGET_PRESETS["synthseg"]
     labels_out = output_labels(target)
-    image = _head((24, 24, 24))
+    image = _small_head((24, 24, 24))
     few = np.where(image > 0, 1, 0)
     many = np.where(image > 0, (np.arange(24)[:, None, None] % 31 + 1) * np.ones((24, 24, 24), int),
                     0)

@@ -7,7 +7,6 @@ import functools
 import itertools
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +14,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import train as train_script
+from synthseg_lite.commands import train as train_script
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.loss import LossConfig
-from synthseg_lite.model.memory import FakeUnsupported, StepJob, StepMeasurement, measure_step
-from synthseg_lite.model.plan_measure import candidate_patches, plan_measured
+from synthseg_lite.training.memory import FakeUnsupported, StepJob, StepMeasurement, measure_step
+from synthseg_lite.training.plan_measure import candidate_patches, plan_measured
 from synthseg_lite.model.unet import UNetConfig
 from synthseg_lite.synth import SynthConfig
 
@@ -149,9 +146,9 @@ def test_fake_failure_falls_back_to_the_formula_and_says_which_operation(
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fake_peak_is_within_10_percent_of_the_profiled_real_step(precision: str) -> None:
-    import gpu_memory
+    from benchmarks import gpu_memory
 
-    from synthseg_lite.model.memory_check import compare_step
+    from synthseg_lite.training.memory_check import compare_step
 
     job, maps = gpu_memory.tiny_job(precision, "cpu")
     rec = compare_step(job, (32, 32, 32), maps)

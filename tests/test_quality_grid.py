@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg_lite.quality import evaluate_quality, image_quality
+from synthseg_lite.evaluation.quality import evaluate_quality, image_quality
 
 
 def _images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

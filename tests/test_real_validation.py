@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_training import compose, write_toy_maps
 
-import train as train_script
+from synthseg_lite.commands import train as train_script
 from synthseg_lite.labels import FREESURFER_NAMES, TARGET_PRESETS
 from synthseg_lite.model.real_validation import STRUCTURES, RealValidation, structure_lut
+from helpers import compose, write_toy_maps
 
 SYNTHSEG = TARGET_PRESETS["synthseg"]
 WM, AMY = STRUCTURES.index(2) + 1, STRUCTURES.index(18) + 1  # structure indices

@@ -26,13 +26,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_cli import tiny_model  # noqa: F401  (fixture)
-from test_outputs import OPTS, _use_net, _write
 
 from synthseg_lite import io as sio
 from synthseg_lite.inference import InferenceOptions, segment_scans
 from synthseg_lite.inference.record import StudyLease
 from synthseg_lite.safety import read_record
+from helpers import BandNet, OPTS, TINY, _bids, _head, _save, _use_net, _write, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = ("claimed", "temporary", "renamed")
@@ -191,7 +190,6 @@ def test_full_disk_at_each_write_skips_with_reason_then_rerun_resumes(study, tmp
 def test_full_disk_exit_code_is_1(study, tmp_path, capfd):
     """Defect 2 through the command: one ``skipped`` line with the reason, exit 1, no bare
     ``error:`` line; the rerun exits 0."""
-    from test_bad_inputs import run_in_process
 
     inp, _ = study
     args = [f"input={inp}", f"output={tmp_path / 'out'}", "model=tissue", "progress=false",
@@ -289,7 +287,6 @@ def test_outputs_never_leave_the_output_folder(study, tmp_path):
 def test_label_values_beyond_int16_are_written_exactly(monkeypatch, tmp_path):
     """Defect 8: classes 40000 and 70000 (uint16 would wrap 70000: int32)."""
     import torch
-    from test_outputs import TINY, BandNet
 
     from synthseg_lite.inference import pipeline
     from synthseg_lite.labels import LabelTable
@@ -324,7 +321,6 @@ def test_long_file_name_and_dollar_sign(study, tmp_path):
 @pytest.mark.slow  # a subprocess per run: ~2 min
 def test_kill_9_at_random_moments_then_rerun_gives_identical_outputs(tmp_path, tiny_model):
     """Real ``kill -9`` of ``infer.py`` at random moments of a 3-scan study, then a rerun."""
-    from test_bad_inputs import _head, _save
 
     for i in range(3):
         _save(_head(seed=i), tmp_path / "in" / f"s{i}.nii.gz")
@@ -358,7 +354,6 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_outputs(tmp_path, t
 
 def test_bids_dataset_gets_nothing_but_its_derivatives(monkeypatch, tmp_path):
     """Without ``output=``, the record and the lock live in ``derivatives/synthseg_lite``."""
-    from test_outputs import _bids
 
     model = _use_net(monkeypatch, tmp_path, "tissue")
     root = _bids(tmp_path / "ds")

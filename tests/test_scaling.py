@@ -23,17 +23,13 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 CONF = ROOT / "synthseg_lite" / "conf"
 REAL = ROOT.parent / "shared" / "data" / "real"
-sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="extra [cluster] absent")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="extra [sweep] absent")
 
-from test_cli import tiny_model  # noqa: F401  (a fixture)
-from test_training import read_digests, write_toy_maps
-
-import train as train_script
+from synthseg_lite.commands import train as train_script
 from synthseg_lite.commands import infer as infer_command
+from helpers import read_digests, write_toy_maps
 
 ENV = {
     **os.environ,
@@ -175,7 +171,7 @@ def test_sweep_generator_tunes_real_keys_against_real_scan_dice():
 def test_missing_plugin_names_the_extra():
     from hydra.errors import MissingConfigException
 
-    from synthseg_lite.cli import describe
+    from synthseg_lite.commands.common import describe
 
     exc = MissingConfigException(
         "In 'hydra/launcher/slurm': Could not find 'hydra/launcher/submitit_slurm'\n\n"
@@ -201,7 +197,7 @@ def test_train_returns_the_configured_monitored_metric(toy_maps, tmp_path):
 
 
 def test_report_only_rebuilds_the_report_from_volumes_csv(tmp_path):
-    from synthseg_lite.outputs import DERIVATIVES, merge_volumes
+    from synthseg_lite.inference.outputs import DERIVATIVES, merge_volumes
     from synthseg_lite.safety import record_written
 
     root = tmp_path / "out" / DERIVATIVES  # a BIDS study's table

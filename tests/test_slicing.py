@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from test_training import _run, read_digests, write_toy_maps
 
 from synthseg_lite.data import LabelMapStream, load_fixed_set
-from synthseg_lite.export import ExportConfig, export_dataset
+from synthseg_lite.data.export import ExportConfig, export_dataset
 from synthseg_lite.inference import Predictor
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import load_model, save_model
@@ -29,6 +25,7 @@ from synthseg_lite.model.slicing import (
     sample_slices,
 )
 from synthseg_lite.synth import SynthConfig
+from helpers import read_digests, write_toy_maps, run_training as _run
 
 SMOKE_2D = [
     "experiment=smoke",

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from synthseg_lite.labels import STRUCTURE_GROUPS, TARGET_PRESETS
-from synthseg_lite.metrics import label_mapping, map_labels
-from synthseg_lite.pairing import find_cases, pair_cases
-from synthseg_lite.plots import box_plots
-from synthseg_lite.structure_metrics import (
+from synthseg_lite.evaluation.metrics import label_mapping, map_labels
+from synthseg_lite.evaluation.pairing import find_cases, pair_cases
+from synthseg_lite.evaluation.plots import box_plots
+from synthseg_lite.evaluation.structure_metrics import (
     STRUCTURES,
     evaluate_structures,
     write_structure_report,
@@ -105,7 +105,7 @@ def test_tissue_prediction_scored_per_structure_is_refused(tmp_path):
 
 
 def test_structure_prediction_scored_as_tissue_is_refused(tmp_path):
-    from synthseg_lite.metrics import LabelConventionError, evaluate_pairs
+    from synthseg_lite.evaluation.metrics import LabelConventionError, evaluate_pairs
 
     pred, ref = _pair()
     pred[22:30, 4:12, 4:12] = 42  # right cortex: values the tissue preset does not know

@@ -11,24 +11,23 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import train as train_script
+from synthseg_lite.commands import train as train_script
 from synthseg_lite.data import DataConfig
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.model.artifact import load_model
 from synthseg_lite.model.loss import LossConfig, SegLoss, deep_supervision_weights
 from synthseg_lite.model.module import ModelConfig, overlay_grid, tissue_lut
-from synthseg_lite.model.planning import estimate_memory_gb, plan_patch_and_batch
+from synthseg_lite.training.planning import estimate_memory_gb, plan_patch_and_batch
 from synthseg_lite.model.unet import UNetConfig, build_unet
 from synthseg_lite.synth import SynthConfig
+from helpers import compose, read_digests, write_toy_maps, run_training as _run
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -63,22 +62,8 @@ class Interrupt(pl.Callback):
             raise RuntimeError("simulated interrupt")
 
 
-def read_digests(path: Path, rank: int = 0) -> list[dict]:
-    return [json.loads(line) for line in Path(f"{path}.rank{rank}.jsonl").read_text().splitlines()]
 
 
-def write_toy_maps(folder: Path, n: int = 5, shape=(48, 56, 48)) -> str:
-    """``n`` small whole-head-like FreeSurfer label maps (RAS, 1 mm); returns their glob."""
-    folder.mkdir(parents=True, exist_ok=True)
-    grid = np.stack(np.meshgrid(*[np.arange(s) - s / 2 for s in shape], indexing="ij"))
-    for i in range(n):
-        r = np.sqrt((grid**2).sum(0)) * (0.9 + 0.05 * i)
-        right = grid[0] > 0
-        lab = np.zeros(shape, np.int32)
-        for radius, lt, rt in ((23, 507, 507), (21, 24, 24), (19, 3, 42), (13, 2, 41), (4, 4, 43)):
-            lab[r < radius] = np.where(right, rt, lt)[r < radius]
-        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(folder / f"toy_{i:02d}.nii.gz"))
-    return str(folder / "*.nii.gz")
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +71,6 @@ def toy_maps(tmp_path_factory) -> str:
     return write_toy_maps(tmp_path_factory.mktemp("toy_maps"))
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
 
 
 # tiny sizes for any preset (still its network topology family, optimiser, schedule)
@@ -206,11 +185,6 @@ def test_tissue_lut_and_overlay() -> None:
 # ---------------------------------------------------------------------------- training runs
 
 
-def _run(overrides: list[str], tmp: Path) -> tuple:
-    cfg = compose([f"paths.output_dir={tmp}", "logger=none", *overrides])
-    dm, module, trainer = train_script.build(cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
-    return cfg, module, trainer
 
 
 @pytest.mark.parametrize("experiment", ["default", "cpu", "structures"])
@@ -389,7 +363,7 @@ def test_init_weights_starts_from_a_model_file_and_refuses_another_network(
     toy_maps: str, tmp_path: Path
 ) -> None:
     from synthseg_lite.model.artifact import save_model
-    from synthseg_lite.model.start import init_weights
+    from synthseg_lite.training.start import init_weights
 
     tiny = [
         "experiment=cpu",

@@ -64,7 +64,7 @@ def test_wheel_in_fresh_venv_segments_a_scan(tmp_path):
     res = _run([str(bin_ / "python"), "-c", code], work, env)
     assert Path(res.stdout.strip()).is_relative_to(venv), res.stdout
     env["PATH"] = f"{bin_}{os.pathsep}{env.get('PATH', '')}"
-    from synthseg_lite import __version__
+    from synthseg_lite._version import __version__
 
     for name in COMMANDS:
         exe = shutil.which(f"synthseg-lite-{name}", path=str(bin_))

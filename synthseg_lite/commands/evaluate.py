@@ -6,11 +6,11 @@
     python evaluate.py mode=quality pred=SYNTHETIC_DIR ref=REAL_DIR output=DIR [mask=LABEL_DIR]
 
 Segmentation mode writes ``summary.json`` (per case, per-class mean, foreground mean: nnU-Net's
-layout, see :mod:`synthseg_lite.metrics` for the empty-class policy), ``metrics.csv``,
+layout, see :mod:`synthseg_lite.evaluation.metrics` for the empty-class policy), ``metrics.csv``,
 ``boxplots.png`` and ``confusion.png``; structures mode (FreeSurfer aseg values on both sides,
-per structure, :mod:`synthseg_lite.structure_metrics`) ``summary.json``, ``metrics.csv`` and
+per structure, :mod:`synthseg_lite.evaluation.structure_metrics`) ``summary.json``, ``metrics.csv`` and
 ``structures_boxplot.png``; quality mode writes ``quality_summary.json``,
-``quality.csv`` and ``histograms.png`` (:mod:`synthseg_lite.quality`). Hydra's log and config go
+``quality.csv`` and ``histograms.png`` (:mod:`synthseg_lite.evaluation.quality`). Hydra's log and config go
 to ``output`` too. Exit codes: 0 done, 1 some cases skipped, 2 bad arguments.
 """
 
@@ -25,12 +25,12 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import hydra_main, require, user_errors
 from synthseg_lite.commands.common import option_rows, register_help, with_version
-from synthseg_lite.metrics import evaluate_pairs, label_mapping, write_report
-from synthseg_lite.pairing import DEFAULT_PATTERN, pair_cases
-from synthseg_lite.quality import evaluate_quality
-from synthseg_lite.structure_metrics import evaluate_structures, write_structure_report
+from synthseg_lite.evaluation.metrics import evaluate_pairs, label_mapping, write_report
+from synthseg_lite.evaluation.pairing import DEFAULT_PATTERN, pair_cases
+from synthseg_lite.evaluation.quality import evaluate_quality
+from synthseg_lite.evaluation.structure_metrics import evaluate_structures, write_structure_report
 
 log = logging.getLogger("evaluate")
 
@@ -54,7 +54,7 @@ class EvaluateConfig:
         pred_labels: label convention of the predictions (``aseg_ventricular`` gives the tissue
             view of a structure model's aseg values).
         pred_pattern: regex on the file name without suffix; group ``id`` pairs cases (None:
-            pairing by layout, see :mod:`synthseg_lite.pairing`, in segmentation and structures
+            pairing by layout, see :mod:`synthseg_lite.evaluation.pairing`, in segmentation and structures
             modes; ``(?P<id>.+)`` in quality mode).
         ref_pattern: the same for references / real images.
         surface: compute HD95 / HD / ASSD (segmentation mode).

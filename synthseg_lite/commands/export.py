@@ -14,13 +14,12 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import hydra_main, require, user_errors
 from synthseg_lite.commands.common import option_rows, register_help, with_version
-from synthseg_lite.export import ExportConfig, export_dataset
-from synthseg_lite.synth.config import SynthConfig, register_configs
+from synthseg_lite.data.export import ExportConfig, export_dataset
+from synthseg_lite.synth.config import SynthConfig
 
 log = logging.getLogger("export")
-register_configs()
 register_help(
     "synthseg-lite-export",
     __doc__,

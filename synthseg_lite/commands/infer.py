@@ -24,7 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from synthseg_lite.cli import hydra_main, require, user_errors
+from synthseg_lite.commands.common import hydra_main, require, user_errors
 from synthseg_lite.commands.common import (
     config_groups,
     option_rows,
@@ -90,8 +90,8 @@ def rebuild_report(output: str | Path, qc_threshold: float) -> Path:
         ValueError: no ``volumes.csv`` there.
     """
     from synthseg_lite.inference.pipeline import VOLUMES_CSV
-    from synthseg_lite.outputs import DERIVATIVES
-    from synthseg_lite.report import write_report
+    from synthseg_lite.inference.outputs import DERIVATIVES
+    from synthseg_lite.inference.report import write_report
 
     output = Path(output)
     for root in (output, output / DERIVATIVES):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synthseg_lite.cli import hydra_main, user_errors
+from synthseg_lite.commands.common import hydra_main, user_errors
 from synthseg_lite.commands.common import (
     config_groups,
     option_rows,
@@ -27,11 +27,10 @@ from synthseg_lite.commands.common import (
     yaml_key_docs,
 )
 from synthseg_lite.data import DataConfig
+from synthseg_lite.runtime import set_threads
 from synthseg_lite.model.module import ModelConfig
 from synthseg_lite.model.real_validation import structure_lut
 from synthseg_lite.synth.config import SynthConfig
-from synthseg_lite.synth.config import register_configs as register_synth_configs
-from synthseg_lite.training import register_configs
 
 log = logging.getLogger("train")
 
@@ -57,10 +56,7 @@ def build(cfg: DictConfig):
     if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
         log.warning("fp16 mixed precision is CUDA-only: training in float32 on the CPU")
         cfg.trainer.precision = "32-true"
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     pl.seed_everything(int(cfg.seed), workers=True)
     data_cfg = OmegaConf.to_object(cfg.data)
     synth_cfg = OmegaConf.to_object(cfg.synth)
@@ -133,11 +129,11 @@ def build(cfg: DictConfig):
 
 def plan_for(cfg: DictConfig, table, map_shape) -> tuple:
     """The run's (plan, record): measured on a fake training step for ``gpu_memory_gb``
-    (:mod:`synthseg_lite.model.plan_measure`), or the sizes as given (record None)."""
+    (:mod:`synthseg_lite.training.plan_measure`), or the sizes as given (record None)."""
     from hydra.utils import instantiate
 
-    from synthseg_lite.model.memory import StepJob
-    from synthseg_lite.model.plan_measure import plan_measured
+    from synthseg_lite.training.memory import StepJob
+    from synthseg_lite.training.plan_measure import plan_measured
     from synthseg_lite.model.unet import UNetConfig
     from synthseg_lite.training import plan_sizes
 
@@ -167,8 +163,7 @@ def plan_only(cfg: DictConfig) -> None:
 
     from synthseg_lite.data import SynthDataModule, make_label_table
 
-    if cfg.get("threads"):
-        __import__("torch").set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     data_cfg = OmegaConf.to_object(cfg.data)
     table = make_label_table(data_cfg)
     dm = SynthDataModule(data_cfg, table, cfg.fold, batch_size=1, seed=int(cfg.seed),
@@ -183,8 +178,8 @@ def plan_only(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> float | None:
     """Train; returns the best value of the monitored metric (for sweepers)."""
-    from synthseg_lite.model.planning import Plan
-    from synthseg_lite.model.start import (
+    from synthseg_lite.training.planning import Plan
+    from synthseg_lite.training.start import (
         check_resume_compatible,
         config_differences,
         init_weights,
@@ -237,14 +232,12 @@ def run(cfg: DictConfig) -> float | None:
 @with_version("synthseg-lite-train")
 @hydra_main(config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from synthseg_lite.launch import launched_ranks
+    from synthseg_lite.commands.launch import launched_ranks
 
     with launched_ranks(cfg.trainer):  # DDP under multirun and submitit (README "Scaling out")
         return user_errors(lambda: run(cfg))
 
 
-register_synth_configs()
-register_configs()
 register_help(
     "synthseg-lite-train",
     __doc__,

@@ -120,7 +120,7 @@ def make_label_table(cfg: DataConfig) -> LabelTable:
         if cfg.label_maps:
             values = label_values(resolve_paths(cfg.label_maps))
         else:
-            from synthseg_lite.phantom import make_phantom_label_maps
+            from synthseg_lite.data.phantom import make_phantom_label_maps
 
             p = cfg.phantoms
             maps = make_phantom_label_maps(p.n, tuple(p.shape), p.seed)
@@ -151,7 +151,7 @@ def phantom_label_maps(
     cfg: PhantomConfig, table: LabelTable, margin: int = 4
 ) -> tuple[list[str], np.ndarray]:
     """The embedded default training set: ``cfg.n`` procedural phantoms, encoded and stacked."""
-    from synthseg_lite.phantom import make_phantom_label_maps
+    from synthseg_lite.data.phantom import make_phantom_label_maps
 
     raw = make_phantom_label_maps(cfg.n, tuple(cfg.shape), cfg.seed)
     maps = [_encode(m, table, margin, f"phantom {i}") for i, m in enumerate(raw)]

@@ -11,7 +11,7 @@ __all__ = ["DataConfig", "PhantomConfig", "RealValSet"]
 
 @dataclass
 class PhantomConfig:
-    """Procedural head phantoms (:mod:`synthseg_lite.phantom`), used when no label maps are given.
+    """Procedural head phantoms (:mod:`synthseg_lite.data.phantom`), used when no label maps are given.
 
     Attributes:
         n: number of phantoms.
@@ -94,3 +94,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.reuse_steps < 1:
             raise ValueError(f"data.reuse_steps must be >= 1, got {self.reuse_steps}")
+
+
+def register_configs() -> None:
+    """Register :class:`DataConfig` as ``data/schema`` in Hydra's ConfigStore (``conf/data/*.yaml``
+    start from it, so the dataclass defaults are the only defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="data", name="schema", node=DataConfig)
+
+
+register_configs()  # on import: the YAML presets start from the schema

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,14 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from synthseg_lite.data.bank import load_label_maps, phantom_label_maps, resolve_paths
-from synthseg_lite.data.config import DataConfig, RealValSet
-from synthseg_lite.io import atomic_write, load_volume
-from synthseg_lite.labels import TARGET_PRESETS, LabelTable
-from synthseg_lite.metrics import label_mapping, load_segmentation, map_labels
+from synthseg_lite.data.config import DataConfig
+from synthseg_lite.data.folds import fold_ids, kfold_splits, load_or_create_splits
+from synthseg_lite.data.real import RealValDataset, load_real_case
+from synthseg_lite.io import load_volume
+from synthseg_lite.labels import LabelTable
 
 __all__ = [
     "FixedSetStream", "LabelMapStream", "RealValDataset", "StepLoader", "SynthDataModule",
@@ -30,93 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------- folds
-
-
-def kfold_splits(
-    ids: Sequence[str], n_folds: int = 5, seed: int = 12345
-) -> list[dict[str, list[str]]]:
-    """nnU-Net's split: ``KFold(n_folds, shuffle=True, random_state=seed)`` over the sorted ids.
-
-    Reimplemented without scikit-learn, with the same result: the indices of the sorted ids are
-    shuffled by ``np.random.RandomState(seed)`` and cut into contiguous folds, the first
-    ``n % n_folds`` folds one larger.
-
-    Raises:
-        ValueError: fewer ids than folds, or fewer than 2 folds.
-    """
-    keys = sorted(ids)
-    if n_folds < 2 or len(keys) < n_folds:
-        raise ValueError(
-            f"{n_folds}-fold cross-validation needs at least {max(n_folds, 2)} label maps "
-            f"and n_folds >= 2, got {len(keys)} maps; use fold=all or fewer data.n_folds"
-        )
-    order = np.arange(len(keys))
-    np.random.RandomState(seed).shuffle(order)
-    sizes = np.full(n_folds, len(keys) // n_folds)
-    sizes[: len(keys) % n_folds] += 1
-    splits, start = [], 0
-    for size in sizes:
-        val = order[start : start + size]
-        train = np.setdiff1d(np.arange(len(keys)), val)  # sorted, as KFold returns them
-        splits.append({"train": [keys[i] for i in train], "val": [keys[i] for i in val]})
-        start += size
-    return splits
-
-
-def load_or_create_splits(
-    path: str | Path, ids: Sequence[str], n_folds: int = 5, seed: int = 12345, write: bool = True
-) -> list[dict[str, list[str]]]:
-    """Read ``path`` if it exists (any number of folds), else compute :func:`kfold_splits` and
-    write it (atomically, when ``write``).
-
-    Raises:
-        ValueError: an existing file that is not a list of train/val splits over known ids.
-    """
-    path = Path(path)
-    if path.is_file():
-        try:
-            splits = json.loads(path.read_text())
-            known = set(ids)
-            bad = sorted({k for s in splits for k in (*s["train"], *s["val"])} - known)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{path}: not a splits file (list of {{'train': [...], 'val': [...]}})"
-            ) from exc
-        if bad:
-            raise ValueError(
-                f"{path}: names {bad[:5]} are not among the label maps; "
-                "delete the file to recompute the splits"
-            )
-        log.info("using the folds in %s", path)
-        return splits
-    splits = kfold_splits(ids, n_folds, seed)
-    if write:
-        text = json.dumps(splits, indent=2)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-        log.info("wrote %d-fold splits to %s", n_folds, path)
-    return splits
-
-
-def fold_ids(
-    splits: Sequence[Mapping[str, Sequence[str]]], fold: int | str, ids: Sequence[str]
-) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids) of ``fold`` (an index, or ``"all"``: train and validate on all).
-
-    Raises:
-        ValueError: unknown fold.
-    """
-    if str(fold) == "all":
-        return list(ids), list(ids)
-    try:
-        k = int(fold)
-    except (TypeError, ValueError):
-        raise ValueError(f"fold must be 0..{len(splits) - 1} or 'all', got {fold!r}") from None
-    if not 0 <= k < len(splits):
-        raise ValueError(f"fold must be 0..{len(splits) - 1} or 'all', got {fold!r}")
-    return list(splits[k]["train"]), list(splits[k]["val"])
 
 
 # -------------------------------------------------------------------------------------- streams
@@ -309,71 +222,6 @@ class SyntheticValSet(Dataset):
         rng = np.random.default_rng([self.seed, i, 0x7A1])
         idx = rng.choice(self.indices, self.batch_size, replace=len(self.indices) < self.batch_size)
         return {"labels": torch.from_numpy(self.maps[idx][:, None]), "val_index": torch.tensor(i)}
-
-
-# ------------------------------------------------------------------------------------ real scans
-
-
-def load_real_case(
-    image_path: str | Path, reference_path: str | Path, preset: Any, spacing_mm: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A real scan and its reference, ready for the network (compact version of inference's
-    preprocessing: RAS, resampled to ``spacing_mm``, 0.5-99.5 percentiles rescaled to [0, 1]).
-
-    Args:
-        preset: reference convention (``tissue``, ``ibsr``, ``aseg``) or ``{value: tissue class}``.
-
-    Returns:
-        image (1, X, Y, Z) float32 and reference (X, Y, Z) uint8 tissue classes
-        (0 background, 1 GM, 2 WM, 3 CSF), on the training grid.
-
-    Raises:
-        ValueError: unknown preset, unreadable files, or grids that differ.
-    """
-    mapping = label_mapping(preset)
-    img, ref = load_volume(image_path), load_segmentation(reference_path)
-    if img.data.shape != ref.data.shape:
-        raise ValueError(f"{reference_path}: shape {ref.data.shape} differs from {image_path}")
-    lo, hi = np.percentile(img.data, [0.5, 99.5])
-    x = torch.from_numpy(np.clip((img.data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32))
-    t = torch.from_numpy(map_labels(ref.data, mapping, str(reference_path)).astype(np.uint8))
-    size = [max(1, round(n * s / spacing_mm)) for n, s in zip(x.shape, img.spacing)]
-    x = F.interpolate(x[None, None], size=size, mode="trilinear", align_corners=False)
-    t = F.interpolate(t[None, None].float(), size=size, mode="nearest-exact")
-    return x[0], t[0, 0].to(torch.uint8)
-
-
-class RealValDataset(Dataset):
-    """Real validation cases, loaded once.
-
-    Item ``i``: ``{"image": (1, X, Y, Z) float32, "target": (X, Y, Z) uint8 tissue classes}``,
-    and for FreeSurfer references (``reference_preset: aseg``) ``"structures"``: (X, Y, Z) uint8
-    indices of SynthSeg 1.0's structures (the ``synthseg`` preset's folding: 0 background,
-    1..31 in the preset's order; FreeSurfer's CSF 24 and unlisted labels are 0).
-    """
-
-    def __init__(self, spec: RealValSet, spacing_mm: float) -> None:
-        images, refs = resolve_paths(spec.images), resolve_paths(spec.references)
-        if len(images) != len(refs):
-            raise ValueError(
-                f"real_val {spec.name!r}: {len(images)} images but {len(refs)} references"
-            )
-        pairs = list(zip(images, refs))[: spec.max_cases]
-        self.name, self.paths = spec.name, pairs
-        self.cases = [load_real_case(i, r, spec.reference_preset, spacing_mm) for i, r in pairs]
-        self.structures: list[torch.Tensor] = []
-        if spec.reference_preset == "aseg":  # per-structure validation of a structure model
-            folding = dict(TARGET_PRESETS["synthseg"].mapping)
-            self.structures = [load_real_case(i, r, folding, spacing_mm)[1] for i, r in pairs]
-        log.info("real validation set %r: %d cases", spec.name, len(self.cases))
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image, target = self.cases[i]
-        item = {"image": image, "target": target}
-        return item | ({"structures": self.structures[i]} if self.structures else {})
 
 
 # ---------------------------------------------------------------------------------- data module

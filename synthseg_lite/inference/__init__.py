@@ -19,7 +19,8 @@ from synthseg_lite.inference.predictor import (
     find_checkpoints,
     load_ensemble,
 )
-from synthseg_lite.inference.segment import InferenceOptions, resolve_device, segment_volume
+from synthseg_lite.inference.segment import InferenceOptions, segment_volume
+from synthseg_lite.runtime import resolve_device
 
 __all__ = [
     "InferenceOptions",

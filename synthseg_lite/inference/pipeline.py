@@ -1,12 +1,12 @@
 """Segment scans end to end: read, preprocess, predict, post-process, write.
 
-Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.lut`), its
+Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.labels.lut`), its
 FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
 CSF) with its own tables, optionally the posteriors, a QC PNG and a provenance JSON (written last:
 a scan with one is done and skipped on the next run unless ``overwrite``). Every file is claimed
 in the output folder's record before it is written (:mod:`synthseg_lite.inference.record`), so a
 study stopped at any point resumes, and files the tool did not write are never changed. File names:
-:func:`synthseg_lite.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
+:func:`synthseg_lite.inference.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
 mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs) and
 ``report.html`` summarises the study. A scan that cannot be processed is skipped with a one-line
 reason; the others go on.
@@ -29,9 +29,8 @@ from synthseg_lite.inference.predictor import (
     Predictor,
     find_checkpoints,
     load_ensemble,
-    resolve_model,
 )
-from synthseg_lite.inference.preprocess import to_ras
+from synthseg_lite.data.preprocess import to_ras
 from synthseg_lite.inference.record import (
     StudyLease,
     StudyRecord,
@@ -45,12 +44,12 @@ from synthseg_lite.inference.segment import (
     QC_THRESHOLD,
     InferenceOptions,
     build_predictor,
-    resolve_device,
+    load_predictor,
     segment_volume,
 )
 from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.io import load_volume, save_volume
-from synthseg_lite.lut import (
+from synthseg_lite.labels.lut import (
     OutputLabels,
     label_dtype,
     output_labels,
@@ -59,7 +58,7 @@ from synthseg_lite.lut import (
     write_lut,
 )
 from synthseg_lite.model.artifact import ensemble_qc_threshold
-from synthseg_lite.outputs import (
+from synthseg_lite.inference.outputs import (
     DERIVATIVES,
     Scan,
     find_scans,
@@ -70,7 +69,7 @@ from synthseg_lite.outputs import (
     write_dataset_description,
     write_json,
 )
-from synthseg_lite.plots import qc_figure
+from synthseg_lite.inference.figures import qc_figure
 from synthseg_lite.validate import scan_problem, scan_warnings
 
 __all__ = [
@@ -79,7 +78,6 @@ __all__ = [
     "build_predictor",
     "expand_inputs",
     "output_paths",
-    "resolve_device",
     "segment_scans",
     "segment_volume",
 ]
@@ -94,7 +92,7 @@ class ScanResult:
 
     Attributes:
         input: the scan.
-        outputs: written files by kind (see :func:`~synthseg_lite.outputs.output_paths`); for a
+        outputs: written files by kind (see :func:`~synthseg_lite.inference.outputs.output_paths`); for a
             scan left as it was (``done``), its existing files.
         volumes_mm3: class name -> soft volume (mm^3).
         seconds: wall time for this scan.
@@ -116,7 +114,7 @@ class ScanResult:
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Scans named by files, folders (searched recursively) and glob patterns, as absolute paths
-    (see :func:`synthseg_lite.outputs.find_scans`).
+    (see :func:`synthseg_lite.inference.outputs.find_scans`).
 
     Raises:
         ValueError: nothing matches.
@@ -125,7 +123,7 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 @dataclass
-class _Writer:
+class StudyContext:
     """What every scan of a run shares: model, label conventions, provenance."""
 
     predictor: Predictor
@@ -142,7 +140,7 @@ def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
     save_volume(values.astype(label_dtype(values)), affine, path)
 
 
-def _segment_one(scan: Scan, out: dict[str, Path], w: _Writer) -> ScanResult:
+def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
     vol = w.reader.read(scan) if w.reader else load_volume(
         scan.path, canonical=False, max_voxels=w.opts.max_voxels
@@ -247,7 +245,7 @@ def segment_scans(
 
     Args:
         inputs: files, folders (searched recursively), BIDS datasets or glob patterns (see
-            :func:`synthseg_lite.outputs.find_scans`).
+            :func:`synthseg_lite.inference.outputs.find_scans`).
         output_dir: created if needed; None for a BIDS dataset: its own ``derivatives/``. Outputs
             never replace an input file; existing outputs are kept unless ``options.overwrite``.
         model: a run directory (fold checkpoints, see
@@ -271,19 +269,14 @@ def segment_scans(
         output_dir = study.bids_roots[0]
     output_dir = Path(output_dir)
     scans = select_part(study.scans, opts.num_parts, opts.part_id)
-    device = resolve_device(opts.device)
-    if opts.threads:
-        torch.set_num_threads(int(opts.threads))
-    model_path = resolve_model(model)
-    nets, meta = load_ensemble(model_path, device)
+    predictor, meta, device, model_path = load_predictor(model, opts, load_ensemble)
     if opts.qc_threshold is None:  # the model's own threshold
         qc = ensemble_qc_threshold(meta, find_checkpoints(model_path)[1:], QC_THRESHOLD)
         opts = replace(opts, qc_threshold=qc)
         log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
-    predictor = build_predictor(nets, meta, opts)
     target = meta.label_table.target
     root = study.root(output_dir)
-    w = _Writer(
+    w = StudyContext(
         predictor, opts, device, output_labels(target, opts.labels),
         tissue_view(target, opts.labels),
         provenance(find_checkpoints(model_path), asdict(opts), model=str(model_path)), root,
@@ -311,7 +304,7 @@ def segment_scans(
             write_dataset_description(output_dir, study.bids_roots)
         _run_scans(scans, output_dir, w, inputs_set, record, results)
         if opts.report and (root / VOLUMES_CSV).is_file():
-            from synthseg_lite.report import write_report
+            from synthseg_lite.inference.report import write_report
 
             try:
                 write_report(root, opts.qc_threshold)
@@ -322,7 +315,7 @@ def segment_scans(
 
 
 def _run_scans(
-    scans: Sequence[Scan], output_dir: Path, w: _Writer, inputs_set: set[Path],
+    scans: Sequence[Scan], output_dir: Path, w: StudyContext, inputs_set: set[Path],
     record: StudyRecord, results: list[ScanResult],
 ) -> None:
     """Segment each scan in turn; a scan that fails is skipped with its reason, and none of the

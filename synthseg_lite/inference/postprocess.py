@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from monai.transforms.utils import get_largest_connected_component_mask
 
-from synthseg_lite.inference.preprocess import Geometry, from_ras, resample
+from synthseg_lite.data.preprocess import Geometry, from_ras, resample
 
 __all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "qc_scores", "to_native"]
 
@@ -105,7 +105,7 @@ def to_native(
 
     Args:
         probs: (K, *geom.padded_shape) float probabilities.
-        geom: from :func:`~synthseg_lite.inference.preprocess.preprocess`.
+        geom: from :func:`~synthseg_lite.data.preprocess.preprocess`.
         keep_posteriors: also return the resampled probabilities (K x the scan's size in memory).
         chunk: classes resampled at a time (bounds memory for many-class models).
 

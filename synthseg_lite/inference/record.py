@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from synthseg_lite.io import add_write_hook, remove_write_hook
-from synthseg_lite.outputs import Scan, output_paths
+from synthseg_lite.inference.outputs import Scan, output_paths
 from synthseg_lite.safety import (
     append_record,
     check_outputs,

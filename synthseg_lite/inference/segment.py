@@ -6,7 +6,8 @@ around it (files, record, ``volumes.csv``) is :mod:`synthseg_lite.inference.pipe
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,19 +20,27 @@ from synthseg_lite.inference.postprocess import (
     qc_scores,
     to_native,
 )
-from synthseg_lite.inference.predictor import TTA_MODES, Predictor, with_oom_fallback
-from synthseg_lite.inference.preprocess import preprocess
+from synthseg_lite.inference.predictor import (
+    TTA_MODES,
+    Predictor,
+    load_ensemble,
+    resolve_model,
+    with_oom_fallback,
+)
+from synthseg_lite.data.preprocess import preprocess
 from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
-from synthseg_lite.lut import LABEL_CONVENTIONS
-from synthseg_lite.outputs import select_part
+from synthseg_lite.labels.lut import LABEL_CONVENTIONS
+from synthseg_lite.inference.outputs import select_part
+from synthseg_lite.model.artifact import ModelMeta
+from synthseg_lite.runtime import resolve_device, set_threads
 from synthseg_lite.validate import MAX_VOXELS
 
 __all__ = [
     "QC_THRESHOLD",
     "InferenceOptions",
     "build_predictor",
+    "load_predictor",
     "qc_groups",
-    "resolve_device",
     "segment_volume",
 ]
 
@@ -130,36 +139,33 @@ class InferenceOptions:
             raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else Apple's MPS when torch has it, else CPU; anything
-    else is passed to ``torch.device``.
-
-    Raises:
-        ValueError: an unknown device, or a GPU that is not there.
-    """
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device}: no CUDA GPU available (use device=cpu or auto)")
-    if dev.type == "mps" and not has_mps:
-        raise ValueError(f"device={device}: Apple's MPS is not available (use device=cpu or auto)")
-    return dev
-
-
 def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
     """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis)."""
     return Predictor(
         nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
         opts.sw_batch_size, views=1 if opts.fast else None,
     )
+
+
+def load_predictor(
+    model: str | Path, opts: InferenceOptions, load: Callable = load_ensemble
+) -> tuple[Predictor, ModelMeta, torch.device, Path]:
+    """The one place that turns options into a ready predictor: the device (``opts.device``), the
+    CPU threads (``opts.threads``), the model (a shipped name, a file or a run folder) and its
+    networks (``load(path, device)``: :func:`~synthseg_lite.inference.predictor.load_ensemble`
+    or a cached version of it).
+
+    Returns:
+        (predictor, the first member's metadata, device, resolved model path).
+
+    Raises:
+        ValueError: bad device, missing or unusable model.
+    """
+    device = resolve_device(opts.device)
+    set_threads(opts.threads)
+    path = resolve_model(model)
+    nets, meta = load(path, device)
+    return build_predictor(nets, meta, opts), meta, device, path
 
 
 def qc_groups(target: TargetPreset) -> dict[str, list[int]]:

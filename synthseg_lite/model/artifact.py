@@ -6,7 +6,7 @@ Two forms are read by :func:`load_model`:
   ``unet`` (a :class:`UNetConfig` dict), ``label_table`` (:meth:`LabelTable.to_dict`),
   ``spacing_mm`` and ``patch_size``, and whose ``state_dict`` holds the network under ``net.``;
 * a compact model file (``*.pt``) written by :func:`save_model` (float32, float16 or int8
-  weights), e.g. the model shipped in the package; ``python -m synthseg_lite.model.artifact
+  weights), e.g. the model shipped in the package; ``python -m synthseg_lite.commands.artifact
   CHECKPOINT OUT.pt --precision int8`` converts a training checkpoint.
 """
 
@@ -255,46 +255,3 @@ def with_qc_threshold(src: str | Path, dst: str | Path, threshold: float, note: 
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return atomic_write(dst, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m synthseg_lite.model.artifact CHECKPOINT OUT.pt [--precision int8]
-    [--extra KEY=VALUE ...]``."""
-    import argparse
-    import logging
-
-    from synthseg_lite.cli import fail
-
-    parser = argparse.ArgumentParser(description="Convert a training checkpoint to a model file.")
-    parser.add_argument("checkpoint", help="training checkpoint (.ckpt) or model file (.pt)")
-    parser.add_argument("output", help="model file to write (.pt); must not exist")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float16")
-    parser.add_argument(
-        "--extra",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="stored in the model's metadata (e.g. the training command); repeatable",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        out = Path(args.output)
-        if out.exists():
-            raise ValueError(f"{out} exists; not overwritten")
-        net, meta = load_model(args.checkpoint)
-        for item in args.extra:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--extra {item!r}: expected KEY=VALUE")
-            meta.extra[key] = value
-        save_model(out, net, meta, args.precision)
-    except ValueError as exc:
-        fail(exc)
-    logging.getLogger(__name__).info(
-        "%s -> %s (%s, %.2f MiB)", args.checkpoint, out, args.precision, out.stat().st_size / 2**20
-    )
-
-
-if __name__ == "__main__":
-    main()

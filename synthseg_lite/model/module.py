@@ -41,7 +41,7 @@ from synthseg_lite.model.slicing import (
     sample_slices,
 )
 from synthseg_lite.model.unet import UNetConfig, build_unet
-from synthseg_lite.plots import class_colors
+from synthseg_lite.labels.lut import class_colors
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
 __all__ = [
@@ -383,3 +383,14 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def register_configs() -> None:
+    """Register :class:`ModelConfig` as ``model/schema`` in Hydra's ConfigStore (``conf/model/*.yaml``
+    start from it, so the dataclass defaults are the only defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="model", name="schema", node=ModelConfig)
+
+
+register_configs()  # on import: the YAML presets start from the schema

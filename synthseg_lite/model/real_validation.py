@@ -35,7 +35,7 @@ from synthseg_lite.labels import (
     TARGET_PRESETS,
     TargetPreset,
 )
-from synthseg_lite.lut import FREESURFER_COLORS, output_labels
+from synthseg_lite.labels.lut import FREESURFER_COLORS, output_labels
 from synthseg_lite.model.overlay import overlay_real
 
 __all__ = [

@@ -258,3 +258,6 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group="synth", name="schema", node=SynthConfig)
+
+
+register_configs()  # on import: the YAML presets start from the schema

@@ -24,9 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from synthseg_lite import __version__
+from synthseg_lite._version import __version__
 from synthseg_lite.io import atomic_write
-from synthseg_lite.outputs import read_volumes
+from synthseg_lite.inference.outputs import read_volumes
 
 __all__ = ["OUTLIER_Z", "REPORT_HTML", "outliers", "robust_z", "volume_plot", "write_report"]
 

@@ -20,6 +20,9 @@ tensor raises :class:`FakeUnsupported`, naming the operation and where it was ca
 Not seen by fake tensors, and so added as an allowance (:func:`allowance_gb`): the CUDA context,
 cuDNN/cuBLAS workspaces, and the caching allocator's rounding and fragmentation. Not counted
 either: the fp16 grad scaler's two scalars (``16-mixed``), a few bytes.
+
+One job (the fake step and its accounting) in one module, just over 400 lines: the value-keeping
+fake mode, the step it runs and the peaks it reads only make sense together.
 """
 
 from __future__ import annotations

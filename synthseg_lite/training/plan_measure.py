@@ -1,8 +1,8 @@
 """Patch and batch for a GPU memory budget, from the measured peak of a fake training step.
 
-The formula (:mod:`synthseg_lite.model.planning`) gives the first guess; each candidate plan is then
-measured (:func:`~synthseg_lite.model.memory.measure_step`: one full training step on fake tensors,
-plus :func:`~synthseg_lite.model.memory.allowance_gb`) and the largest patch, then the largest
+The formula (:mod:`synthseg_lite.training.planning`) gives the first guess; each candidate plan is then
+measured (:func:`~synthseg_lite.training.memory.measure_step`: one full training step on fake tensors,
+plus :func:`~synthseg_lite.training.memory.allowance_gb`) and the largest patch, then the largest
 batch, whose measured peak plus allowance fits the budget is kept.
 
 The candidate patches are the formula's own shrinking sequence (from ``synth.patch_shape``, clipped
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from synthseg_lite.model.memory import (
+from synthseg_lite.training.memory import (
     FakeUnsupported,
     StepJob,
     StepMeasurement,
@@ -29,7 +29,7 @@ from synthseg_lite.model.memory import (
     measure_generator,
     measure_step,
 )
-from synthseg_lite.model.planning import Plan, estimate_memory_gb, plan_patch_and_batch
+from synthseg_lite.training.planning import Plan, estimate_memory_gb, plan_patch_and_batch
 
 __all__ = ["candidate_patches", "plan_measured"]
 

@@ -10,18 +10,16 @@ segmentation still scores a prediction made on the degraded scan:
 Scans are read as stored on disk (no reorientation) and written under the same file name in
 another folder, as float32, atomically::
 
-    python -m synthseg_lite.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
-    python -m synthseg_lite.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
+    python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
+    python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,10 +29,9 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from synthseg_lite.cli import user_errors
 from synthseg_lite.io import read_image, save_volume
 
-__all__ = ["degrade_scans", "invert_contrast", "main", "slab_size", "thick_slices",
+__all__ = ["degrade_scans", "invert_contrast", "slab_size", "thick_slices",
            "through_plane_axis"]
 
 log = logging.getLogger(__name__)
@@ -304,29 +301,3 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
             written.append(save_volume(out, affine, dest, dtype=np.float32, header=header))
             log.info("%s: %s -> %s", src, what, dest)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: write degraded copies of scans; bad input: one ``error:`` line, exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m synthseg_lite.degrade",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("scans", nargs="+", help="NIfTI/MGZ scans (skull-stripped for --invert)")
-    parser.add_argument("--output", required=True, help="output folder; files keep their names")
-    kind = parser.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--invert", action="store_true",
-                      help="mirror intensities inside the brain (T2-like)")
-    kind.add_argument("--slice-mm", type=float, metavar="MM",
-                      help="simulate slices this thick (mm)")
-    parser.add_argument("--axis", type=int, metavar="N",
-                        help="voxel axis of the thick slices (default: largest spacing)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
-                                      slice_mm=args.slice_mm, axis=args.axis,
-                                      overwrite=args.overwrite))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,6 +42,7 @@ from synthseg_lite.data import (
 )
 from synthseg_lite.data import load_label_maps as load_maps
 from synthseg_lite.io import atomic_write, save_volume
+from synthseg_lite.runtime import resolve_device
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
@@ -110,19 +111,6 @@ class ExportConfig:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.phantom_shape) != 3 or min(self.phantom_shape) < 8:
             raise ValueError(f"phantom_shape must be 3 ints >= 8, got {list(self.phantom_shape)}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(device)``, checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available (use device=cpu or auto)")
-    return dev
 
 
 def voxel_affine(shape: tuple[int, ...], voxel_mm: float) -> np.ndarray:
@@ -252,7 +240,7 @@ def _describe(p: dict[str, float]) -> str:
 
 
 @dataclass
-class _Writer:
+class SampleWriter:
     """Where and how one sample's files are written."""
 
     out: Path
@@ -291,7 +279,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
         ValueError: bad settings, unreadable label maps, non-empty output without ``overwrite``.
     """
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, mps=False)
     out = Path(cfg.output).expanduser()
     _prepare_output(out, cfg.overwrite, create=False)  # fail early, before loading the maps
     if cfg.label_maps is not None:  # overwrite=true never touches an input
@@ -322,7 +310,7 @@ def export_dataset(cfg: ExportConfig, synth: SynthConfig) -> dict:
 
     gen = SynthGenerator(synth, table).to(device)
     affine = voxel_affine(tuple(synth.patch_shape), synth.voxel_mm)
-    writer = _Writer(out, nnunet, lut, affine,
+    writer = SampleWriter(out, nnunet, lut, affine,
                      cfg.png2d_size if cfg.png2d else None)
     width = max(5, len(str(cfg.n - 1)))
     rows, records, bs = [], [], cfg.batch_size

@@ -9,6 +9,9 @@
   (``<output>/<rel dir>/<name>_seg.nii.gz``), so two scans with the same file name never collide.
 * :func:`merge_volumes` adds rows to ``volumes.csv`` (never drops rows of earlier runs; a case
   segmented again replaces its own row), under a file lock and atomically.
+
+One job (a study's file layout) in one module, just over 400 lines: the naming rules, the input
+search that decides case ids and the table that lists them change together.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import re
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synthseg_lite import __version__
+from synthseg_lite._version import __version__
 from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, strip_suffix
 
 __all__ = [

@@ -6,7 +6,7 @@ folds training maps (:data:`synthseg_lite.labels.TARGET_PRESETS`: cortical parce
 cortex, corpus callosum 251-255 and WM hypointensities -> cerebral WM, choroid plexus -> lateral
 ventricle, ...), giving SynthSeg 1.0's 31 structures; FreeSurfer's CSF (24) is kept apart.
 
-Per case and structure: every metric of :func:`synthseg_lite.metrics.case_metrics` (Dice, HD95,
+Per case and structure: every metric of :func:`synthseg_lite.evaluation.metrics.case_metrics` (Dice, HD95,
 ASSD in mm, volumes in mm^3 and their difference in mm^3 and %, ...) and a status:
 
 * ``scored``: the structure is in the reference (a structure the prediction misses scores Dice 0
@@ -37,7 +37,7 @@ import numpy as np
 
 from synthseg_lite.io import atomic_write
 from synthseg_lite.labels import CSF_LABEL, FREESURFER_NAMES, STRUCTURE_GROUPS, TARGET_PRESETS
-from synthseg_lite.metrics import METRICS, case_metrics, jsonable, load_pair, map_labels
+from synthseg_lite.evaluation.metrics import METRICS, case_metrics, jsonable, load_pair, map_labels
 
 __all__ = [
     "STRUCTURES",
@@ -239,7 +239,7 @@ def write_structure_report(
         out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue())
     )
     if plots:
-        from synthseg_lite.plots import structure_box_plot
+        from synthseg_lite.evaluation.plots import structure_box_plot
 
         cases = [c["case"] for c in summary["metric_per_case"]]
         values = {

@@ -1,4 +1,5 @@
-"""PNG figures: inference QC overlays and evaluation summaries (matplotlib, Agg backend).
+"""PNG figures of evaluation summaries (matplotlib, Agg backend): per-class box plots, the
+confusion matrix, per-structure box plots and intensity histograms.
 
 Slices are drawn from RAS arrays in the neurological convention: the subject's left on the left
 of the screen, anterior / superior at the top; each panel is labelled with its directions, and
@@ -15,162 +16,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import ListedColormap
-from matplotlib.patches import Patch
 
-from synthseg_lite.io import atomic_write
+from synthseg_lite.inference.figures import save_figure
+from synthseg_lite.labels.lut import class_colors
 
 __all__ = [
     "box_plots",
-    "class_colors",
     "confusion_plot",
     "histogram_plot",
-    "qc_figure",
     "structure_box_plot",
     "structure_colors",
 ]
 
-# (fixed axis, horizontal axis, vertical axis, name, left / right / bottom / top direction letters)
-_VIEWS = ((0, 1, 2, "sagittal", "PAIS"), (1, 0, 2, "coronal", "LRIS"), (2, 0, 1, "axial", "LRPA"))
 
-
-def class_colors(n: int) -> np.ndarray:
-    """(n, 4) RGBA colours; index 0 (background) transparent."""
-    base = plt.get_cmap("tab10" if n <= 11 else "tab20")
-    cols = np.array([base(i % base.N) for i in range(max(n - 1, 0))]).reshape(-1, 4)
-    if n > 21:  # many classes: spread hues instead of cycling
-        cols = plt.get_cmap("hsv")(np.linspace(0, 1, n - 1, endpoint=False))
-    return np.vstack([[0, 0, 0, 0], cols])
-
-
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
-
-
-def qc_figure(
-    image: np.ndarray,
-    labels: np.ndarray,
-    affine: np.ndarray,
-    names: Sequence[str],
-    path: str | Path,
-    title: str = "",
-    colors: Sequence[tuple[int, int, int]] | None = None,
-) -> Path:
-    """Three views of a scan: the image alone, then three slices with the segmentation overlaid.
-
-    The legend lists the classes present in ``labels`` (in their colours), below the panels in as
-    many rows as needed; the figure grows by the legend's height so nothing runs off the edges.
-
-    Args:
-        image: (X, Y, Z) intensities, RAS order.
-        labels: (X, Y, Z) int class indices on the same grid (0 = background).
-        affine: (4, 4) RAS affine (for the voxel size).
-        names: class names, index 0 background.
-        path: PNG to write (atomically).
-        title: figure title.
-        colors: (K,) RGB 0-255 per class (e.g. FreeSurfer's LUT colours, see
-            :mod:`synthseg_lite.lut`); None: :func:`class_colors`.
-    """
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    lo, hi = np.percentile(image[::2, ::2, ::2], [0.5, 99.5])  # display range: 1/8 is plenty
-    rgba = class_colors(len(names))
-    if colors is not None:
-        rgba[1:, :3] = np.asarray(colors, dtype=float)[1:] / 255
-        rgba[1:, 3] = 1
-    cmap = ListedColormap(rgba)
-    counts = np.bincount(labels.ravel(), minlength=len(names))
-    present = [k for k in np.nonzero(counts)[0].tolist() if 0 < k < len(names)]
-    ncol = 8 if max((len(names[k]) for k in present), default=0) <= 12 else 4
-    legend_rows = -(-len(present) // ncol)
-    legend_in = 0.2 * legend_rows + 0.15
-    fg = (labels > 0) | (image > lo + 0.05 * max(hi - lo, 1e-6))
-    # Show the bounding box of the head / brain (with a margin), slices at 30, 50, 70 % of it.
-    box = []
-    for axis, n in enumerate(labels.shape):
-        idx = np.nonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo_i, hi_i = (int(idx[0]), int(idx[-1])) if idx.size else (0, n - 1)
-        box.append((max(0, lo_i - 5), min(n, hi_i + 6)))
-    fig_h = 10 + legend_in
-    fig, axes = plt.subplots(3, 4, figsize=(13, fig_h), facecolor="black")
-    for row, (fixed, h, v, view, dirs) in enumerate(_VIEWS):
-        lo_i, hi_i = box[fixed]
-        positions = [round(lo_i + f * (hi_i - 1 - lo_i)) for f in (0.5, 0.3, 0.5, 0.7)]
-        for col, pos in enumerate(positions):
-            ax = axes[row, col]
-            sl = [slice(*b) for b in box]
-            sl[fixed] = pos
-            aspect = spacing[v] / spacing[h]
-            ax.imshow(
-                np.clip((image[tuple(sl)].T - lo) / max(hi - lo, 1e-6), 0, 1),
-                cmap="gray",
-                origin="lower",
-                aspect=aspect,
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
-            if col:
-                lab = labels[tuple(sl)].T
-                ax.imshow(
-                    np.ma.masked_equal(lab, 0),
-                    cmap=cmap,
-                    vmin=-0.5,
-                    vmax=len(names) - 0.5,
-                    origin="lower",
-                    aspect=aspect,
-                    alpha=0.45,
-                    interpolation="nearest",
-                )
-                # Label boundaries in dark grey: regions drawn in light colours (FreeSurfer's
-                # white for white matter) stay visible on a bright image.
-                edge = np.zeros(lab.shape, bool)
-                edge[:-1] |= lab[:-1] != lab[1:]
-                edge[1:] |= lab[:-1] != lab[1:]
-                edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-                ax.imshow(
-                    np.ma.masked_equal(edge.astype(np.uint8), 0),
-                    cmap=ListedColormap([(0.1, 0.1, 0.1, 0.55)]),
-                    origin="lower",
-                    aspect=aspect,
-                    interpolation="nearest",
-                )
-            ax.set_axis_off()
-            ax.set_title(f"{view} {pos}" + ("" if col else " (image)"), color="white", fontsize=9)
-            for (x, y, ha, va), letter in zip(
-                (
-                    (0.01, 0.5, "left", "center"),
-                    (0.99, 0.5, "right", "center"),
-                    (0.5, 0.01, "center", "bottom"),
-                    (0.5, 0.99, "center", "top"),
-                ),
-                dirs,
-            ):
-                ax.text(
-                    x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=9
-                )
-    handles = [Patch(color=cmap(k), label=str(names[k]).replace("$", r"\$")) for k in present]
-    if handles:
-        fig.legend(
-            handles=handles,
-            loc="lower center",
-            ncol=min(len(handles), ncol),
-            fontsize=8,
-            frameon=False,
-            labelcolor="white",
-            columnspacing=1.2,
-            handlelength=1.2,
-        )
-    fig.suptitle(title, color="white", parse_math=False)  # a file name may hold `$`
-    # Fixed margins (the panels have no ticks): tight_layout costs seconds per figure.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=(legend_in + 0.1) / fig_h,
-                        top=1 - 0.75 / fig_h, wspace=0.04, hspace=0.14)
-    return _save(fig, path)
-
-
-#: Metrics in [0, 1]: their axis is fixed to 0-1 so figures compare at a glance.
 _UNIT_METRICS = ("Dice", "IoU", "precision", "recall")
 _MARKERS = "osD^vP*Xhp<>"
 #: Up to this many cases, every case gets its own colour and marker, named in a legend; beyond,
@@ -255,14 +113,14 @@ def box_plots(
     fig.suptitle(title)
     rows = -(-len(cases) // 6) if len(cases) <= MAX_LEGEND_CASES else 0
     fig.tight_layout(rect=(0, 0.04 * rows, 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def structure_colors(values: Sequence[int]) -> list[tuple[float, float, float]]:
     """RGB colours (0-1) of FreeSurfer label values: FreeSurfer's colour table where the package
-    has it (:mod:`synthseg_lite.lut`), else evenly spread hues."""
+    has it (:mod:`synthseg_lite.labels.lut`), else evenly spread hues."""
     try:
-        from synthseg_lite.lut import FREESURFER_COLORS
+        from synthseg_lite.labels.lut import FREESURFER_COLORS
     except ImportError:
         FREESURFER_COLORS = {}
     spread = class_colors(len(values) + 1)[1:, :3]
@@ -331,7 +189,7 @@ def structure_box_plot(
         axes[0, 0].legend(handles, names, fontsize=7, loc="lower left", ncol=min(len(cases), 6))
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_plot(
@@ -361,7 +219,7 @@ def confusion_plot(
     ax.set_title(title or "confusion (row-normalised; voxel counts)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def histogram_plot(
@@ -389,4 +247,4 @@ def histogram_plot(
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -27,7 +27,7 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from synthseg_lite.io import Volume, atomic_write, load_volume, strip_suffix
-from synthseg_lite.pairing import find_cases
+from synthseg_lite.evaluation.pairing import find_cases
 
 __all__ = ["QUALITY_METRICS", "check_same_grid", "evaluate_quality", "image_quality"]
 
@@ -112,7 +112,7 @@ def evaluate_quality(
     ``quality.csv`` and ``histograms.png`` into ``output_dir``.
 
     Args:
-        synth, real: files or folders (see :func:`synthseg_lite.metrics.find_cases`).
+        synth, real: files or folders (see :func:`synthseg_lite.evaluation.metrics.find_cases`).
         output_dir: created if needed.
         synth_pattern, real_pattern: file-name patterns giving the case id.
         mask: optional file or folder of label maps (non-zero = brain), paired by ``mask_pattern``.
@@ -124,7 +124,7 @@ def evaluate_quality(
     Raises:
         ValueError: no pairs or no case could be compared.
     """
-    from synthseg_lite.plots import histogram_plot
+    from synthseg_lite.evaluation.plots import histogram_plot
 
     if Path(synth).is_file() and Path(real).is_file():
         pairs = {strip_suffix(real): (Path(synth), Path(real))}

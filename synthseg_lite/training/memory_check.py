@@ -1,7 +1,7 @@
-"""The fake-tensor count against a real step: is :func:`~synthseg_lite.model.memory.measure_step`
+"""The fake-tensor count against a real step: is :func:`~synthseg_lite.training.memory.measure_step`
 right?
 
-:func:`compare_step` runs the same training steps (:func:`~synthseg_lite.model.memory.run_steps`:
+:func:`compare_step` runs the same training steps (:func:`~synthseg_lite.training.memory.run_steps`:
 the same parts, seed and order) once on fake tensors and once for real on ``device``, and puts the
 two peaks side by side. The real peak on a CPU is the sum of the allocations ``torch.profiler``
 records (``profile_memory=True``: every allocation and free of PyTorch's CPU allocator, in time
@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from synthseg_lite.model.memory import StepJob, build_step, measure_step, run_steps
+from synthseg_lite.runtime import set_threads
+from synthseg_lite.training.memory import StepJob, build_step, measure_step, run_steps
 
 __all__ = ["compare_step", "profiled_peak_bytes"]
 
@@ -83,12 +84,11 @@ def compare_step(
         rec["real_reserved_mib"] = round(torch.cuda.max_memory_reserved(dev) / 2**20, 3)
         rec["real"] = "torch.cuda.max_memory_allocated"
     else:  # one thread: CPU kernels keep per-thread scratch buffers no op returns (see above)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        threads = set_threads(1)
         try:
             delta, losses = profiled_peak_bytes(lambda: run_steps(job, parts, steps, seed))
         finally:
-            torch.set_num_threads(threads)
+            set_threads(threads)
         real = base + delta
         rec["real"] = (
             "torch.profiler allocations (profile_memory, 1 thread) + parameters and label maps"

@@ -1,5 +1,5 @@
-"""Training plumbing that is not the model or the data: config schemas, atomic checkpoints,
-device checks, resume information and the patch/batch plan.
+"""Training plumbing that is not the model or the data: atomic checkpoints, device and trainer
+checks, the patch/batch plan and its out-of-memory fallback.
 
 ``train.py`` (the only place a Hydra ``DictConfig`` lives) composes the configuration and calls
 these typed helpers.
@@ -21,16 +21,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from synthseg_lite.data import DataConfig
 from synthseg_lite.io import atomic_write
-from synthseg_lite.model.module import ModelConfig
-from synthseg_lite.model.planning import Plan, plan_patch_and_batch, shrink_plan
-from synthseg_lite.model.start import (  # noqa: F401  (the run's start, re-exported)
-    check_resume_compatible,
-    config_differences,
-    init_weights,
-    read_resume,
-)
+from synthseg_lite.training.planning import Plan, plan_patch_and_batch, shrink_plan
 from synthseg_lite.model.unet import UNetConfig
 from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
 
@@ -39,28 +31,14 @@ __all__ = [
     "AtomicCheckpointIO",
     "PlanGuard",
     "check_accelerator",
-    "check_resume_compatible",
     "check_trainer_args",
-    "config_differences",
     "fit_with_oom_fallback",
     "peak_memory_gb",
     "plan_guard",
     "plan_sizes",
-    "read_resume",
-    "register_configs",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def register_configs() -> None:
-    """Register the ``data`` and ``model`` schemas (``data/schema``, ``model/schema``) in Hydra's
-    ConfigStore; the YAML files start from them, so the dataclass defaults are the only defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="model", name="schema", node=ModelConfig)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -204,7 +182,7 @@ class PlanGuard(pl.Callback):
 
     Args:
         plan: the plan the run uses (``estimated_gb`` NaN when the sizes were given explicitly).
-        shrink: ``plan -> smaller plan`` (:func:`~synthseg_lite.model.planning.shrink_plan`
+        shrink: ``plan -> smaller plan`` (:func:`~synthseg_lite.training.planning.shrink_plan`
             bound to the run's network and maps); None: no fallback (sizes given explicitly).
         path: where to write ``plan.json`` (rank 0); None: nowhere.
         gpu_memory_gb: the budget the plan was made for (None: sizes given explicitly).
@@ -286,7 +264,7 @@ def plan_guard(
     path: str | Path | None = None,
 ) -> PlanGuard:
     """The :class:`PlanGuard` of a run: planned runs (``gpu_memory_gb`` set) fall back to smaller
-    plans by :func:`~synthseg_lite.model.planning.shrink_plan`; explicit sizes never change."""
+    plans by :func:`~synthseg_lite.training.planning.shrink_plan`; explicit sizes never change."""
     shrink = None
     if gpu_memory_gb is not None:
         shrink = functools.partial(

@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from monai.metrics.utils import get_edge_surface_distance
 
-from synthseg_lite.io import Volume, atomic_write, load_volume
-from synthseg_lite.validate import check_label_values
-from synthseg_lite.labels import REFERENCE_PRESETS, TARGET_PRESETS
+from synthseg_lite.io import Volume, atomic_write, load_segmentation
+from synthseg_lite.labels import TARGET_PRESETS, label_mapping, map_labels
 
 __all__ = [
     "METRICS",
@@ -62,60 +61,6 @@ log = logging.getLogger(__name__)
 METRICS = ("Dice", "IoU", "precision", "recall", "HD95", "HD", "ASSD", "ref_volume_mm3",
            "pred_volume_mm3", "volume_diff_mm3", "volume_diff_pct", "TP", "FP", "FN")
 # fmt: on
-
-
-def label_mapping(spec: str | Mapping) -> dict[int, int]:
-    """A label mapping ``{raw value: class index}`` from a preset name or a custom mapping.
-
-    Raises:
-        ValueError: unknown preset or a mapping with negative classes.
-    """
-    if isinstance(spec, str):
-        if spec not in REFERENCE_PRESETS:
-            raise ValueError(
-                f"unknown label preset {spec!r}; choose one of {sorted(REFERENCE_PRESETS)} "
-                "or give a mapping {value: class}"
-            )
-        mapping = dict(REFERENCE_PRESETS[spec])
-    else:
-        mapping = {int(k): int(v) for k, v in dict(spec).items()}
-    if not mapping or min(mapping.values()) < 0:
-        raise ValueError(f"a label mapping needs non-negative classes, got {mapping}")
-    mapping.setdefault(0, 0)
-    return mapping
-
-
-def map_labels(data: np.ndarray, mapping: Mapping[int, int], source: str = "") -> np.ndarray:
-    """Raw label values -> class indices (int64); values missing from ``mapping`` become 0."""
-    keys = np.array(sorted(mapping), dtype=np.int64)
-    vals = np.array([mapping[k] for k in keys], dtype=np.int64)
-    flat = data.astype(np.int64)
-    pos = np.clip(np.searchsorted(keys, flat), 0, len(keys) - 1)
-    known = keys[pos] == flat
-    if not known.all():
-        log.info(
-            "%s: values %s are not in the label mapping; counted as background",
-            source,
-            np.unique(flat[~known])[:20].tolist(),
-        )
-    return np.where(known, vals[pos], 0)
-
-
-def load_segmentation(path: str | Path) -> Volume:
-    """Read a segmentation (RAS order) as int64; unlike training label maps it may be empty.
-
-    Raises:
-        ValueError: unreadable, not 3D, non-integer values, or an intensity image
-            (:func:`synthseg_lite.validate.check_label_values`).
-    """
-    vol = load_volume(path, dtype=None)
-    if np.issubdtype(vol.data.dtype, np.floating) and not np.all(np.mod(vol.data, 1) == 0):
-        raise ValueError(
-            f"{path}: looks like an intensity image, not a segmentation (non-integer values)"
-        )
-    vol.data = vol.data.astype(np.int64)
-    check_label_values(vol.data[::2, ::2, ::2], path)  # an integer intensity image is refused too
-    return vol
 
 
 def load_pair(pred_path: str | Path, ref_path: str | Path) -> tuple[Volume, Volume]:
@@ -361,7 +306,7 @@ def write_report(summary: dict, output_dir: str | Path, plots: bool = True) -> d
     Returns:
         Written files by kind.
     """
-    from synthseg_lite.plots import box_plots, confusion_plot
+    from synthseg_lite.evaluation.plots import box_plots, confusion_plot
 
     out = Path(output_dir)
     names = summary["class_names"]

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from synthseg_lite.io import atomic_write
-from synthseg_lite.labels import FREESURFER_NAMES, TARGET_PRESETS, TargetPreset
+from synthseg_lite.labels.presets import FREESURFER_NAMES, TARGET_PRESETS, TargetPreset
 
 __all__ = [
     "FREESURFER_COLORS",
     "LABEL_CONVENTIONS",
     "OutputLabels",
+    "class_colors",
     "colors_rgba",
     "label_dtype",
     "lut_text",
@@ -205,3 +206,15 @@ def colors_rgba(labels: OutputLabels | Sequence[tuple[int, int, int]]) -> np.nda
     rgba[:, :3] = np.asarray(cols, dtype=float) / 255
     rgba[0] = 0
     return rgba
+
+
+def class_colors(n: int) -> np.ndarray:
+    """(n, 4) RGBA colours (floats in [0, 1]) for ``n`` classes without a LUT colour; index 0
+    (background) transparent: matplotlib's tab10 / tab20, spread hues beyond 21 classes."""
+    import matplotlib.pyplot as plt
+
+    base = plt.get_cmap("tab10" if n <= 11 else "tab20")
+    cols = np.array([base(i % base.N) for i in range(max(n - 1, 0))]).reshape(-1, 4)
+    if n > 21:  # many classes: spread hues instead of cycling
+        cols = plt.get_cmap("hsv")(np.linspace(0, 1, n - 1, endpoint=False))
+    return np.vstack([[0, 0, 0, 0], cols])

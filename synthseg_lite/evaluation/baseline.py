@@ -6,22 +6,18 @@ It is the reference point the trained networks have to beat (issue 5). Output la
 ``tissue`` preset (0 background, 1 GM, 2 WM, 3 CSF) on the scan's own grid, so ``evaluate.py``
 scores it like any prediction::
 
-    python -m synthseg_lite.baseline ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output base/
+    python -m synthseg_lite.commands.baseline ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output base/
     python evaluate.py pred=base/ ref=../shared/data/real/ibsr ref_labels=ibsr output=base_eval/
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from synthseg_lite.io import load_volume, save_volume, strip_suffix
 
-__all__ = ["fit_gmm", "gmm_tissue", "main"]
+__all__ = ["fit_gmm", "gmm_tissue"]
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +81,3 @@ def gmm_tissue(image: np.ndarray, mask: np.ndarray | None = None, max_samples: i
     out = np.zeros(image.shape, np.uint8)
     out[mask] = np.asarray(T1_ORDER, np.uint8)[ll.argmax(1)]
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: segment scans with the mixture baseline; writes ``<name>_seg.nii.gz`` per scan."""
-    parser = argparse.ArgumentParser(prog="python -m synthseg_lite.baseline", description=__doc__.split("\n")[0])
-    parser.add_argument("scans", nargs="+", help="NIfTI/MGZ scans (skull-stripped unless --mask-threshold)")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--mask-threshold", type=float, default=0.0,
-                        help="brain mask = intensity > this (default 0: skull-stripped scans)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    out, failed = Path(args.output), 0
-    for scan in args.scans:
-        try:
-            vol = load_volume(scan, canonical=False)
-            seg = gmm_tissue(vol.data, vol.data > args.mask_threshold)
-            save_volume(seg, vol.affine, out / f"{strip_suffix(scan)}_seg.nii.gz")
-            log.info("%s: done", scan)
-        except ValueError as exc:
-            log.error("skipped %s", str(exc).splitlines()[0])
-            failed += 1
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
