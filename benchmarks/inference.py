@@ -3,6 +3,7 @@
     python benchmarks/inference.py                                   # model=structures, 256^3 stripped
     python benchmarks/inference.py --models tissue structures --cases stripped skull
     python benchmarks/inference.py --trees /tmp/base .                # an older checkout beside this one
+    python benchmarks/inference.py --models tissue structures --backends torch onnx   # ONNX Runtime
     python benchmarks/inference.py --models 3d-cpu:2.0 --cases phantom   # random cpu-preset 3D U-Net
 
 Each run is one fresh worker process (``--worker``) that imports the package of one code tree,
@@ -16,7 +17,9 @@ argmax), ``write`` (image files), ``qc_figure``, ``other`` (the rest of ``segmen
 ``startup_s`` is import + model load; ``cpu_s`` is user + sys of the ``segment_scans`` call;
 ``peak_rss_gb`` the worker's peak resident memory. With several ``--trees`` the runs alternate
 between trees (tree A, tree B, tree A, ...), and ``ratio`` (first tree / each) is printed per
-setting: on a loaded machine only ratios measured side by side mean anything.
+setting: on a loaded machine only ratios measured side by side mean anything. ``--backends`` does
+the same across backends (``backend=onnx``: ONNX Runtime; its ``network`` stage is the time inside
+ONNX Runtime's calls).
 
 Scans (written to a temporary folder): ``stripped``, the OASIS T1 (160x192x224, 1 mm, LIA,
 skull-stripped) padded into 256^3; ``skull``, the same with low-intensity noise filling an
@@ -133,6 +136,12 @@ def worker(args: argparse.Namespace) -> dict:
         return nets, meta
 
     pipeline.load_ensemble = load_hooked
+    try:  # backend=onnx: the network runs inside OnnxNet.__call__, not torch's forward
+        from synthseg_lite.inference import onnx_backend
+
+        onnx_backend.OnnxNet.__call__ = _timed(stages, "network", onnx_backend.OnnxNet.__call__)
+    except ImportError:  # an older tree
+        pass
     pipeline.Predictor.__call__ = _timed(stages, "predictor", pipeline.Predictor.__call__)
     options = {"tta": args.tta, "threads": args.threads, "progress": False, "device": args.device}
     options |= dict(kv.split("=", 1) for kv in args.option)
@@ -188,6 +197,8 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["stripped"], help="stripped, skull, phantom")
     p.add_argument("--scan", type=Path, default=None, help="segment this scan instead of --cases")
     p.add_argument("--trees", nargs="+", default=[str(ROOT)], help="code trees, compared in turn")
+    p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnx"],
+                   help="network backends, compared in turn (with every tree)")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "mirror"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -207,26 +218,32 @@ def main() -> None:
         scans = {"scan": args.scan} if args.scan else {c: make_scan(c, tmp) for c in args.cases}
         for case, scan in scans.items():
             for model in args.models:
-                runs: dict[str, list[dict]] = {t: [] for t in args.trees}
+                variants = [(t, b) for t in args.trees for b in args.backends]
+                name = {v: v[0] if len(args.backends) == 1 else f"{v[0]} backend={v[1]}"
+                        for v in variants}
+                runs: dict[str, list[dict]] = {name[v]: [] for v in variants}
                 load = [os.getloadavg()[0]]
                 for r in range(args.repeats):
-                    for i, tree in enumerate(args.trees):
+                    for i, (tree, backend) in enumerate(variants):
                         out = tmp / f"out_{case}_{model.replace(':', '_')}_{i}_{r}"
                         cmd = [
                             sys.executable, __file__, "--worker", "--tree", tree, "--model", model,
                             "--scan", str(scan), "--out", str(out), "--tta", args.tta,
                             "--threads", str(args.threads), "--device", args.device,
                             "--option", *args.option,
+                            *([f"backend={backend}"] if backend != "torch" else []),
                         ]
                         env = os.environ | {"OMP_NUM_THREADS": str(args.threads),  # the tree's package first
                                            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(tree).resolve()), os.environ.get("PYTHONPATH")]))}
                         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                         if done.returncode:
                             raise SystemExit(f"{tree}: {done.stderr.strip()[-2000:]}")
-                        runs[tree].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                        runs[name[(tree, backend)]].append(
+                            json.loads(done.stdout.strip().splitlines()[-1])
+                        )
                         load.append(os.getloadavg()[0])
                 best = {t: min(rs, key=lambda d: d["wall_s"]) for t, rs in runs.items()}
-                first = best[args.trees[0]]
+                first = best[name[variants[0]]]
                 print(
                     json.dumps(
                         {

@@ -20,6 +20,7 @@ from synthseg_lite.inference.postprocess import (
     qc_scores,
     to_native,
 )
+from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.predictor import (
     TTA_MODES,
     Predictor,
@@ -66,6 +67,8 @@ class InferenceOptions:
         fast: fast mode for huge studies: no test-time augmentation (whatever ``tta`` says) and,
             for a 2D model, one slicing axis (the model's first) instead of all; its Dice cost is
             in the README.
+        backend: what runs the network: ``torch``, or ``onnx`` (ONNX Runtime on the CPU, the
+            network exported in memory at the first scan; extra ``[onnx]``).
         overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
@@ -95,6 +98,7 @@ class InferenceOptions:
     device: str = "auto"
     tta: str = "flip"
     fast: bool = False
+    backend: str = "torch"
     overlap: float = 0.5
     sw_batch_size: int = 1
     roi_size: list[int] | None = None
@@ -114,6 +118,8 @@ class InferenceOptions:
     max_voxels: int = MAX_VOXELS
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.keep_largest not in KEEP_LARGEST:
@@ -140,7 +146,10 @@ class InferenceOptions:
 
 
 def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
-    """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis)."""
+    """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis; its
+    ``onnx`` backend: each network run by ONNX Runtime)."""
+    if opts.backend == "onnx":
+        nets = [OnnxNet(net) for net in nets]
     return Predictor(
         nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
         opts.sw_batch_size, views=1 if opts.fast else None,
@@ -159,9 +168,12 @@ def load_predictor(
         (predictor, the first member's metadata, device, resolved model path).
 
     Raises:
-        ValueError: bad device, missing or unusable model.
+        ValueError: bad device (``backend=onnx``: the CPU only), missing or unusable model.
     """
-    device = resolve_device(opts.device)
+    onnx = opts.backend == "onnx"
+    device = torch.device("cpu") if onnx and opts.device == "auto" else resolve_device(opts.device)
+    if onnx and device.type != "cpu":
+        raise ValueError(f"backend=onnx runs on the CPU, not device={opts.device} (use device=cpu)")
     set_threads(opts.threads)
     path = resolve_model(model)
     nets, meta = load(path, device)
