@@ -111,15 +111,17 @@ def worker(args: argparse.Namespace) -> dict:
 
     t_import = time.perf_counter() - t0
     stages: dict[str, float] = {}
-    pipeline.load_volume = _timed(stages, "read", pipeline.load_volume)
-    pipeline.preprocess = _timed(stages, "preprocess", pipeline.preprocess)
-    pipeline.keep_largest_component = _timed(
-        stages, "postprocess", pipeline.keep_largest_component
-    )
-    pipeline.qc_scores = _timed(stages, "postprocess", pipeline.qc_scores)
-    pipeline.to_native = _timed(stages, "resample", pipeline.to_native)
-    pipeline.save_volume = _timed(stages, "write", pipeline.save_volume)
-    pipeline.qc_figure = _timed(stages, "qc_figure", pipeline.qc_figure)
+    try:  # where one scan is segmented (its own module since the pipeline was split)
+        from synthseg_lite.inference import segment as one_scan
+    except ImportError:  # an older tree: all in pipeline
+        one_scan = None
+    for name, stage in (("load_volume", "read"), ("preprocess", "preprocess"),
+                        ("keep_largest_component", "postprocess"), ("qc_scores", "postprocess"),
+                        ("to_native", "resample"), ("save_volume", "write"),
+                        ("qc_figure", "qc_figure")):
+        for module in (pipeline, one_scan):  # wrapped where the pipeline looks it up
+            if module is not None and hasattr(module, name):
+                setattr(module, name, _timed(stages, stage, getattr(module, name)))
     load = pipeline.load_ensemble
 
     def load_hooked(*a, **k):

@@ -5,7 +5,6 @@ multirun, a study split into parts that share one output folder, report_only. CP
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -29,6 +28,7 @@ pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="extra [sweep] 
 
 from synthseg_lite.commands import train as train_script
 from synthseg_lite.commands import infer as infer_command
+from synthseg_lite.safety import read_record
 from helpers import read_digests, write_toy_maps
 
 ENV = {
@@ -273,8 +273,9 @@ def test_study_in_two_parts_segments_every_scan_once_into_one_folder(
         assert (out / f"{name}_seg.nii.gz").is_file()
     page = (out / "report.html").read_text()  # rebuilt after both parts (StudyReport)
     assert all(name in page for name in names)
-    ledger = json.loads((out / ".synthseg_lite_written.json").read_text())
-    assert {f"{n}_seg.nii.gz" for n in "abc"} <= set(ledger)  # both parts' files recorded
+    record = read_record(out)  # both parts' files in the folder's write-ahead record, finished
+    assert all(record[f"{n}_seg.nii.gz"]["state"] == "done" for n in "abc")
+    assert all(read_record(out / "site2")[f"{n}_seg.nii.gz"]["state"] == "done" for n in "de")
 
 
 @pytest.mark.slow
