@@ -62,6 +62,17 @@ def _session(net: nn.Module, example: torch.Tensor, threads: int) -> object:
     return session
 
 
+def _run_options() -> object:
+    """Each call hands its arena memory back afterwards (measured on the tissue network, 16 slices
+    of 256^2 on 2 threads: peak +462 MB instead of +798 MB, 3 % slower; no arena at all: +302 MB,
+    21 % slower)."""
+    import onnxruntime as ort
+
+    run = ort.RunOptions()
+    run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return run
+
+
 class OnnxNet:
     """A torch network run by ONNX Runtime on the CPU, called like the network.
 
@@ -85,7 +96,8 @@ class OnnxNet:
         session = _SESSIONS.get(self.net)
         if session is None:
             session = _SESSIONS[self.net] = _session(self.net, x, torch.get_num_threads())
-        y = session.run(None, {"x": np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        x_np = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        y = session.run(None, {"x": x_np}, _run_options())[0]
         return torch.from_numpy(y)
 
     def to(self, device: torch.device | str) -> OnnxNet:
