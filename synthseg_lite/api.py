@@ -67,9 +67,13 @@ class SegmentationResult:
         return save_volume(self.labels, self.affine, path)
 
 
-@functools.lru_cache(maxsize=2)
-def _ensemble(path: str, device: str) -> tuple[list, Any]:
+def _ensemble(path: Path, device: Any) -> tuple[list, Any]:
     """Loaded networks of a model, kept for the next call (same model and device)."""
+    return _cached_ensemble(str(path), str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_ensemble(path: str, device: str) -> tuple[list, Any]:
     from synthseg_lite.inference.predictor import load_ensemble
 
     return load_ensemble(path, device)
@@ -130,8 +134,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     data, affine = _read(scan_or_path)
     if not np.any(data):
         raise ValueError("image is empty (all zeros)")
-    cached = lambda p, d: _ensemble(str(p), str(d))  # noqa: E731  (the same model twice: loaded once)
-    predictor, meta, device, path = load_predictor(model, opts, cached)
+    predictor, meta, device, path = load_predictor(model, opts, _ensemble)
     pred = segment_volume(data, affine, predictor, opts, device)
     out = output_labels(meta.label_table.target, opts.labels)
     lut = out.lut()

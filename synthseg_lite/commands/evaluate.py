@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 

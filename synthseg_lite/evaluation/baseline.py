@@ -12,14 +12,11 @@ scores it like any prediction::
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 
 
 __all__ = ["fit_gmm", "gmm_tissue"]
-
-log = logging.getLogger(__name__)
 
 #: Tissue class of the k-th darkest Gaussian on a T1-weighted scan: CSF, GM, WM.
 T1_ORDER = (3, 1, 2)

@@ -89,7 +89,7 @@ class OnnxNet:
                 "backend=onnx needs ONNX Runtime: pip install 'synthseg_lite[onnx]' "
                 "(or backend=torch)"
             )
-        self.net = net
+        self.net, self.run_options = net, _run_options()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *S) float tensor on the CPU -> (B, K, *S) float32 logits."""
@@ -97,7 +97,7 @@ class OnnxNet:
         if session is None:
             session = _SESSIONS[self.net] = _session(self.net, x, torch.get_num_threads())
         x_np = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        y = session.run(None, {"x": x_np}, _run_options())[0]
+        y = session.run(None, {"x": x_np}, self.run_options)[0]
         return torch.from_numpy(y)
 
     def to(self, device: torch.device | str) -> OnnxNet:

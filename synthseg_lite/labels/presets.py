@@ -8,12 +8,9 @@ Label numbers follow the FreeSurfer colour table (aseg), plus SynthSeg's extra-c
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-
-log = logging.getLogger(__name__)
 
 #: FreeSurfer label number -> name, for every label the shipped generation table knows.
 FREESURFER_NAMES: dict[int, str] = {

@@ -3,13 +3,10 @@ left/right pairs, target mapping and names, per-class intensity priors and dropp
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from synthseg_lite.labels.presets import TargetPreset
-
-log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------- open protocols
 

@@ -76,7 +76,7 @@ def value_limit(patch: Sequence[int], batch_size: int) -> int:
 #:   PyTorch's allocator. PyTorch sets ``CUDA_MODULE_LOADING=LAZY`` (pytorch/pytorch PR #86509,
 #:   torch >= 1.13): 287 MB with lazy loading, 667 MB without, on the PR's test GPU; the cuDNN and
 #:   cuBLAS kernels a U-Net step loads come on top. 0.5 GiB, to be calibrated on the first GPU
-#:   (``benchmarks/gpu_check.py --device cuda``: nvidia-smi minus ``max_memory_reserved``).
+#:   (``python -m benchmarks.gpu_check --device cuda``: nvidia-smi minus ``max_memory_reserved``).
 #: - ``workspace_gb``: cuDNN convolution workspaces and cuBLAS workspaces, allocated through the
 #:   caching allocator during the step. PyTorch tries cuDNN's algorithms in its heuristic order
 #:   and takes the first whose workspace it can allocate (pytorch/pytorch issue #49207), so a full
