@@ -4,6 +4,7 @@
     python benchmarks/inference.py --models tissue structures --cases stripped skull
     python benchmarks/inference.py --trees /tmp/base .                # an older checkout beside this one
     python benchmarks/inference.py --models tissue structures --backends torch onnx   # ONNX Runtime
+    python benchmarks/inference.py --models tissue structures --precisions float32 auto
     python benchmarks/inference.py --models 3d-cpu:2.0 --cases phantom   # random cpu-preset 3D U-Net
 
 Each run is one fresh worker process (``--worker``) that imports the package of one code tree,
@@ -19,7 +20,8 @@ argmax), ``write`` (image files), ``qc_figure``, ``other`` (the rest of ``segmen
 between trees (tree A, tree B, tree A, ...), and ``ratio`` (first tree / each) is printed per
 setting: on a loaded machine only ratios measured side by side mean anything. ``--backends`` does
 the same across backends (``backend=onnx``: ONNX Runtime; its ``network`` stage is the time inside
-ONNX Runtime's calls).
+ONNX Runtime's calls), and ``--precisions`` across ``precision=`` values (``auto``: bfloat16 on a
+CPU with AMX; the worker reports the dtype it resolved to).
 
 Scans (written to a temporary folder): ``stripped``, the OASIS T1 (160x192x224, 1 mm, LIA,
 skull-stripped) padded into 256^3; ``skull``, the same with low-intensity noise filling an
@@ -173,8 +175,20 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_rss_gb": round(cpu1.ru_maxrss / 2**20, 2),
         "stages_s": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
         "qc_score": round(res.qc["qc_score"], 4),
+        "network_dtype": _network_dtype(opts),
         "torch": torch.__version__,
     }
+
+
+def _network_dtype(opts) -> str:
+    """The dtype the network ran in (float32 for a tree without ``precision=``)."""
+    try:
+        from synthseg_lite.inference.precision import network_dtype
+    except ImportError:
+        return "float32"
+    if getattr(opts, "backend", "torch") != "torch":
+        return "float32"
+    return str(network_dtype(opts.precision, opts.device.replace("auto", "cpu")))[6:]
 
 
 def _random_3d(folder: Path, spacing: float) -> Path:
@@ -201,6 +215,9 @@ def main() -> None:
     p.add_argument("--trees", nargs="+", default=[str(ROOT)], help="code trees, compared in turn")
     p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnx"],
                    help="network backends, compared in turn (with every tree)")
+    p.add_argument("--precisions", nargs="+", default=None,
+                   choices=["auto", "float32", "bfloat16", "float16"],
+                   help="precision= values, compared in turn (default: the tree's own default)")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "mirror"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -220,13 +237,20 @@ def main() -> None:
         scans = {"scan": args.scan} if args.scan else {c: make_scan(c, tmp) for c in args.cases}
         for case, scan in scans.items():
             for model in args.models:
-                variants = [(t, b) for t in args.trees for b in args.backends]
-                name = {v: v[0] if len(args.backends) == 1 else f"{v[0]} backend={v[1]}"
-                        for v in variants}
+                precisions = args.precisions or [None]
+                variants = [
+                    (t, b, q) for t in args.trees for b in args.backends for q in precisions
+                ]
+                name = {
+                    v: " ".join([v[0]] + [f"{k}={x}" for k, x, n in (
+                        ("backend", v[1], len(args.backends)), ("precision", v[2], len(precisions))
+                    ) if n > 1])
+                    for v in variants
+                }
                 runs: dict[str, list[dict]] = {name[v]: [] for v in variants}
                 load = [os.getloadavg()[0]]
                 for r in range(args.repeats):
-                    for i, (tree, backend) in enumerate(variants):
+                    for i, (tree, backend, precision) in enumerate(variants):
                         out = tmp / f"out_{case}_{model.replace(':', '_')}_{i}_{r}"
                         cmd = [
                             sys.executable, __file__, "--worker", "--tree", tree, "--model", model,
@@ -234,13 +258,14 @@ def main() -> None:
                             "--threads", str(args.threads), "--device", args.device,
                             "--option", *args.option,
                             *([f"backend={backend}"] if backend != "torch" else []),
+                            *([f"precision={precision}"] if precision else []),
                         ]
                         env = os.environ | {"OMP_NUM_THREADS": str(args.threads),  # the tree's package first
                                            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(tree).resolve()), os.environ.get("PYTHONPATH")]))}
                         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                         if done.returncode:
                             raise SystemExit(f"{tree}: {done.stderr.strip()[-2000:]}")
-                        runs[name[(tree, backend)]].append(
+                        runs[name[(tree, backend, precision)]].append(
                             json.loads(done.stdout.strip().splitlines()[-1])
                         )
                         load.append(os.getloadavg()[0])

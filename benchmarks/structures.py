@@ -145,6 +145,7 @@ class Bench:
 
     def infer(self, scans: list[str], folder: Path, model: str) -> float:
         extra = [f"threads={self.args.threads}"] if self.args.threads else []
+        extra += self.args.infer_option
         t0 = time.perf_counter()
         run(
             [self.py, "infer.py", f"input=[{','.join(scans)}]", f"output={folder}",
@@ -381,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=("auto", "structures", "tissue"), default="auto",
                         help="what the model writes (auto: from its first output)")
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
+    parser.add_argument("--infer-option", nargs="*", default=[],
+                        help="more infer.py options, key=value (e.g. precision=float32)")
     parser.add_argument("--checkpoints", nargs="+", default=None,
                         help="checkpoint files or globs: learning curves on OASIS instead")
     parser.add_argument("--merge-curves", nargs="+", type=Path, default=None,

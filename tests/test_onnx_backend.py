@@ -44,7 +44,7 @@ def _image(shape=(20, 24, 16)) -> torch.Tensor:
 def test_onnx_probabilities_equal_torchs(spatial_dims: int) -> None:
     net, meta = _net(spatial_dims)
     image = _image()
-    ref = build_predictor([net], meta, InferenceOptions(tta="flip"))(image)
+    ref = build_predictor([net], meta, InferenceOptions(tta="flip", precision="float32"))(image)
     onnx = build_predictor([net], meta, InferenceOptions(tta="flip", backend="onnx"))
     assert isinstance(onnx.nets[0], onnx_backend.OnnxNet)
     got = onnx(image)
@@ -71,7 +71,9 @@ def test_study_labels_equal_between_backends(tmp_path: Path, tiny_model: Path) -
     nib.save(nib.Nifti1Image(_head(), np.diag([2.0, 2.0, 2.0, 1.0])), str(scan))
     segs = {}
     for backend in ("torch", "onnx"):
-        opts = InferenceOptions(backend=backend, progress=False, save_qc=False, threads=1)
+        opts = InferenceOptions(
+            backend=backend, precision="float32", progress=False, save_qc=False, threads=1
+        )
         (res,) = segment_scans(scan, tmp_path / backend, tiny_model, opts)
         assert res.error is None, res.error
         segs[backend] = np.asarray(nib.load(res.outputs["seg"]).dataobj)

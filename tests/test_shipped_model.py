@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from synthseg_lite.inference.precision import amx_bf16
 from synthseg_lite.inference.predictor import default_model_path
 from synthseg_lite.model.artifact import load_model
 
@@ -98,3 +99,30 @@ def test_structure_model_on_the_oasis_scan(tmp_path: Path) -> None:
         a, b = seg == v, ref == v
         dice[v] = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert min(dice.values()) > 0.6, dice
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (OASIS.is_dir() and IBSR.is_dir()), reason="shared data absent")
+@pytest.mark.skipif(not amx_bf16(), reason="precision=auto is float32 on this CPU (no AMX)")
+def test_bfloat16_costs_no_dice_on_real_scans() -> None:
+    """precision=auto (bfloat16 on this AMX CPU) against float32, both shipped models, flip TTA:
+    mean Dice within 0.002 of float32's (OASIS: the 31 structures; IBSR_01: GM, WM, CSF)."""
+    from synthseg_lite.api import segment
+    from synthseg_lite.labels import TARGET_PRESETS
+
+    def dice(seg: np.ndarray, ref: np.ndarray, pairs) -> float:
+        return float(np.mean([2 * ((seg == a) & (ref == b)).sum()
+                              / max(1, (seg == a).sum() + (ref == b).sum()) for a, b in pairs]))
+
+    cases = (
+        (OASIS / "t1.nii.gz", OASIS / "aseg.nii.gz", "structures",
+         [(v, v) for v in TARGET_PRESETS["synthseg"].values if v not in (0, 24)]),
+        (IBSR / "IBSR_01.nii.gz", IBSR / "IBSR_01_seg.nii.gz", "tissue", [(1, 2), (2, 3), (3, 1)]),
+    )
+    for scan, ref_path, model, pairs in cases:
+        ref = np.asarray(nib.load(ref_path).dataobj).squeeze()
+        scores = {
+            p: dice(segment(scan, model=model, precision=p, threads=2).labels.squeeze(), ref, pairs)
+            for p in ("float32", "auto")
+        }
+        assert abs(scores["auto"] - scores["float32"]) < 0.002, (model, scores)

@@ -21,6 +21,7 @@ from synthseg_lite.inference.postprocess import (
     to_native,
 )
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
+from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
 from synthseg_lite.inference.predictor import (
     TTA_MODES,
     Predictor,
@@ -69,6 +70,9 @@ class InferenceOptions:
             in the README.
         backend: what runs the network: ``torch``, or ``onnx`` (ONNX Runtime on the CPU, the
             network exported in memory at the first scan; extra ``[onnx]``).
+        precision: what the network computes in: ``auto`` (bfloat16 on a CPU with AMX, float16
+            on CUDA, else float32; :mod:`synthseg_lite.inference.precision`), ``float32``,
+            ``bfloat16`` or ``float16`` (CUDA). Probabilities are always summed in float32.
         overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
@@ -99,6 +103,7 @@ class InferenceOptions:
     tta: str = "flip"
     fast: bool = False
     backend: str = "torch"
+    precision: str = "auto"
     overlap: float = 0.5
     sw_batch_size: int = 1
     roi_size: list[int] | None = None
@@ -120,6 +125,13 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend == "onnx" and self.precision not in ("auto", "float32"):
+            raise ValueError(
+                f"backend=onnx runs in float32, not precision={self.precision} "
+                "(use backend=torch, or precision=auto)"
+            )
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.keep_largest not in KEEP_LARGEST:
@@ -147,9 +159,12 @@ class InferenceOptions:
 
 def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
     """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis; its
-    ``onnx`` backend: each network run by ONNX Runtime)."""
+    ``onnx`` backend: each network run by ONNX Runtime; its ``precision``: each torch network run
+    under autocast, the dtype chosen per call from the input's device)."""
     if opts.backend == "onnx":
         nets = [OnnxNet(net) for net in nets]
+    elif opts.precision != "float32":
+        nets = [AutocastNet(net, opts.precision) for net in nets]
     return Predictor(
         nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
         opts.sw_batch_size, views=1 if opts.fast else None,
@@ -174,9 +189,15 @@ def load_predictor(
     device = torch.device("cpu") if onnx and opts.device == "auto" else resolve_device(opts.device)
     if onnx and device.type != "cpu":
         raise ValueError(f"backend=onnx runs on the CPU, not device={opts.device} (use device=cpu)")
+    if opts.precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            f"precision=float16 is for CUDA, not {device.type} (use bfloat16, float32 or auto)"
+        )
     set_threads(opts.threads)
     path = resolve_model(model)
     nets, meta = load(path, device)
+    if not onnx:
+        log.info("network precision: %s", str(network_dtype(opts.precision, device))[6:])
     return build_predictor(nets, meta, opts), meta, device, path
 
 

@@ -278,7 +278,7 @@ def accumulate_slicewise(
     back, its classes permuted and added in place at its slices of ``out``.
 
     Args:
-        net: maps (N, context, H, W) to (N, K, H, W) logits.
+        net: maps (N, context, H, W) to (N, K, H, W) logits (any float dtype).
         image: (1, 1, X, Y, Z) float; padded at the end to a multiple of ``divisor`` for the passes.
         out: (K, X, Y, Z) float32 running sum, same device (modified in place and returned).
         axes, context, batch_size, empty_class: see :func:`predict_slicewise`.
@@ -315,12 +315,15 @@ def accumulate_slicewise(
         target = out.movedim(1 + axis, 0)  # (S, K, H, W) view of the sum
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
-            probs = torch.softmax(net(padded[idx[:, None] + offsets]).float(), 1)
-            probs = probs[..., : hw[0], : hw[1]]
+            # crop, flip and class swap on the logits in the network's dtype (half the bytes
+            # under bfloat16; softmax commutes with all three), then softmax in float32
+            logits = net(padded[idx[:, None] + offsets])[..., : hw[0], : hw[1]]
             if back:
-                probs = probs.flip(back)
+                logits = logits.flip(back)
             if swap is not None:
-                probs = probs.index_select(1, swap)
+                logits = logits.index_select(1, swap)
+            probs = torch.softmax(logits.float(), 1)
+            del logits
             _add_slices(target, n_slices - 1 - idx if axis in flip else idx, probs)
         if empty_class is not None and bool(blank.any()):
             where = torch.nonzero(blank).flatten()
