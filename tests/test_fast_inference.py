@@ -198,3 +198,37 @@ def test_progress_bar_shows_scans_per_hour_and_time_left() -> None:
     bar.done(36.0)
     assert "100 scans/h" in bar.postfix and "01:12 left" in bar.postfix  # 2 scans x 36 s
     bar.close()
+
+
+@pytest.mark.parametrize(
+    "spacing, box",
+    [
+        ((1.5, 1.0, 0.7), ((3, 11), (0, 9), (5, 17))),  # scan coarser, equal, finer than 1 mm
+        ((1.0, 3.0, 1.2), ((2, 14), (1, 5), (0, 22))),  # the crop touching the grid's ends
+    ],
+)
+def test_resampling_back_only_the_crops_reach_equals_the_whole_grid(spacing, box) -> None:
+    """to_native resamples only the output voxels the crop reaches: the same probabilities,
+    volumes and labels as resampling the whole grid (background 1 outside the crop)."""
+    from synthseg_lite.data.preprocess import Geometry, resample
+
+    g = torch.Generator().manual_seed(3)
+    ratios = tuple(1.0 / s for s in spacing)  # model 1 mm, scan `spacing`
+    grid = (16, 12, 22)
+    ras = tuple(max(1, round(n * r)) for n, r in zip(grid, ratios))
+    k = 5
+    sizes = [b - a for a, b in box]
+    crop = torch.softmax(torch.randn(k, *sizes, generator=g) * 3, 0)
+    geom = Geometry(ras, np.diag([*spacing, 1.0]), np.array([[0, 1], [1, 1], [2, 1]]), ras,
+                    np.diag([*spacing, 1.0]), grid, np.eye(4), ratios, box, tuple(sizes))
+    got = to_native(crop, geom, keep_posteriors=True, chunk=2)
+    full = torch.zeros(k, *grid)
+    full[0] = 1
+    full[(slice(None), *(slice(a, b) for a, b in box))] = crop
+    ref = resample(full, tuple(1.0 / r for r in ratios), ras)
+    assert np.abs(got.posteriors - ref.numpy()).max() < 1e-6
+    assert np.array_equal(got.labels, ref.argmax(0).numpy())
+    assert np.allclose(got.volumes_mm3, ref.double().sum((1, 2, 3)).numpy() * np.prod(spacing))
+    fast = to_native(crop, geom, chunk=3)  # without posteriors: same labels and volumes
+    assert np.array_equal(fast.labels, got.labels)
+    assert np.allclose(fast.volumes_mm3, got.volumes_mm3)

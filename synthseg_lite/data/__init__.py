@@ -29,19 +29,23 @@ from synthseg_lite.data.bank import (
     stack_maps,
 )
 from synthseg_lite.data.config import DataConfig, PhantomConfig, RealValSet
-from synthseg_lite.data.module import (
-    FixedSetStream,
-    LabelMapStream,
-    RealValDataset,
-    StepLoader,
-    SynthDataModule,
-    SyntheticValSet,
-    fold_ids,
-    kfold_splits,
-    load_fixed_set,
-    load_or_create_splits,
-    load_real_case,
+
+#: Names served by :mod:`~synthseg_lite.data.module`, imported at first use (PEP 562) so that
+#: inference, which needs only ``data.preprocess``, does not import Lightning (about 1 s).
+_FROM_MODULE = (
+    "FixedSetStream", "LabelMapStream", "RealValDataset", "StepLoader", "SynthDataModule",
+    "SyntheticValSet", "fold_ids", "kfold_splits", "load_fixed_set", "load_or_create_splits",
+    "load_real_case",
 )
+
+
+def __getattr__(name: str):
+    if name in _FROM_MODULE:
+        from synthseg_lite.data import module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # fmt: off
 __all__ = [
@@ -50,5 +54,4 @@ __all__ = [
     "label_values", "load_fixed_set", "load_label_maps", "load_or_create_splits", "load_real_case",
     "make_label_table", "phantom_label_maps", "read_label_map_1mm", "resolve_paths", "stack_maps",
 ]
-# fmt: on
 # fmt: on

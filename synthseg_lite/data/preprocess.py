@@ -31,6 +31,7 @@ __all__ = [
     "percentile_rescale",
     "preprocess",
     "resample",
+    "resample_window",
     "to_ras",
 ]
 
@@ -152,6 +153,47 @@ def resample(
         op = _axis_operator(n_in, n_out, ratio, antialias, x.device, x.dtype)
         x = torch.matmul(x.movedim(1 + axis, -1), op.T).movedim(-1, 1 + axis).contiguous()
     return x
+
+
+def resample_window(
+    x: torch.Tensor,
+    ratios: tuple[float, ...],
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    box: tuple[tuple[int, int], ...],
+) -> tuple[tuple[slice, ...], tuple[slice, ...], torch.Tensor]:
+    """:func:`resample` of the part of a volume that matters: the input is known to be constant
+    outside ``box``, so only the output voxels whose interpolation weights reach into ``box``
+    are computed, from the input voxels they read (the box and a rim of at most a voxel or two).
+
+    Args:
+        x: callable ``window -> (C, *sizes)`` tensor: the input restricted to the given
+            per-axis slices (the caller fills the rim outside ``box`` with its constant).
+        ratios, out_shape: as :func:`resample` (no anti-aliasing: for upsampling back).
+        in_shape: (3,) the whole input's spatial shape.
+        box: (3, 2) [start, stop) of the non-constant input voxels.
+
+    Returns:
+        (input window, output window, (C, *output window sizes) tensor): the output everywhere
+        else equals the constant (up to float rounding of ``(1 - w) c + w c``).
+    """
+    ops, in_win, out_win = [], [], []
+    for (a, b), ratio, n_in, n_out in zip(box, ratios, in_shape, out_shape):
+        op = _axis_operator(n_in, n_out, ratio, False, torch.device("cpu"), torch.float64)
+        rows = torch.nonzero(op[:, a:b].abs().sum(1) > 0).flatten()
+        r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        cols = torch.nonzero(op[r0:r1].abs().sum(0) > 0).flatten()
+        c0, c1 = (min(a, int(cols[0])), max(b, int(cols[-1]) + 1)) if len(cols) else (a, b)
+        ops.append(op[r0:r1, c0:c1])
+        in_win.append(slice(c0, c1))
+        out_win.append(slice(r0, r1))
+    y = x(tuple(in_win))
+    for axis, op in enumerate(ops):
+        if op.shape[0] == op.shape[1] and bool((op == torch.eye(op.shape[0], dtype=op.dtype)).all()):
+            continue
+        op = op.to(device=y.device, dtype=y.dtype)
+        y = torch.matmul(y.movedim(1 + axis, -1), op.T).movedim(-1, 1 + axis).contiguous()
+    return tuple(in_win), tuple(out_win), y
 
 
 def grid_for(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from monai.transforms.utils import get_largest_connected_component_mask
 
-from synthseg_lite.data.preprocess import Geometry, from_ras, resample
+from synthseg_lite.data.preprocess import Geometry, from_ras, resample_window
 
 __all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "qc_scores", "to_native"]
 
@@ -125,18 +125,28 @@ def to_native(
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt)
         return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes)
+    # only the output voxels the crop reaches are resampled: elsewhere the full grid is background
     back_ratios = tuple(1.0 / r for r in geom.ratios)
+    ras_shape = tuple(geom.ras_shape)
     best_p = best_k = None
     volumes = np.zeros(n_classes)
     posteriors = [] if keep_posteriors else None
     for start in range(0, n_classes, chunk):
         stop = min(start + chunk, n_classes)
-        full = torch.zeros((stop - start, *geom.grid_shape), dtype=probs.dtype, device=probs.device)
-        if start == 0:
-            full[0] = 1  # outside the crop: background
-        full[(slice(None), *box)] = crop[start:stop]
-        ras = resample(full, back_ratios, geom.ras_shape)
-        del full
+
+        def window(win: tuple[slice, ...], start: int = start, stop: int = stop) -> torch.Tensor:
+            """Classes [start, stop) of the full grid over ``win``: the crop, background around."""
+            full = torch.zeros(
+                (stop - start, *(w.stop - w.start for w in win)), dtype=probs.dtype,
+                device=probs.device,
+            )
+            if start == 0:
+                full[0] = 1  # outside the crop: background
+            inner = tuple(slice(a - w.start, b - w.start) for (a, b), w in zip(geom.box, win))
+            full[(slice(None), *inner)] = crop[start:stop]
+            return full
+
+        _, out_win, ras = resample_window(window, back_ratios, geom.grid_shape, ras_shape, geom.box)
         volumes[start:stop] = _sums(ras) * voxel_mm3
         p, k = ras.max(0)
         if best_p is None:
@@ -146,11 +156,19 @@ def to_native(
             best_p = torch.where(better, p, best_p)
             best_k = torch.where(better, k.add_(start), best_k)
         if posteriors is not None:
-            posteriors.append(from_ras(ras, geom.ornt).cpu())
+            post = torch.zeros((stop - start, *ras_shape), dtype=ras.dtype, device=ras.device)
+            if start == 0:
+                post[0] = 1
+            post[(slice(None), *out_win)] = ras
+            posteriors.append(from_ras(post, geom.ornt).cpu())
+            del post
         del ras, p, k
-    labels = from_ras(best_k, geom.ornt)
+    volumes[0] += (np.prod(ras_shape) - best_k.numel()) * voxel_mm3
+    labels_ras = torch.zeros(ras_shape, dtype=torch.long, device=probs.device)
+    labels_ras[out_win] = best_k
+    labels = from_ras(labels_ras, geom.ornt)
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
-    return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes, post)
+    return NativePrediction(labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, post)
 
 
 def qc_scores(probs: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
