@@ -13,7 +13,7 @@ from torch import nn
 
 from synthseg_lite.inference import InferenceOptions, Predictor, resolve_device, segment_volume
 from synthseg_lite.inference.segment import build_predictor
-from synthseg_lite.inference.postprocess import keep_largest_component, to_native
+from synthseg_lite.inference.postprocess import keep_largest_component, qc_scores, to_native
 from synthseg_lite.data.preprocess import preprocess
 from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.labels import LabelTable
@@ -88,6 +88,16 @@ def test_in_place_clean_up_and_identity_resampling_keep_the_labels() -> None:
     np.testing.assert_array_equal(fast.labels, full.labels)
     np.testing.assert_array_equal(fast.labels_ras, full.labels_ras)
     np.testing.assert_allclose(fast.volumes_mm3, full.volumes_mm3, rtol=1e-6)
+    # one argmax serves the clean-up, QC and labels: the same as computing each from the probs
+    groups = {"a": [1, 2, 3], "b": list(range(4, probs.shape[0]))}
+    for mode in ("none", "brain", "labels"):
+        ref = keep_largest_component(probs, mode)
+        got, labels = keep_largest_component(probs.clone(), mode, inplace=True, return_labels=True)
+        assert torch.equal(labels, ref.argmax(0)), mode
+        assert qc_scores(got, groups, labels) == pytest.approx(qc_scores(ref, groups), abs=1e-6)
+        with_labels = to_native(got, geom, labels=labels)
+        np.testing.assert_array_equal(with_labels.labels, to_native(ref, geom).labels)
+    assert with_labels.labels.flags["C_CONTIGUOUS"]  # (a permuted view made NumPy copy slowly)
 
 
 class _OomAbove(nn.Module):

@@ -136,8 +136,23 @@ class StudyContext:
     reader: ScanReader | None = None
 
 
-def _save_labels(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    save_volume(values.astype(label_dtype(values)), affine, path)
+def _save_labels(lut: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write ``lut[labels]`` in the smallest integer dtype that holds the LUT's values."""
+    save_volume(_lookup(lut.astype(label_dtype(lut)), labels), affine, path)
+
+
+def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``table[labels]`` for a (X, Y, Z) class-index volume, computed by torch: NumPy's large
+    fresh arrays are madvised for transparent huge pages, whose first touch stalled for up to 2 s
+    per array on a fragmented-memory Linux machine (measured here)."""
+    if table.dtype == np.uint16:  # torch indexes few ops in uint16: look up in int32
+        return _lookup(table.astype(np.int32), labels).astype(np.uint16)
+    return torch.from_numpy(table)[torch.from_numpy(labels)].numpy()
+
+
+def _counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) float64 voxel count of each class index of ``labels`` (torch, as :func:`_lookup`)."""
+    return torch.bincount(torch.from_numpy(labels).flatten(), minlength=n).double().numpy()
 
 
 def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResult:
@@ -156,11 +171,11 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     target = w.predictor.meta.label_table.target
     names = target.names
     written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
-    _save_labels(w.labels.lut()[pred.labels], vol.affine, out["seg"])
+    _save_labels(w.labels.lut(), pred.labels, vol.affine, out["seg"])
     write_lut(out["lut"], w.labels, f"{scan.case}: {w.labels.desc} labels (synthseg_lite)")
     write_dseg_tsv(out["tsv"], w.labels)
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
-    hard = np.bincount(pred.labels.ravel(), minlength=len(names)).astype(float) * voxel_mm3
+    hard = _counts(pred.labels, len(names)) * voxel_mm3
     soft = np.asarray(pred.volumes_mm3, dtype=float)
     qc = pred.qc
     row: dict[str, object] = {
@@ -175,7 +190,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
         row[f"{names[k]}_soft_mm3"] = soft[k]
     if w.tissue is not None:
         group, tissue = w.tissue
-        _save_labels(tissue.lut()[group[pred.labels]], vol.affine, out["tissue"])
+        _save_labels(tissue.lut()[group], pred.labels, vol.affine, out["tissue"])
         write_lut(out["tissue_lut"], tissue, f"{scan.case}: tissue view (synthseg_lite)")
         write_dseg_tsv(out["tissue_tsv"], tissue)
         written |= {k: out[k] for k in ("tissue", "tissue_lut", "tissue_tsv")}

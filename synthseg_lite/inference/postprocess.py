@@ -36,8 +36,8 @@ def _largest(mask: torch.Tensor) -> torch.Tensor:
 
 
 def keep_largest_component(
-    probs: torch.Tensor, mode: str = "brain", inplace: bool = False
-) -> torch.Tensor:
+    probs: torch.Tensor, mode: str = "brain", inplace: bool = False, return_labels: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Connected-component clean-up of class probabilities.
 
     Args:
@@ -45,9 +45,12 @@ def keep_largest_component(
         mode: ``"none"``; ``"brain"``: keep the largest component of the foreground;
             ``"labels"``: ``"brain"``, then each class keeps its largest component.
         inplace: modify ``probs`` itself (no second K-channel volume in memory).
+        return_labels: also return the argmax of the cleaned probabilities, (X, Y, Z) int64,
+            so that callers need no second pass over the K channels.
 
     Returns:
-        (K, X, Y, Z) probabilities (``probs`` itself when ``inplace`` or ``mode == "none"``).
+        (K, X, Y, Z) probabilities (``probs`` itself when ``inplace`` or ``mode == "none"``), and
+        with ``return_labels`` their argmax.
 
     Raises:
         ValueError: unknown mode.
@@ -55,7 +58,7 @@ def keep_largest_component(
     if mode not in KEEP_LARGEST:
         raise ValueError(f"keep_largest must be one of {KEEP_LARGEST}, got {mode!r}")
     if mode == "none":
-        return probs
+        return (probs, probs.argmax(0)) if return_labels else probs
     labels = probs.argmax(0)
     brain = _largest(labels > 0)
     if not inplace:
@@ -64,13 +67,15 @@ def keep_largest_component(
     if bool(outside.any()):
         probs.mul_(brain.to(probs.dtype))  # (K, ...) * (...): zero outside the brain
         probs[0].add_(outside.to(probs.dtype))  # outside: background with probability 1
+        labels.mul_(brain)  # inside unchanged, so is the argmax; outside: background
     if mode == "labels":
         for k in range(1, probs.shape[0]):  # loop over classes (a handful), not voxels
             mask = labels == k
             stray = mask & ~_largest(mask)
             probs[k][stray] = 0
         probs.div_(probs.sum(0, keepdim=True).clamp(min=1e-8))
-    return probs
+        labels = probs.argmax(0) if return_labels else labels
+    return (probs, labels) if return_labels else probs
 
 
 @dataclass
@@ -99,7 +104,11 @@ def _sums(probs: torch.Tensor) -> np.ndarray:
 
 
 def to_native(
-    probs: torch.Tensor, geom: Geometry, keep_posteriors: bool = False, chunk: int = 4
+    probs: torch.Tensor,
+    geom: Geometry,
+    keep_posteriors: bool = False,
+    chunk: int = 4,
+    labels: torch.Tensor | None = None,
 ) -> NativePrediction:
     """Map probabilities on the (cropped, padded) network grid back to the scan's grid.
 
@@ -108,22 +117,25 @@ def to_native(
         geom: from :func:`~synthseg_lite.data.preprocess.preprocess`.
         keep_posteriors: also return the resampled probabilities (K x the scan's size in memory).
         chunk: classes resampled at a time (bounds memory for many-class models).
+        labels: (*geom.padded_shape) int64 argmax of ``probs`` when the caller has it (used when
+            the network grid is the scan's grid).
 
     Returns:
         :class:`NativePrediction`.
     """
     n_classes = probs.shape[0]
-    crop = probs[(slice(None), *(slice(0, b - a) for a, b in geom.box))]
+    crop = probs[(slice(None), *(slice(0, b - a) for a, b in geom.box))]  # the padding cut off
     box = tuple(slice(a, b) for a, b in geom.box)
     voxel_mm3 = float(abs(np.linalg.det(geom.ras_affine[:3, :3])))
     if all(r == 1.0 for r in geom.ratios) and not keep_posteriors:
         # the network grid is the RAS grid: the argmax of the crop is the label volume, no
         # K-channel volume of the scan's size is ever made
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
-        best_k[box] = crop.argmax(0)
+        inner = tuple(slice(0, b - a) for a, b in geom.box)
+        best_k[box] = crop.argmax(0) if labels is None else labels[inner]
         volumes = _sums(crop) * voxel_mm3
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
-        labels = from_ras(best_k, geom.ornt)
+        labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous
         return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes)
     # only the output voxels the crop reaches are resampled: elsewhere the full grid is background
     back_ratios = tuple(1.0 / r for r in geom.ratios)
@@ -166,12 +178,14 @@ def to_native(
     volumes[0] += (np.prod(ras_shape) - best_k.numel()) * voxel_mm3
     labels_ras = torch.zeros(ras_shape, dtype=torch.long, device=probs.device)
     labels_ras[out_win] = best_k
-    labels = from_ras(labels_ras, geom.ornt)
+    labels = from_ras(labels_ras, geom.ornt).contiguous()
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
     return NativePrediction(labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, post)
 
 
-def qc_scores(probs: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+def qc_scores(
+    probs: torch.Tensor, groups: Mapping[str, Sequence[int]], labels: torch.Tensor | None = None
+) -> dict[str, float]:
     """Confidence of a prediction per group of classes, in [0, 1].
 
     For each group (e.g. a structure group, or a tissue class), the mean over the voxels whose
@@ -182,6 +196,7 @@ def qc_scores(probs: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> dict[
     Args:
         probs: (K, X, Y, Z) float class probabilities (sum 1 over K).
         groups: group name -> class indices (no background).
+        labels: (X, Y, Z) int64 argmax of ``probs`` when the caller has it.
 
     Returns:
         group name -> score, plus ``"qc_score"``: the lowest group score (the scan's score).
@@ -190,7 +205,10 @@ def qc_scores(probs: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> dict[
     group_of = torch.full((n_classes,), -1, dtype=torch.long, device=probs.device)
     for g, classes in enumerate(groups.values()):
         group_of[torch.as_tensor(list(classes), dtype=torch.long, device=probs.device)] = g
-    top, labels = probs.max(0)
+    if labels is None:
+        top, labels = probs.max(0)
+    else:
+        top = probs.gather(0, labels[None])[0]
     gid = group_of[labels]
     valid = gid >= 0
     n = len(groups)

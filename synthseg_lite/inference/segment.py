@@ -254,9 +254,13 @@ def segment_volume(
         del x
         probs = predictor(image)[0]
         del image
-        probs = keep_largest_component(probs, opts.keep_largest, inplace=True)
-        qc = qc_scores(probs, qc_groups(meta.label_table.target))
-        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors)
+        # one argmax over the K channels serves the clean-up, the QC scores and the labels
+        probs, labels = keep_largest_component(
+            probs, opts.keep_largest, inplace=True, return_labels=True
+        )
+        qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
+        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
+        del labels
         pred.qc = qc
         return pred
 
