@@ -263,8 +263,9 @@ class Predictor:
         float32 (K, X, Y, Z) sum, divided once at the end: the only full-size tensor.
 
         Args:
-            image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order, each side a
-                multiple of the network divisor.
+            image: (1, 1, X, Y, Z) float tensor on the networks' device, RAS order; for a 3D
+                network each side a multiple of the network divisor (a 2D network's slices are
+                padded pass by pass).
 
         Returns:
             (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
