@@ -70,6 +70,28 @@ def test_accumulated_passes_give_the_straightforward_probabilities(tta, context,
     assert torch.equal(new.argmax(1), ref.argmax(1))
 
 
+def test_fewer_slices_per_call_give_the_same_probabilities(monkeypatch) -> None:
+    """On the CPU a call holds at most CPU_SLICE_PIXELS pixels: the batches shrink (here to one
+    slice), the probabilities stay."""
+    from synthseg_lite.inference import predictor as predictor_module
+    from synthseg_lite.model import slicing
+
+    net, meta = _tiny_2d(3, [1, 2])
+    image = _volume()
+    ref = Predictor([net], meta, tta="flip")(image)  # 5 slices per call at this size
+    sizes = []
+    monkeypatch.setattr(predictor_module, "CPU_SLICE_PIXELS", 401)  # slices of 400-480 px
+    wrapped = slicing.accumulate_slicewise
+
+    def spy(net_, *args, **kwargs):
+        return wrapped(lambda x: sizes.append(len(x)) or net_(x), *args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "accumulate_slicewise", spy)
+    got = Predictor([net], meta, tta="flip")(image)
+    assert max(sizes) == 1 and len(sizes) > 20
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+
+
 def test_in_place_clean_up_and_identity_resampling_keep_the_labels() -> None:
     net, meta = _tiny_2d(3, [1, 2])
     data = torch.zeros(24, 22, 26)

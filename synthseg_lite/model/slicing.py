@@ -270,6 +270,7 @@ def accumulate_slicewise(
     flip: Sequence[int] = (),
     swap: torch.Tensor | None = None,
     empty_class: int | None = 0,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """Add the softmax of a 2D network over every slice along each of ``axes`` into ``out``.
 
@@ -285,6 +286,8 @@ def accumulate_slicewise(
         flip: spatial axes (0 = X) the network sees mirrored (test-time augmentation).
         swap: (K,) int64 class permutation applied to the mirrored prediction (left/right classes),
             or None.
+        max_pixels: fewer slices per network call where ``batch_size`` slices would hold more
+            pixels than this (None: always ``batch_size``); the probabilities do not change.
 
     Returns:
         ``out``.
@@ -313,8 +316,11 @@ def accumulate_slicewise(
         blank = blank[:n_slices]
         todo = torch.nonzero(~blank).flatten()
         target = out.movedim(1 + axis, 0)  # (S, K, H, W) view of the sum
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
+        n = batch_size
+        if max_pixels is not None:
+            n = max(1, min(batch_size, max_pixels // (padded.shape[1] * padded.shape[2])))
+        for start in range(0, len(todo), n):
+            idx = todo[start : start + n]
             # crop, flip and class swap on the logits in the network's dtype (half the bytes
             # under bfloat16; softmax commutes with all three), then softmax in float32
             logits = net(padded[idx[:, None] + offsets])[..., : hw[0], : hw[1]]
