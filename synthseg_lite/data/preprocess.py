@@ -161,7 +161,7 @@ def resample_window(
     in_shape: tuple[int, ...],
     out_shape: tuple[int, ...],
     box: tuple[tuple[int, int], ...],
-) -> tuple[tuple[slice, ...], tuple[slice, ...], torch.Tensor]:
+) -> tuple[tuple[slice, ...], torch.Tensor]:
     """:func:`resample` of the part of a volume that matters: the input is known to be constant
     outside ``box``, so only the output voxels whose interpolation weights reach into ``box``
     are computed, from the input voxels they read (the box and a rim of at most a voxel or two).
@@ -174,10 +174,10 @@ def resample_window(
         box: (3, 2) [start, stop) of the non-constant input voxels.
 
     Returns:
-        (input window, output window, (C, *output window sizes) tensor): the output everywhere
-        else equals the constant (up to float rounding of ``(1 - w) c + w c``).
+        (output window, (C, *output window sizes) tensor): the output everywhere else equals the
+        constant (up to float rounding of ``(1 - w) c + w c``).
     """
-    ops, in_win, out_win = [], [], []
+    ops, in_win, out_win, same = [], [], [], []
     for (a, b), ratio, n_in, n_out in zip(box, ratios, in_shape, out_shape):
         op = _axis_operator(n_in, n_out, ratio, False, torch.device("cpu"), torch.float64)
         rows = torch.nonzero(op[:, a:b].abs().sum(1) > 0).flatten()
@@ -187,13 +187,14 @@ def resample_window(
         ops.append(op[r0:r1, c0:c1])
         in_win.append(slice(c0, c1))
         out_win.append(slice(r0, r1))
+        same.append(abs(ratio - 1) < _SAME_SPACING_RTOL and n_in == n_out)  # as resample()
     y = x(tuple(in_win))
-    for axis, op in enumerate(ops):
-        if op.shape[0] == op.shape[1] and bool((op == torch.eye(op.shape[0], dtype=op.dtype)).all()):
+    for axis, (op, skip) in enumerate(zip(ops, same)):
+        if skip:  # the identity
             continue
         op = op.to(device=y.device, dtype=y.dtype)
         y = torch.matmul(y.movedim(1 + axis, -1), op.T).movedim(-1, 1 + axis).contiguous()
-    return tuple(in_win), tuple(out_win), y
+    return tuple(out_win), y
 
 
 def grid_for(

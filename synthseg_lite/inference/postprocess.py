@@ -67,14 +67,16 @@ def keep_largest_component(
     if bool(outside.any()):
         probs.mul_(brain.to(probs.dtype))  # (K, ...) * (...): zero outside the brain
         probs[0].add_(outside.to(probs.dtype))  # outside: background with probability 1
-        labels.mul_(brain)  # inside unchanged, so is the argmax; outside: background
     if mode == "labels":
         for k in range(1, probs.shape[0]):  # loop over classes (a handful), not voxels
             mask = labels == k
             stray = mask & ~_largest(mask)
             probs[k][stray] = 0
         probs.div_(probs.sum(0, keepdim=True).clamp(min=1e-8))
-        labels = probs.argmax(0) if return_labels else labels
+        if return_labels:
+            labels = probs.argmax(0)
+    else:
+        labels.mul_(brain)  # inside the brain the argmax is unchanged; outside: background
     return (probs, labels) if return_labels else probs
 
 
@@ -124,14 +126,14 @@ def to_native(
         :class:`NativePrediction`.
     """
     n_classes = probs.shape[0]
-    crop = probs[(slice(None), *(slice(0, b - a) for a, b in geom.box))]  # the padding cut off
+    inner = tuple(slice(0, b - a) for a, b in geom.box)  # the network grid without its padding
+    crop = probs[(slice(None), *inner)]
     box = tuple(slice(a, b) for a, b in geom.box)
     voxel_mm3 = float(abs(np.linalg.det(geom.ras_affine[:3, :3])))
     if all(r == 1.0 for r in geom.ratios) and not keep_posteriors:
         # the network grid is the RAS grid: the argmax of the crop is the label volume, no
         # K-channel volume of the scan's size is ever made
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
-        inner = tuple(slice(0, b - a) for a, b in geom.box)
         best_k[box] = crop.argmax(0) if labels is None else labels[inner]
         volumes = _sums(crop) * voxel_mm3
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
@@ -154,11 +156,11 @@ def to_native(
             )
             if start == 0:
                 full[0] = 1  # outside the crop: background
-            inner = tuple(slice(a - w.start, b - w.start) for (a, b), w in zip(geom.box, win))
-            full[(slice(None), *inner)] = crop[start:stop]
+            at = tuple(slice(a - w.start, b - w.start) for (a, b), w in zip(geom.box, win))
+            full[(slice(None), *at)] = crop[start:stop]
             return full
 
-        _, out_win, ras = resample_window(window, back_ratios, geom.grid_shape, ras_shape, geom.box)
+        out_win, ras = resample_window(window, back_ratios, geom.grid_shape, ras_shape, geom.box)
         volumes[start:stop] = _sums(ras) * voxel_mm3
         p, k = ras.max(0)
         if best_p is None:

@@ -262,7 +262,6 @@ def segment_volume(
         )
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
-        del labels
         pred.qc = qc
         return pred
 
