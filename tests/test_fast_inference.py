@@ -70,6 +70,19 @@ def test_accumulated_passes_give_the_straightforward_probabilities(tta, context,
     assert torch.equal(new.argmax(1), ref.argmax(1))
 
 
+def test_slices_gathered_across_a_gap_give_the_straightforward_probabilities() -> None:
+    """Slices across the sum's innermost axis are gathered in blocks before they are added; a
+    block that spans blank slices (skipped by the network) adds them one by one."""
+    net, meta = _tiny_2d(1, [2])
+    image = _volume((12, 14, 40))
+    image[..., 12:15] = 0  # blank slices inside the run the network sees
+    pred = Predictor([net], meta, tta="flip")
+    pred.slices.batch_size = 3  # blocks of 15 slices: the gap falls inside the first one
+    new = pred(image)
+    ref = _straightforward(net, meta, image, "flip")
+    torch.testing.assert_close(new, ref, atol=2e-6, rtol=0)
+
+
 def test_fewer_slices_per_call_give_the_same_probabilities(monkeypatch) -> None:
     """On the CPU a call holds at most CPU_SLICE_PIXELS pixels: the batches shrink (here to one
     slice), the probabilities stay."""
@@ -120,6 +133,24 @@ def test_in_place_clean_up_and_identity_resampling_keep_the_labels() -> None:
         with_labels = to_native(got, geom, labels=labels)
         np.testing.assert_array_equal(with_labels.labels, to_native(ref, geom).labels)
     assert with_labels.labels.flags["C_CONTIGUOUS"]  # (a permuted view made NumPy copy slowly)
+
+
+def test_the_sum_keeps_an_unsliced_axis_innermost_and_the_clean_up_follows_its_layout() -> None:
+    """Slices across Y and Z are added as runs along X (the sum's innermost axis); the clean-up,
+    QC and labels of that layout equal those of the same values laid out contiguously."""
+    net, meta = _tiny_2d(3, [1, 2])
+    probs = Predictor([net], meta, tta="flip")(_volume())[0].clone()  # clone keeps the layout
+    assert probs.stride(1) == 1 and not probs.is_contiguous()
+    probs[:, :3, :3, :3] = 1.0 / probs.shape[0]  # exact ties: the first class wins, as argmax
+    dense = probs.contiguous()
+    groups = {"a": [1, 2, 3], "b": list(range(4, probs.shape[0]))}
+    for mode in ("none", "brain", "labels"):
+        got, labels = keep_largest_component(probs.clone(), mode, inplace=True, return_labels=True)
+        ref, ref_labels = keep_largest_component(dense, mode, return_labels=True)
+        torch.testing.assert_close(got, ref, atol=0, rtol=0)
+        assert torch.equal(labels, ref_labels) and torch.equal(ref_labels, ref.argmax(0)), mode
+        assert labels.is_contiguous()
+        assert qc_scores(got, groups, labels) == qc_scores(ref, groups)
 
 
 class _OomAbove(nn.Module):

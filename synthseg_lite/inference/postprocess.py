@@ -35,6 +35,22 @@ def _largest(mask: torch.Tensor) -> torch.Tensor:
     return get_largest_connected_component_mask(mask[None], connectivity=3)[0].bool()
 
 
+def _memory_order(probs: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+    """A view of (K, X, Y, Z) ``probs`` with its spatial dims in memory order (the predictor's
+    sum keeps an unsliced axis innermost), the spatial permutation that made it, and the one
+    that takes a spatial result of the view back to (X, Y, Z). Reductions over K run on the
+    view at full memory speed."""
+    order = sorted(range(3), key=lambda d: -probs.stride(1 + d))
+    back = [order.index(d) for d in range(3)]
+    return probs.permute(0, *(1 + d for d in order)), order, back
+
+
+def _argmax(probs: torch.Tensor) -> torch.Tensor:
+    """(K, ...) -> (...) int64 index of the first largest class: ``max(0)``'s indices equal
+    ``argmax(0)``'s and come from a vectorised kernel (5x faster on 32 x 5.6 M voxels)."""
+    return probs.max(0).indices
+
+
 def keep_largest_component(
     probs: torch.Tensor, mode: str = "brain", inplace: bool = False, return_labels: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -57,27 +73,36 @@ def keep_largest_component(
     """
     if mode not in KEEP_LARGEST:
         raise ValueError(f"keep_largest must be one of {KEEP_LARGEST}, got {mode!r}")
+    if mode == "none" and not return_labels:
+        return probs
+    if mode != "none" and not inplace:
+        probs = probs.clone()  # keeps the memory layout
+    view, order, back = _memory_order(probs)  # every step below on the memory-order view
+
+    def largest(mask: torch.Tensor) -> torch.Tensor:
+        # components are found in (X, Y, Z) order, so that a tie between equally large ones
+        # is broken as for a contiguous volume
+        return _largest(mask.permute(back)).permute(order)
+
+    labels = _argmax(view)
     if mode == "none":
-        return (probs, probs.argmax(0)) if return_labels else probs
-    labels = probs.argmax(0)
-    brain = _largest(labels > 0)
-    if not inplace:
-        probs = probs.clone()
+        return probs, labels.permute(back).contiguous()
+    brain = largest(labels > 0)
     outside = ~brain
     if bool(outside.any()):
-        probs.mul_(brain.to(probs.dtype))  # (K, ...) * (...): zero outside the brain
-        probs[0].add_(outside.to(probs.dtype))  # outside: background with probability 1
+        view.mul_(brain.to(view.dtype))  # (K, ...) * (...): zero outside the brain
+        view[0].add_(outside.to(view.dtype))  # outside: background with probability 1
     if mode == "labels":
-        for k in range(1, probs.shape[0]):  # loop over classes (a handful), not voxels
+        for k in range(1, view.shape[0]):  # loop over classes (a handful), not voxels
             mask = labels == k
-            stray = mask & ~_largest(mask)
-            probs[k][stray] = 0
-        probs.div_(probs.sum(0, keepdim=True).clamp(min=1e-8))
+            stray = mask & ~largest(mask)
+            view[k][stray] = 0
+        view.div_(view.sum(0, keepdim=True).clamp(min=1e-8))
         if return_labels:
-            labels = probs.argmax(0)
+            labels = _argmax(view)
     else:
         labels.mul_(brain)  # inside the brain the argmax is unchanged; outside: background
-    return (probs, labels) if return_labels else probs
+    return (probs, labels.permute(back).contiguous()) if return_labels else probs
 
 
 @dataclass
@@ -134,7 +159,7 @@ def to_native(
         # the network grid is the RAS grid: the argmax of the crop is the label volume, no
         # K-channel volume of the scan's size is ever made
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
-        best_k[box] = crop.argmax(0) if labels is None else labels[inner]
+        best_k[box] = _argmax(crop) if labels is None else labels[inner]
         volumes = _sums(crop) * voxel_mm3
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous

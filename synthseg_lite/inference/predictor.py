@@ -278,7 +278,7 @@ class Predictor:
             (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
         """
         k = self.meta.label_table.target.n_classes
-        total = torch.zeros((k, *image.shape[2:]), dtype=torch.float32, device=image.device)
+        total = _sum_buffer(k, image.shape[2:], self.axes, image.device)
         swap = torch.as_tensor(self.swap, dtype=torch.long, device=image.device)
         roi = tuple(min(r, s) for r, s in zip(self.roi_size, image.shape[2:]))
         for net in self.nets:
@@ -304,6 +304,19 @@ class Predictor:
                 del logits, probs
         n_axes = len(self.axes) if self.slices is not None else 1
         return total.div_(self.n_passes * n_axes)[None]
+
+
+def _sum_buffer(
+    k: int, shape: Sequence[int], axes: Sequence[int], device: torch.device
+) -> torch.Tensor:
+    """A zeroed (K, X, Y, Z) float32 sum whose innermost axis in memory is one the slices do not
+    cross (the last such axis; the last axis when every axis is sliced or for 3D networks), so
+    that a slice's (K, H, W) block is made of long contiguous runs, not scattered values."""
+    free = [a for a in range(3) if a not in axes]
+    inner = free[-1] if free and axes else 2
+    order = [a for a in range(3) if a != inner] + [inner]
+    buf = torch.zeros((k, *(shape[a] for a in order)), dtype=torch.float32, device=device)
+    return buf.permute(0, *(1 + order.index(a) for a in range(3)))
 
 
 T = TypeVar("T")

@@ -34,7 +34,7 @@ from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
 from synthseg_lite.labels.lut import LABEL_CONVENTIONS
 from synthseg_lite.inference.outputs import select_part
 from synthseg_lite.model.artifact import ModelMeta
-from synthseg_lite.runtime import resolve_device, set_threads
+from synthseg_lite.runtime import numpy_hugepages, resolve_device, set_threads
 from synthseg_lite.validate import MAX_VOXELS
 
 __all__ = [
@@ -194,6 +194,7 @@ def load_predictor(
             f"precision=float16 is for CUDA, not {device.type} (use bfloat16, float32 or auto)"
         )
     set_threads(opts.threads)
+    numpy_hugepages(False)  # first touches of large arrays stalled for up to 1 s
     path = resolve_model(model)
     nets, meta = load(path, device)
     if not onnx:
