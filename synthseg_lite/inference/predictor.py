@@ -275,7 +275,8 @@ class Predictor:
                 padded pass by pass).
 
         Returns:
-            (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device.
+            (1, K, X, Y, Z) float32 probabilities (sum 1 over K), on the image's device; for a 2D
+            network laid out by :func:`_sum_buffer` (an unsliced axis innermost: not contiguous).
         """
         k = self.meta.label_table.target.n_classes
         total = _sum_buffer(k, image.shape[2:], self.axes, image.device)
