@@ -2,8 +2,10 @@
 
 * :func:`keep_largest_component` (SynthSeg / nnU-Net post-processing) works on the network grid:
   voxels outside the largest connected component of the brain (argmax != background) become
-  background; with ``per_label`` every class is also restricted to its own largest component, its
-  probability elsewhere being given to the other classes.
+  background; with ``topology`` (SynthSeg's rule) each group of classes that must form one piece
+  (a topological class) keeps only the largest component of its voxels above probability 0.25,
+  with ``labels`` each class keeps the largest component of its argmax voxels; a class's
+  probability outside its component goes to the other classes.
 * :func:`to_native` puts the probabilities back into the full resampled grid, resamples them (not
   the labels) linearly onto the RAS grid of the scan, takes the argmax there and reorients the
   result to the on-disk voxel order, so it shares the input's shape and affine.
@@ -22,17 +24,38 @@ from monai.transforms.utils import get_largest_connected_component_mask
 
 from synthseg_lite.data.preprocess import Geometry, from_ras, resample_window
 
-__all__ = ["KEEP_LARGEST", "NativePrediction", "keep_largest_component", "qc_scores", "to_native"]
+__all__ = [
+    "KEEP_LARGEST",
+    "TOPOLOGY_THRESHOLD",
+    "NativePrediction",
+    "keep_largest_component",
+    "qc_scores",
+    "to_native",
+]
 
 #: Allowed values of ``keep_largest``.
-KEEP_LARGEST = ("none", "brain", "labels")
+KEEP_LARGEST = ("none", "brain", "labels", "topology")
+
+#: A voxel belongs to a topological class's mask above this probability (SynthSeg's 0.25).
+TOPOLOGY_THRESHOLD = 0.25
 
 
 def _largest(mask: torch.Tensor) -> torch.Tensor:
-    """Largest 26-connected component of a (X, Y, Z) bool tensor (empty stays empty)."""
+    """Largest 26-connected component of a (X, Y, Z) bool tensor (empty stays empty).
+
+    Components are searched in the mask's bounding box only (a small structure's box is a
+    few thousand voxels of a 5 M-voxel volume); the box keeps their order, so ties are broken
+    as on the whole volume."""
     if not bool(mask.any()):
         return mask
-    return get_largest_connected_component_mask(mask[None], connectivity=3)[0].bool()
+    box = []
+    for d in range(3):
+        hit = torch.nonzero(mask.any(dim=[e for e in range(3) if e != d]))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    box = tuple(box)
+    out = torch.zeros_like(mask)
+    out[box] = get_largest_connected_component_mask(mask[box][None], connectivity=3)[0].bool()
+    return out
 
 
 def _memory_order(probs: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
@@ -52,17 +75,27 @@ def _argmax(probs: torch.Tensor) -> torch.Tensor:
 
 
 def keep_largest_component(
-    probs: torch.Tensor, mode: str = "brain", inplace: bool = False, return_labels: bool = False
+    probs: torch.Tensor,
+    mode: str = "brain",
+    inplace: bool = False,
+    return_labels: bool = False,
+    groups: Sequence[Sequence[int]] = (),
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Connected-component clean-up of class probabilities.
 
     Args:
         probs: (K, X, Y, Z) float probabilities (sum 1 over K); class 0 is background.
         mode: ``"none"``; ``"brain"``: keep the largest component of the foreground;
-            ``"labels"``: ``"brain"``, then each class keeps its largest component.
+            ``"labels"``: ``"brain"``, then each class keeps the largest component of its
+            argmax voxels; ``"topology"``: ``"brain"``, then each group of ``groups`` keeps
+            the largest component of the voxels where one of its classes has probability
+            above :data:`TOPOLOGY_THRESHOLD`, and its classes' probabilities are zero outside
+            it (SynthSeg); with no groups it is ``"brain"``.
         inplace: modify ``probs`` itself (no second K-channel volume in memory).
         return_labels: also return the argmax of the cleaned probabilities, (X, Y, Z) int64,
             so that callers need no second pass over the K channels.
+        groups: class indices (>= 1) of each topological class, for ``"topology"``
+            (:func:`synthseg_lite.inference.segment.topology_groups`).
 
     Returns:
         (K, X, Y, Z) probabilities (``probs`` itself when ``inplace`` or ``mode == "none"``), and
@@ -92,11 +125,20 @@ def keep_largest_component(
     if bool(outside.any()):
         view.mul_(brain.to(view.dtype))  # (K, ...) * (...): zero outside the brain
         view[0].add_(outside.to(view.dtype))  # outside: background with probability 1
-    if mode == "labels":
-        for k in range(1, view.shape[0]):  # loop over classes (a handful), not voxels
-            mask = labels == k
-            stray = mask & ~largest(mask)
-            view[k][stray] = 0
+    if mode == "labels" or (mode == "topology" and groups):
+        if mode == "labels":
+            for k in range(1, view.shape[0]):  # loop over classes (a handful), not voxels
+                mask = labels == k
+                stray = mask & ~largest(mask)
+                view[k][stray] = 0
+        else:
+            for group in groups:  # loop over topological classes, not voxels
+                mask = view[group[0]] > TOPOLOGY_THRESHOLD
+                for k in group[1:]:
+                    mask |= view[k] > TOPOLOGY_THRESHOLD
+                keep = largest(mask).to(view.dtype)
+                for k in group:
+                    view[k].mul_(keep)
         view.div_(view.sum(0, keepdim=True).clamp(min=1e-8))
         if return_labels:
             labels = _argmax(view)
@@ -176,7 +218,8 @@ def to_native(
         def window(win: tuple[slice, ...], start: int = start, stop: int = stop) -> torch.Tensor:
             """Classes [start, stop) of the full grid over ``win``: the crop, background around."""
             full = torch.zeros(
-                (stop - start, *(w.stop - w.start for w in win)), dtype=probs.dtype,
+                (stop - start, *(w.stop - w.start for w in win)),
+                dtype=probs.dtype,
                 device=probs.device,
             )
             if start == 0:

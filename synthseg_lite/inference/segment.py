@@ -30,7 +30,7 @@ from synthseg_lite.inference.predictor import (
     with_oom_fallback,
 )
 from synthseg_lite.data.preprocess import preprocess
-from synthseg_lite.labels import STRUCTURE_GROUPS, TargetPreset
+from synthseg_lite.labels import STRUCTURE_GROUPS, TOPOLOGY_GROUPS, TargetPreset
 from synthseg_lite.labels.lut import LABEL_CONVENTIONS
 from synthseg_lite.inference.outputs import select_part
 from synthseg_lite.model.artifact import ModelMeta
@@ -76,7 +76,10 @@ class InferenceOptions:
         overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
-        keep_largest: connected-component clean-up: ``none``, ``brain`` or ``labels``.
+        keep_largest: connected-component clean-up: ``topology`` (SynthSeg's: the brain's
+            largest component, then, for a structure model, that of each topological class),
+            ``brain``, ``labels`` (each class's largest component) or ``none``
+            (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
         save_posteriors: also write the class probabilities on the input grid.
@@ -107,7 +110,7 @@ class InferenceOptions:
     overlap: float = 0.5
     sw_batch_size: int = 1
     roi_size: list[int] | None = None
-    keep_largest: str = "brain"
+    keep_largest: str = "topology"
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     crop_foreground: bool = True
     save_posteriors: bool = False
@@ -166,8 +169,13 @@ def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOption
     elif opts.precision != "float32":
         nets = [AutocastNet(net, opts.precision) for net in nets]
     return Predictor(
-        nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
-        opts.sw_batch_size, views=1 if opts.fast else None,
+        nets,
+        meta,
+        "none" if opts.fast else opts.tta,
+        opts.roi_size,
+        opts.overlap,
+        opts.sw_batch_size,
+        views=1 if opts.fast else None,
     )
 
 
@@ -215,6 +223,21 @@ def qc_groups(target: TargetPreset) -> dict[str, list[int]]:
     return {target.names[k]: [k] for k in range(1, target.n_classes)}
 
 
+def topology_groups(target: TargetPreset) -> list[list[int]]:
+    """Class indices of each topological class of a structure target (SynthSeg's
+    ``labels.TOPOLOGY_GROUPS``, every other structure alone), for ``keep_largest=topology``;
+    none for a target that is not all FreeSurfer structures (e.g. GM, WM, CSF, whose CSF is
+    many pieces), so that its clean-up is ``brain``'s."""
+    index = {v: k for k, v in enumerate(target.values) if k}
+    structures = {v for values in STRUCTURE_GROUPS.values() for v in values}
+    if not index or not set(index) <= structures:
+        return []
+    groups = [[index[v] for v in values if v in index] for values in TOPOLOGY_GROUPS]
+    grouped = {v for values in TOPOLOGY_GROUPS for v in values}
+    groups += [[k] for v, k in sorted(index.items(), key=lambda item: item[1]) if v not in grouped]
+    return [group for group in groups if group]
+
+
 def segment_volume(
     data: np.ndarray,
     affine: np.ndarray,
@@ -259,7 +282,11 @@ def segment_volume(
         del image
         # one argmax over the K channels serves the clean-up, the QC scores and the labels
         probs, labels = keep_largest_component(
-            probs, opts.keep_largest, inplace=True, return_labels=True
+            probs,
+            opts.keep_largest,
+            inplace=True,
+            return_labels=True,
+            groups=topology_groups(meta.label_table.target),
         )
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)

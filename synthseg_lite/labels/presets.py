@@ -146,6 +146,19 @@ STRUCTURE_GROUPS: dict[str, tuple[int, ...]] = {
     "brainstem": (16,),
 }
 
+#: SynthSeg's topological classes (FreeSurfer values): structures whose union is one connected
+#: piece of tissue (a hemisphere's WM and cortex; a lateral ventricle, its inferior horn and the
+#: hippocampus beside it; a cerebellar hemisphere's WM and cortex). Every other structure is a
+#: topological class of its own.
+TOPOLOGY_GROUPS: tuple[tuple[int, ...], ...] = (
+    (2, 3),
+    (41, 42),
+    (4, 5, 17),
+    (43, 44, 53),
+    (7, 8),
+    (46, 47),
+)
+
 
 def target_preset(name_or_mapping: str | Mapping[int, int] | TargetPreset) -> TargetPreset:
     """Return a target preset by name, or build one from a user mapping ``{label: class}``.
