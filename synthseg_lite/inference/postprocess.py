@@ -40,21 +40,31 @@ KEEP_LARGEST = ("none", "brain", "labels", "topology")
 TOPOLOGY_THRESHOLD = 0.25
 
 
-def _largest(mask: torch.Tensor) -> torch.Tensor:
-    """Largest 26-connected component of a (X, Y, Z) bool tensor (empty stays empty).
+def _box(mask: torch.Tensor) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the True voxels of a 3D bool tensor (None when there are none), in two
+    passes, the first over the innermost axis (3x faster than one reduction per axis)."""
+    ab = mask.any(-1)
+    a = torch.nonzero(ab.any(1))
+    if not len(a):
+        return None
+    b, c = torch.nonzero(ab.any(0)), torch.nonzero(mask.any(0).any(0))
+    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in (a, b, c))
+
+
+def _largest(mask: torch.Tensor, back: Sequence[int] = (0, 1, 2)) -> torch.Tensor:
+    """Largest 26-connected component of a 3D bool tensor (empty stays empty).
 
     Components are searched in the mask's bounding box only (a small structure's box is a
-    few thousand voxels of a 5 M-voxel volume); the box keeps their order, so ties are broken
-    as on the whole volume."""
-    if not bool(mask.any()):
+    few thousand voxels of a 5 M-voxel volume) and numbered in the axis order of
+    ``mask.permute(back)`` (X, Y, Z for a view in memory order), so that a tie between equally
+    large components is broken as on a contiguous (X, Y, Z) volume."""
+    box = _box(mask)
+    if box is None:
         return mask
-    box = []
-    for d in range(3):
-        hit = torch.nonzero(mask.any(dim=[e for e in range(3) if e != d]))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    box = tuple(box)
+    order = [list(back).index(d) for d in range(3)]
     out = torch.zeros_like(mask)
-    out[box] = get_largest_connected_component_mask(mask[box][None], connectivity=3)[0].bool()
+    found = get_largest_connected_component_mask(mask[box].permute(*back)[None], connectivity=3)
+    out[box] = found[0].bool().permute(*order)
     return out
 
 
@@ -110,12 +120,12 @@ def keep_largest_component(
         return probs
     if mode != "none" and not inplace:
         probs = probs.clone()  # keeps the memory layout
-    view, order, back = _memory_order(probs)  # every step below on the memory-order view
+    view, _, back = _memory_order(probs)  # every step below on the memory-order view
 
     def largest(mask: torch.Tensor) -> torch.Tensor:
-        # components are found in (X, Y, Z) order, so that a tie between equally large ones
-        # is broken as for a contiguous volume
-        return _largest(mask.permute(back)).permute(order)
+        # the box is found in memory order, components in (X, Y, Z) order, so that a tie
+        # between equally large ones is broken as for a contiguous volume
+        return _largest(mask, back)
 
     labels = _argmax(view)
     if mode == "none":
