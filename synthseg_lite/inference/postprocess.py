@@ -135,20 +135,20 @@ def keep_largest_component(
     if bool(outside.any()):
         view.mul_(brain.to(view.dtype))  # (K, ...) * (...): zero outside the brain
         view[0].add_(outside.to(view.dtype))  # outside: background with probability 1
+    if mode == "labels":
+        for k in range(1, view.shape[0]):  # loop over classes (a handful), not voxels
+            mask = labels == k
+            stray = mask & ~largest(mask)
+            view[k][stray] = 0
+    elif mode == "topology":
+        for group in groups:  # loop over topological classes, not voxels
+            mask = view[group[0]] > TOPOLOGY_THRESHOLD
+            for k in group[1:]:
+                mask |= view[k] > TOPOLOGY_THRESHOLD
+            keep = largest(mask).to(view.dtype)
+            for k in group:
+                view[k].mul_(keep)
     if mode == "labels" or (mode == "topology" and groups):
-        if mode == "labels":
-            for k in range(1, view.shape[0]):  # loop over classes (a handful), not voxels
-                mask = labels == k
-                stray = mask & ~largest(mask)
-                view[k][stray] = 0
-        else:
-            for group in groups:  # loop over topological classes, not voxels
-                mask = view[group[0]] > TOPOLOGY_THRESHOLD
-                for k in group[1:]:
-                    mask |= view[k] > TOPOLOGY_THRESHOLD
-                keep = largest(mask).to(view.dtype)
-                for k in group:
-                    view[k].mul_(keep)
         view.div_(view.sum(0, keepdim=True).clamp(min=1e-8))
         if return_labels:
             labels = _argmax(view)
@@ -228,8 +228,7 @@ def to_native(
         def window(win: tuple[slice, ...], start: int = start, stop: int = stop) -> torch.Tensor:
             """Classes [start, stop) of the full grid over ``win``: the crop, background around."""
             full = torch.zeros(
-                (stop - start, *(w.stop - w.start for w in win)),
-                dtype=probs.dtype,
+                (stop - start, *(w.stop - w.start for w in win)), dtype=probs.dtype,
                 device=probs.device,
             )
             if start == 0:

@@ -169,13 +169,8 @@ def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOption
     elif opts.precision != "float32":
         nets = [AutocastNet(net, opts.precision) for net in nets]
     return Predictor(
-        nets,
-        meta,
-        "none" if opts.fast else opts.tta,
-        opts.roi_size,
-        opts.overlap,
-        opts.sw_batch_size,
-        views=1 if opts.fast else None,
+        nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
+        opts.sw_batch_size, views=1 if opts.fast else None,
     )
 
 
@@ -210,17 +205,24 @@ def load_predictor(
     return build_predictor(nets, meta, opts), meta, device, path
 
 
+def _structure_index(target: TargetPreset) -> dict[int, int] | None:
+    """``{FreeSurfer value: class index}`` of a target's foreground classes when every one is a
+    structure of ``labels.STRUCTURE_GROUPS``; None otherwise (e.g. GM, WM, CSF)."""
+    index = {v: k for k, v in enumerate(target.values) if k}
+    structures = {v for values in STRUCTURE_GROUPS.values() for v in values}
+    return index if index and set(index) <= structures else None
+
+
 def qc_groups(target: TargetPreset) -> dict[str, list[int]]:
     """Class groups scored by QC: the structure groups (``labels.STRUCTURE_GROUPS``) when they
     cover every class of the target, else one group per class (e.g. GM, WM, CSF)."""
-    index = {v: k for k, v in enumerate(target.values) if k}
+    index = _structure_index(target)
+    if index is None:
+        return {target.names[k]: [k] for k in range(1, target.n_classes)}
     groups = {
         name: [index[v] for v in values if v in index] for name, values in STRUCTURE_GROUPS.items()
     }
-    groups = {name: classes for name, classes in groups.items() if classes}
-    if {k for c in groups.values() for k in c} == set(index.values()):
-        return groups
-    return {target.names[k]: [k] for k in range(1, target.n_classes)}
+    return {name: classes for name, classes in groups.items() if classes}
 
 
 def topology_groups(target: TargetPreset) -> list[list[int]]:
@@ -228,13 +230,12 @@ def topology_groups(target: TargetPreset) -> list[list[int]]:
     ``labels.TOPOLOGY_GROUPS``, every other structure alone), for ``keep_largest=topology``;
     none for a target that is not all FreeSurfer structures (e.g. GM, WM, CSF, whose CSF is
     many pieces), so that its clean-up is ``brain``'s."""
-    index = {v: k for k, v in enumerate(target.values) if k}
-    structures = {v for values in STRUCTURE_GROUPS.values() for v in values}
-    if not index or not set(index) <= structures:
+    index = _structure_index(target)
+    if index is None:
         return []
     groups = [[index[v] for v in values if v in index] for values in TOPOLOGY_GROUPS]
     grouped = {v for values in TOPOLOGY_GROUPS for v in values}
-    groups += [[k] for v, k in sorted(index.items(), key=lambda item: item[1]) if v not in grouped]
+    groups += [[k] for v, k in index.items() if v not in grouped]  # in class order
     return [group for group in groups if group]
 
 
