@@ -37,7 +37,9 @@ the +-35 % check for structures of >= 1,000 mm^3 in the reference, tissue Dice, 
 the tissue model's tissue Dice; the commands) and ``results.md`` (tables).
 With ``--checkpoints``: ``learning_curve.json`` and ``learning_curve.png`` (OASIS Dice per
 structure group and the structure mean against the training step, read from the checkpoint
-name ``...step=N...`` / ``...stepN...``). Needs ``../shared/data/real`` (``--data``).
+name ``...step=N...`` / ``...stepN...``; ``.pt`` model files, e.g. the shipped model of each
+fine-tuning stage, count their total steps and show as stars); ``--merge-curves`` joins such
+files. Needs ``../shared/data/real`` (``--data``).
 """
 
 from __future__ import annotations
@@ -250,8 +252,22 @@ class Bench:
 
 
 def step_of(path: Path) -> int:
-    """Training step from a checkpoint name (``step=1500.ckpt``, ``step1500.ckpt``), else the
-    checkpoint's ``global_step``."""
+    """Training step of a checkpoint or model file.
+
+    A checkpoint: from its name (``step=1500.ckpt``, ``step1500.ckpt``), else its
+    ``global_step``. A ``.pt`` model file (e.g. a shipped model fine-tuned in stages): its total
+    steps, ``extra["total_steps"]``, else the leading ``N steps`` of ``extra["training"]``, else
+    the last stage's ``global_step``.
+    """
+    if path.suffix == ".pt":
+        from synthseg_lite.model.artifact import read_meta
+
+        extra = read_meta(path).extra
+        if extra.get("total_steps") is not None:
+            return int(extra["total_steps"])
+        if m := re.match(r"\s*(\d+) steps", str(extra.get("training", ""))):
+            return int(m.group(1))
+        return int(extra.get("global_step", -1))
     if m := re.search(r"step[=_-]?(\d+)", path.name):
         return int(m.group(1))
     import torch
@@ -260,6 +276,8 @@ def step_of(path: Path) -> int:
 
 
 def learning_curve(bench: Bench, patterns: list[str]) -> dict:
+    """OASIS Dice of each checkpoint or model file matching ``patterns``, by training step; a
+    point from a ``.pt`` model file says so (``"model_file": true``)."""
     files = sorted({Path(f) for p in patterns for f in glob.glob(p)}, key=step_of)
     if not files:
         fail(f"no checkpoint matches {patterns}")
@@ -268,7 +286,8 @@ def learning_curve(bench: Bench, patterns: list[str]) -> dict:
     for ckpt in files:
         step = step_of(ckpt)
         r = bench.oasis("original", str(ckpt), f"step{step}", tissue=False)
-        points.append({"step": step, "checkpoint": str(ckpt)} | r)
+        points.append({"step": step, "checkpoint": str(ckpt), "model_file": ckpt.suffix == ".pt"}
+                      | r)
     return {"points": points}
 
 
@@ -303,6 +322,9 @@ def plot_curve(curve: dict, path: Path) -> None:
                 color=colors(i), label=group)
     ax.plot(steps, [p["structure_mean"] for p in curve["points"]], "k-", lw=2.5,
             label="mean (31 structures)")
+    if shipped := [p for p in curve["points"] if p.get("model_file")]:
+        ax.plot([p["step"] for p in shipped], [p["structure_mean"] for p in shipped], "k*",
+                ms=11, label="mean, model files (stage ends)")
     ax.set(xlabel="training step", ylabel="Dice on the OASIS scan", ylim=(0, 1),
            title="real-scan Dice per structure group")
     ax.grid(alpha=0.3)
@@ -385,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--infer-option", nargs="*", default=[],
                         help="more infer.py options, key=value (e.g. precision=float32)")
     parser.add_argument("--checkpoints", nargs="+", default=None,
-                        help="checkpoint files or globs: learning curves on OASIS instead")
+                        help="checkpoint or .pt model files, or globs: learning curves on OASIS "
+                             "instead")
     parser.add_argument("--merge-curves", nargs="+", type=Path, default=None,
                         help="learning_curve.json files (e.g. one per checkpoint, evaluated "
                              "while training ran): merge their points by step and re-plot")

@@ -139,6 +139,46 @@ def test_structures_benchmark_learning_curve(tmp_path, monkeypatch, bench):
     assert (out / "learning_curve.png").stat().st_size > 10_000
 
 
+def test_learning_curve_of_model_files_counts_their_total_steps(tmp_path, monkeypatch, bench):
+    """Shipped model files of successive stages: each point at its total steps (``total_steps``,
+    else the leading ``N steps`` of ``training``), marked as a model file; merged with a
+    checkpoint curve by step."""
+    import torch
+
+    from synthseg_lite.labels import LabelTable
+    from synthseg_lite.model.artifact import ModelMeta, save_model
+    from synthseg_lite.model.unet import UNetConfig, build_unet
+
+    data, aseg = _data(tmp_path)
+    _fake_tools(monkeypatch, bench, aseg)
+    cfg = UNetConfig(n_stages=3, base_features=4, deep_supervision=False)
+    net = build_unet(cfg, 4)
+    models = tmp_path / "models"
+    extras = {
+        "stage_a.pt": {"global_step": 8000, "training": "27000 steps from the label maps: ..."},
+        "stage_b.pt": {"global_step": 20000, "total_steps": "81000", "training": "n/a"},
+        "stage_c.pt": {"global_step": 5000},
+    }
+    for name, extra in extras.items():
+        meta = ModelMeta(cfg, LabelTable.create("tissue"), 2.0, (32,) * 3, extra)
+        save_model(models / name, net, meta)
+    assert [bench.step_of(models / n) for n in extras] == [27000, 81000, 5000]
+    out = tmp_path / "curves_models"
+    bench.main(["--output", str(out), "--data", str(data), "--checkpoints",
+                str(models / "*.pt")])
+    curve = json.loads((out / "learning_curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [5000, 27000, 81000]
+    assert all(p["model_file"] for p in curve["points"])
+    ckpt_curve = tmp_path / "ckpt.json"
+    ckpt_curve.write_text(json.dumps({"points": [dict(curve["points"][0], step=14000,
+                                                      model_file=False)]}))
+    merged = tmp_path / "merged"
+    bench.main(["--output", str(merged), "--merge-curves", str(ckpt_curve),
+                str(out / "learning_curve.json")])
+    steps = [p["step"] for p in json.loads((merged / "learning_curve.json").read_text())["points"]]
+    assert steps == [5000, 14000, 27000, 81000]
+
+
 def test_structures_benchmark_refuses_a_non_empty_output(tmp_path, bench):
     (tmp_path / "x").write_text("")
     with pytest.raises(SystemExit) as exc:
