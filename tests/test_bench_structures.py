@@ -143,8 +143,6 @@ def test_learning_curve_of_model_files_counts_their_total_steps(tmp_path, monkey
     """Shipped model files of successive stages: each point at its total steps (``total_steps``,
     else the leading ``N steps`` of ``training``), marked as a model file; merged with a
     checkpoint curve by step."""
-    import torch
-
     from synthseg_lite.labels import LabelTable
     from synthseg_lite.model.artifact import ModelMeta, save_model
     from synthseg_lite.model.unet import UNetConfig, build_unet
