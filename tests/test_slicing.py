@@ -138,6 +138,25 @@ def test_predict_slicewise_reassembles_the_volume(axes: list[int], context: int)
     assert torch.equal(probs.argmax(1)[0], (image[0, 0] > 0.5).long())
 
 
+def test_a_volume_smaller_than_the_network_is_padded_to_its_coarsest_level() -> None:
+    # An instance-normalised 2D U-Net (divisor 8) fails on a 1x1 coarsest level: a 6- or
+    # 8-voxel axis must reach 16 voxels (2 at the bottleneck), not only the next multiple of 8.
+    from synthseg_lite.model.slicing import accumulate_slicewise
+    from synthseg_lite.model.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(n_stages=4, base_features=4, max_features=8, deep_supervision=False,
+                     spatial_dims=2)
+    net = build_unet(cfg, 3).eval()
+    image = torch.rand(1, 1, 6, 8, 20)
+    probs = predict_slicewise(net, image, [0, 1, 2], batch_size=4, divisor=cfg.divisor)
+    assert probs.shape == (1, 3, 6, 8, 20)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 6, 8, 20))
+    out = accumulate_slicewise(net, image, torch.zeros(3, 6, 8, 20), [0, 1, 2], batch_size=4,
+                               divisor=cfg.divisor)
+    assert torch.allclose(out / 3, probs[0], atol=1e-5)
+
+
 class AlwaysTissue(torch.nn.Module):
     """A network that calls everything class 1, blank input included."""
 

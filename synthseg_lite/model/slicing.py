@@ -183,6 +183,17 @@ def extract_slices(
     return vol[a[:, None], b[:, None], neigh], lab[a, b, s]
 
 
+def pad_for_network(image: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pad ``image`` (N, C, X, Y, Z) at the end of each spatial axis to a multiple of
+    ``divisor`` that is at least ``2 * divisor``, so that the network's coarsest level has two
+    voxels or more per axis (instance normalisation needs more than one); unchanged if it has.
+    """
+    pad = [max(-(-n // divisor), 2) * divisor - n for n in image.shape[2:]]
+    if not any(pad):
+        return image
+    return F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
+
+
 @torch.no_grad()
 def predict_slicewise(
     net: Callable[[torch.Tensor], torch.Tensor],
@@ -197,8 +208,8 @@ def predict_slicewise(
 
     Args:
         net: maps (N, context, H, W) to (N, K, H, W) logits.
-        image: (1, 1, X, Y, Z) float; zero-padded at the end of each axis to a multiple of
-            ``divisor`` (the network's) for the passes, cropped back after.
+        image: (1, 1, X, Y, Z) float; zero-padded at the end of each axis for the passes
+            (:func:`pad_for_network`, ``divisor``: the network's), cropped back after.
         axes: RAS axes to slice across; the softmax of each is averaged.
         context: input channels (odd), neighbouring slices replicated at the borders.
         batch_size: slices per network call.
@@ -211,9 +222,7 @@ def predict_slicewise(
     """
     h = context // 2
     shape = image.shape[2:]
-    pad = [(-n) % divisor for n in shape]
-    if any(pad):
-        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
+    image = pad_for_network(image, divisor)
     total = None
     for axis in axes:
         vol = image[0, 0].movedim(axis, 0)  # (S, H, W)
@@ -286,7 +295,7 @@ def accumulate_slicewise(
 
     Args:
         net: maps (N, context, H, W) to (N, K, H, W) logits (any float dtype).
-        image: (1, 1, X, Y, Z) float; padded at the end to a multiple of ``divisor`` for the passes.
+        image: (1, 1, X, Y, Z) float; padded at the end for the passes (:func:`pad_for_network`).
         out: (K, X, Y, Z) float32 running sum, same device (modified in place and returned).
         axes, context, batch_size, empty_class: see :func:`predict_slicewise`.
         flip: spatial axes (0 = X) the network sees mirrored (test-time augmentation).
@@ -302,9 +311,7 @@ def accumulate_slicewise(
     shape = image.shape[2:]
     dims = [2 + a for a in flip]
     x = image.flip(dims) if dims else image
-    pad = [(-n) % divisor for n in shape]
-    if any(pad):
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+    x = pad_for_network(x, divisor)
     offsets = torch.arange(context, device=image.device)
     for axis in axes:
         vol = x[0, 0].movedim(axis, 0)  # (S, H, W), padded
