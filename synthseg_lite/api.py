@@ -121,10 +121,11 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         :class:`SegmentationResult`.
 
     Raises:
-        ValueError: unknown option, unreadable or empty scan, missing model.
+        ValueError: unknown option, unreadable, empty or constant scan, missing model.
     """
     from synthseg_lite.inference.segment import InferenceOptions, load_predictor, segment_volume
     from synthseg_lite.labels.lut import label_dtype, output_labels
+    from synthseg_lite.validate import blank_problem
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -132,8 +133,9 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
     opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
     data, affine = _read(scan_or_path)
-    if not np.any(data):
-        raise ValueError("image is empty (all zeros)")
+    problem = blank_problem(data)
+    if problem:
+        raise ValueError(problem)
     predictor, meta, device, path = load_predictor(model, opts, _ensemble)
     pred = segment_volume(data, affine, predictor, opts, device)
     out = output_labels(meta.label_table.target, opts.labels)

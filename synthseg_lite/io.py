@@ -120,10 +120,17 @@ def load_volume(
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
-    if dtype is not None:
-        data = data.astype(dtype, copy=False)
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise ValueError(f"{path}: contains NaN or Inf values")
+    if dtype is not None:
+        with np.errstate(over="ignore"):  # reported below, in one line
+            stored, data = data, data.astype(dtype, copy=False)
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise ValueError(
+                f"{path}: {stored.dtype} values up to {float(np.abs(stored).max()):.3g} exceed "
+                f"the {np.dtype(dtype)} range"
+            )
+        del stored
     return Volume(np.ascontiguousarray(data), np.asarray(img.affine, dtype=np.float64), str(path))
 
 

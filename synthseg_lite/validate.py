@@ -130,6 +130,23 @@ def _integer_valued(data: np.ndarray) -> bool:
     return bool(np.all(np.mod(data, 1) == 0))
 
 
+def blank_problem(data: np.ndarray, path: str | Path | None = None) -> str | None:
+    """Why a scan holds nothing to segment (None: it has contrast): every voxel 0, or every voxel
+    one value (a constant image would be segmented into tissue the network imagines).
+
+    Args:
+        data: (X, Y, Z) voxel values, all of them (a subsample can miss the one voxel that differs).
+        path: the file, for the message (None: no prefix).
+    """
+    where = f"{path}: " if path is not None else ""
+    if data.size == 0 or not np.any(data):
+        return f"{where}image is empty (all zeros)"
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        return f"{where}image is constant (every voxel {float(lo):g}): nothing to segment"
+    return None
+
+
 def scan_problem(
     data: np.ndarray, path: str | Path, shape: tuple[int, ...] | None = None
 ) -> str | None:

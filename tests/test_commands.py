@@ -159,3 +159,5 @@ def test_segment_api(tmp_path):
         synthseg_lite.segment((data, affine), bogus=1)
     with pytest.raises(ValueError, match="empty"):
         synthseg_lite.segment((np.zeros_like(data), affine))
+    with pytest.raises(ValueError, match="constant"):
+        synthseg_lite.segment((np.full_like(data, 7.5), affine))

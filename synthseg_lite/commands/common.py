@@ -294,6 +294,9 @@ def describe(exc: BaseException) -> str:
 
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
+        if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:
+            # mkdir of an output folder that is a file (or under one)
+            return f"{where}{exc.strerror}: a file where a folder is needed"
         return f"{where}{exc.strerror}"
     if isinstance(exc, MissingConfigException):
         head = _first_line(exc)

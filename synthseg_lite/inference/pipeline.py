@@ -70,7 +70,7 @@ from synthseg_lite.inference.outputs import (
     write_json,
 )
 from synthseg_lite.inference.figures import qc_figure
-from synthseg_lite.validate import scan_problem, scan_warnings
+from synthseg_lite.validate import blank_problem, scan_problem, scan_warnings
 
 __all__ = [
     "InferenceOptions",
@@ -160,9 +160,9 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     vol = w.reader.read(scan) if w.reader else load_volume(
         scan.path, canonical=False, max_voxels=w.opts.max_voxels
     )
-    if not np.any(vol.data):
-        raise ValueError(f"{scan.path}: image is empty (all zeros)")
-    problem = scan_problem(vol.data[::2, ::2, ::2], scan.path, vol.data.shape)  # a label map...
+    problem = blank_problem(vol.data, scan.path) or scan_problem(  # a label map, a few voxels
+        vol.data[::2, ::2, ::2], scan.path, vol.data.shape
+    )
     if problem:
         raise ValueError(problem)
     for warning in scan_warnings(vol.data.shape, vol.spacing, scan.path):
