@@ -120,17 +120,19 @@ def load_volume(
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+    floating = np.issubdtype(data.dtype, np.floating)
+    if floating and not np.isfinite(data).all():
         raise ValueError(f"{path}: contains NaN or Inf values")
     if dtype is not None:
         with np.errstate(over="ignore"):  # reported below, in one line
-            stored, data = data, data.astype(dtype, copy=False)
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            out = data.astype(dtype, copy=False)
+        narrowed = floating and out.dtype.kind == "f" and out.itemsize < data.itemsize
+        if narrowed and not np.isfinite(out).all():  # only a narrower float can overflow
             raise ValueError(
-                f"{path}: {stored.dtype} values up to {float(np.abs(stored).max()):.3g} exceed "
-                f"the {np.dtype(dtype)} range"
+                f"{path}: {data.dtype} values up to {float(np.abs(data).max()):.3g} exceed "
+                f"the {out.dtype} range"
             )
-        del stored
+        data = out
     return Volume(np.ascontiguousarray(data), np.asarray(img.affine, dtype=np.float64), str(path))
 
 

@@ -139,12 +139,12 @@ def blank_problem(data: np.ndarray, path: str | Path | None = None) -> str | Non
         path: the file, for the message (None: no prefix).
     """
     where = f"{path}: " if path is not None else ""
-    if data.size == 0 or not np.any(data):
+    lo, hi = (data.min(), data.max()) if data.size else (0, 0)
+    if lo != hi:
+        return None
+    if lo == 0:
         return f"{where}image is empty (all zeros)"
-    lo, hi = data.min(), data.max()
-    if lo == hi:
-        return f"{where}image is constant (every voxel {float(lo):g}): nothing to segment"
-    return None
+    return f"{where}image is constant (every voxel {float(lo):g}): nothing to segment"
 
 
 def scan_problem(
