@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OASIS = ROOT.parent / "shared/data/real/oasis_vxm/t1.nii.gz"
 STAGES = (
-    "read", "preprocess", "network", "aggregation", "postprocess", "resample", "write",
+    "read", "preprocess", "network", "aggregation", "refine", "postprocess", "resample", "write",
     "qc_figure", "other",
 )
 
@@ -118,6 +118,7 @@ def worker(args: argparse.Namespace) -> dict:
     except ImportError:  # an older tree: all in pipeline
         one_scan = None
     for name, stage in (("load_volume", "read"), ("preprocess", "preprocess"),
+                        ("refine_with_intensities", "refine"),
                         ("keep_largest_component", "postprocess"), ("qc_scores", "postprocess"),
                         ("to_native", "resample"), ("save_volume", "write"),
                         ("qc_figure", "qc_figure")):

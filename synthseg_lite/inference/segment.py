@@ -20,6 +20,7 @@ from synthseg_lite.inference.postprocess import (
     qc_scores,
     to_native,
 )
+from synthseg_lite.inference.refine import REFINE, refine_with_intensities, shared_classes
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
 from synthseg_lite.inference.predictor import (
@@ -80,6 +81,9 @@ class InferenceOptions:
             largest component, then, for a structure model, that of each topological class),
             ``brain``, ``labels`` (each class's largest component) or ``none``
             (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
+        refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
+            fitted to each scan (:mod:`synthseg_lite.inference.refine`; the background
+            probability is kept); ``none``: used as they are.
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
         save_posteriors: also write the class probabilities on the input grid.
@@ -111,6 +115,7 @@ class InferenceOptions:
     sw_batch_size: int = 1
     roi_size: list[int] | None = None
     keep_largest: str = "topology"
+    refine: str = "gmm"
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     crop_foreground: bool = True
     save_posteriors: bool = False
@@ -141,6 +146,8 @@ class InferenceOptions:
             raise ValueError(
                 f"keep_largest must be one of {KEEP_LARGEST}, got {self.keep_largest!r}"
             )
+        if self.refine not in REFINE:
+            raise ValueError(f"refine must be one of {REFINE}, got {self.refine!r}")
         if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(
                 f"percentiles must be [low, high] in [0, 100], got {list(self.percentiles)}"
@@ -280,6 +287,8 @@ def segment_volume(
         )
         del x
         probs = predictor(image)[0]
+        if opts.refine == "gmm":
+            refine_with_intensities(probs, image[0, 0], shared_classes(meta.label_table.target))
         del image
         # one argmax over the K channels serves the clean-up, the QC scores and the labels
         probs, labels = keep_largest_component(

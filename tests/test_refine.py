@@ -1,0 +1,108 @@
+"""Intensity refinement of network probabilities (``refine=gmm``)."""
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg_lite.inference import InferenceOptions
+from synthseg_lite.inference.refine import refine_with_intensities
+
+
+def _scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 24^3 'brain': tissue (class 1, intensity 0.6) holding a large fluid compartment
+    (class 2, 0.1) and a small one (class 3, 0.1: the same fluid), in a background of 0, with
+    noise of SD 0.03. The prior over-segments both compartments: class 2 by a hesitant one-voxel
+    rim (p 0.6), class 3 by a one-voxel rim into the tissue (p 0.7, 4.5x its volume).
+
+    Returns (probs (4, X, Y, Z) float32, image (X, Y, Z) float32, truth (X, Y, Z) int64)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 24
+    truth = torch.zeros(n, n, n, dtype=torch.long)
+    truth[4:20, 4:20, 4:20] = 1
+    truth[6:18, 6:12, 6:18] = 2
+    truth[8:12, 15:17, 8:12] = 3
+    image = torch.tensor([0.0, 0.6, 0.1, 0.1])[truth] + 0.03 * torch.randn(truth.shape, generator=g)
+    logits = 6.0 * torch.nn.functional.one_hot(truth, 4).permute(3, 0, 1, 2).float()
+    rim2 = torch.zeros_like(truth, dtype=torch.bool)
+    rim2[5:19, 5:13, 5:19] = True
+    rim2 &= truth == 1
+    rim3 = torch.zeros_like(rim2)
+    rim3[7:13, 14:18, 7:13] = True
+    rim3 &= truth == 1
+    logits[1][rim2 | rim3] = 0.0
+    logits[2][rim2] = float(np.log(0.6 / 0.4))
+    logits[3][rim3] = float(np.log(0.7 / 0.3))
+    return torch.softmax(logits, 0), image, truth
+
+
+def _dice(pred: torch.Tensor, truth: torch.Tensor, k: int) -> float:
+    a, b = pred == k, truth == k
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_refinement_follows_the_scans_intensities_where_the_prior_over_segments():
+    probs, image, truth = _scene()
+    before = probs.argmax(0)
+    after = refine_with_intensities(probs.clone(), image, shared=[[2, 3]]).argmax(0)
+    assert _dice(before, truth, 2) < 0.9 and _dice(before, truth, 3) < 0.4
+    assert _dice(after, truth, 2) > 0.99 and _dice(after, truth, 3) > 0.95
+    assert _dice(after, truth, 1) > _dice(before, truth, 1)
+
+
+def test_a_small_compartment_needs_the_shared_fluid_model():
+    """Alone, the small compartment's Gaussian is fitted mostly to its own tissue-bright rim and
+    keeps it; sharing the large compartment's (one fluid) removes the rim."""
+    probs, image, truth = _scene()
+    alone = refine_with_intensities(probs.clone(), image).argmax(0)
+    shared = refine_with_intensities(probs.clone(), image, shared=[[2, 3]]).argmax(0)
+    assert _dice(alone, truth, 3) < 0.8 and _dice(shared, truth, 3) > 0.95
+    with pytest.raises(ValueError, match="foreground"):
+        refine_with_intensities(probs.clone(), image, shared=[[0, 2]])
+
+
+def test_probabilities_stay_normalised_and_the_background_is_kept():
+    probs, image, _ = _scene()
+    out = refine_with_intensities(probs.clone(), image)
+    torch.testing.assert_close(out.sum(0), torch.ones_like(out[0]))
+    torch.testing.assert_close(out[0], probs[0])
+    assert (out >= 0).all()
+
+
+def test_an_image_without_contrast_leaves_the_probabilities_unchanged():
+    probs, image, truth = _scene()
+    flat = torch.full_like(image, 0.5)
+    torch.testing.assert_close(refine_with_intensities(probs.clone(), flat, [[2, 3]]), probs)
+
+
+def test_inverted_or_rescaled_contrast_gives_the_same_result():
+    """The Gaussians are fitted per scan: an affine intensity change is invisible to them (up to
+    the 1/1023 intensity levels the likelihoods are tabulated on)."""
+    probs, image, _ = _scene(1)
+    image = image.clamp(0, 1)
+    ref = refine_with_intensities(probs.clone(), image, [[2, 3]])
+    for changed in (1 - image, 0.5 * image + 0.25):
+        out = refine_with_intensities(probs.clone(), changed, [[2, 3]])
+        torch.testing.assert_close(out, ref, atol=0.02, rtol=0)
+        assert (out.argmax(0) == ref.argmax(0)).float().mean() > 0.999
+
+
+def test_strided_probabilities_are_refined_like_contiguous_ones():
+    probs, image, _ = _scene(2)
+    ref = refine_with_intensities(probs.clone(), image)
+    permuted = probs.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # Z innermost no more
+    assert not permuted.is_contiguous()
+    torch.testing.assert_close(refine_with_intensities(permuted, image), ref)
+
+
+def test_shape_mismatch_and_bad_option_are_refused():
+    probs, image, _ = _scene()
+    with pytest.raises(ValueError, match="share a grid"):
+        refine_with_intensities(probs, image[:-1])
+    with pytest.raises(ValueError, match="refine must be one of"):
+        InferenceOptions(refine="em")
+
+
+def test_a_two_class_model_is_left_as_it_is():
+    probs, image, truth = _scene()
+    two = torch.stack([probs[0], 1 - probs[0]])
+    np.testing.assert_array_equal(refine_with_intensities(two.clone(), image).numpy(), two.numpy())
