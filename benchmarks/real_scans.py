@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         py,
                         "-m",
-                        "synthseg_lite.evaluation.degrade",
+                        "synthseg_lite.commands.degrade",
                         *scans,
                         "--output",
                         str(folder),

@@ -100,8 +100,10 @@ def test_options_accept_none_and_refuse_out_of_range() -> None:
 
 
 def test_the_shipped_models_carry_their_threshold() -> None:
-    assert model_qc_threshold(read_meta(resolve_model("tissue"))) == QC_THRESHOLD  # kept
-    assert 0 < model_qc_threshold(read_meta(resolve_model("structures"))) < 1
+    for name in ("tissue", "structures"):  # calibrated with refine=gmm, stored in the file
+        meta = read_meta(resolve_model(name))
+        assert "qc_threshold" in meta.extra
+        assert 0.5 < model_qc_threshold(meta) == meta.extra["qc_threshold"] < 1
 
 
 @pytest.mark.slow

@@ -52,12 +52,12 @@ LOG_FLOOR = -60.0
 LEVELS = 1024
 
 
-def _likelihood_table(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+def _likelihood_table(mu: torch.Tensor, var: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(K, LEVELS) Gaussian likelihoods of each intensity level, divided by the best class's
     at that level (floored at exp(:data:`LOG_FLOOR`)); ``mu`` and ``var`` (K,)."""
     levels = torch.linspace(0, 1, LEVELS, dtype=mu.dtype, device=mu.device)
     log_l = -0.5 * torch.log(var)[:, None] - (levels - mu[:, None]) ** 2 / (2 * var[:, None])
-    return (log_l - log_l.amax(0)).clamp(min=LOG_FLOOR).exp()
+    return (log_l - log_l.amax(0)).clamp(min=LOG_FLOOR).exp().to(device, torch.float32)
 
 
 def _level(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +82,9 @@ def _fit(
     """Weighted mean and variance of intensities ``x`` (M,) per class of weights ``q`` (K, M),
     in float64, pooled over the classes of a row of ``pool`` (K, K) (one Gaussian each); classes
     with too little weight get the weighted moments of all foreground."""
-    # float32 sums of intensities in [0, 1] (relative error ~1e-6), pooled in float64
-    own = torch.stack([q.sum(1), q @ x, q @ (x * x)], 1).double()  # (K, 3): n, sum x, sum x^2
+    # float32 sums of intensities in [0, 1] (relative error ~1e-6) on q's device, pooled in
+    # float64 on the CPU (Apple's MPS has no float64)
+    own = torch.stack([q.sum(1), q @ x, q @ (x * x)], 1).cpu().double()  # (K, 3): n, Σx, Σx²
     stats = torch.cat([pool @ own, own.sum(0, keepdim=True)])  # last row: all foreground
     n = stats[:, 0].clamp_min(1e-12)
     mu = stats[:, 1] / n
@@ -144,20 +145,20 @@ def refine_with_intensities(
     prior = probs[(slice(None), *sub)][:, brain]
     xs = x[sub][brain]
     xs_level = _level(xs.clone())
-    floor = torch.tensor(MIN_STD**2, dtype=torch.float64, device=probs.device)
-    pool = torch.eye(probs.shape[0] - 1, dtype=torch.float64, device=probs.device)
+    floor = torch.tensor(MIN_STD**2, dtype=torch.float64)
+    pool = torch.eye(probs.shape[0] - 1, dtype=torch.float64)
     for group in shared:
         if min(group) < 1 or max(group) >= probs.shape[0]:
             raise ValueError(f"shared classes must be foreground indices, got {list(group)}")
-        members = torch.as_tensor(list(group), device=probs.device) - 1
+        members = torch.as_tensor(list(group)) - 1
         pool[members[:, None], members] = 1.0
     mu, var = _fit(prior[1:], xs, floor, pool)
     for _ in range(iterations):
         q = prior.clone()
-        _posterior_(q, xs_level, _likelihood_table(mu, var))
+        _posterior_(q, xs_level, _likelihood_table(mu, var, probs.device))
         mu, var = _fit(q[1:], xs, floor, pool)
     del prior
-    table = _likelihood_table(mu, var)
+    table = _likelihood_table(mu, var, probs.device)
     # slabs along the spatial axis outermost in memory (a 2D model's sum is not (X, Y, Z)-ordered)
     order = sorted(range(3), key=lambda d: -probs.stride(1 + d))
     p_view, x_view = probs.permute(0, *(1 + d for d in order)), x.permute(*order)
