@@ -86,7 +86,7 @@ class InferenceOptions:
         refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
             fitted to each scan (:mod:`synthseg_lite.inference.refine`; the background
             probability is kept; white-matter lesions as dark as grey matter become grey matter
-            where the network hesitates: ``benchmarks/refine_lesions.py``); ``none``: used as
+            where the network hesitates: ``benchmarks/refine_checks.py``); ``none``: used as
             they are.
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
