@@ -1,20 +1,21 @@
 """The intensity refinement (``refine=gmm``) where a Gaussian per structure is least true:
 white-matter lesions (its known limit) and an uncorrected bias field.
 
-``lesions``: T1-hypointense lesions are painted into the shared OASIS scan: spheres of radius 2-4 mm (seeded),
-12 in the periventricular white matter (2-6 mm from a lateral ventricle) and 8 in the deep white
-matter (>= 5 mm from anything else), each set to the cortex's mean intensity plus noise. FreeSurfer
-labels such voxels WM-hypointensities (77) and SynthSeg calls them white matter; a model that reads
-intensities calls them grey matter. Each model segments the scan with ``refine=none`` and
-``refine=gmm`` (the public API, default options otherwise) and the lesion voxels are counted by what
-they were labelled: white matter, cortex / GM, ventricles / CSF, background, other.
+``lesions``: T1-hypointense lesions are painted into the shared OASIS scan: spheres of radius
+2-4 mm (seeded), 12 in the periventricular white matter (2-6 mm from a lateral ventricle) and 8
+in the deep white matter (>= 5 mm from anything else), each set to the cortex's mean intensity
+plus noise. FreeSurfer labels such voxels WM-hypointensities (77) and SynthSeg calls them white
+matter; a model that reads intensities calls them grey matter. Each model segments the scan with
+``refine=none`` and ``refine=gmm`` (the public API, default options otherwise) and the lesion
+voxels are counted by what they were labelled: white matter, cortex / GM, ventricles / CSF,
+background, other.
 
 ``bias``: the OASIS scan times a smooth multiplicative field exp(a (0.8 x + 0.6 y - 0.5 z +
 0.5 x z)) (coordinates in [-1, 1] over the grid; a = 0, 0.2, 0.4: max / min 1, 2.1, 4.6),
 segmented by the structure model with ``refine=none`` and ``refine=gmm``; mean Dice over the 31
-structures against the aseg.
+structures against the aseg (``evaluate_structures``, as ``benchmarks/structures.py``).
 
-    python benchmarks/refine_checks.py --threads 2        # one JSON line (about 3 min)
+    python benchmarks/refine_checks.py --threads 2        # one JSON line (about 2 min)
 """
 
 from __future__ import annotations
@@ -53,23 +54,6 @@ def paint_lesions(t1: np.ndarray, aseg: np.ndarray, seed: int) -> tuple[np.ndarr
     return out, lesion
 
 
-def structure_dice(pred: np.ndarray, aseg: np.ndarray) -> float:
-    """Mean Dice over SynthSeg 1.0's 31 structures of two FreeSurfer-valued label volumes."""
-    from synthseg_lite.labels import TARGET_PRESETS
-
-    mapping = TARGET_PRESETS["synthseg"].mapping
-    table = np.zeros(max(int(pred.max()), int(aseg.max()), *mapping) + 1, np.int64)
-    for value, k in mapping.items():
-        table[value] = k
-    a, b = table[pred], table[aseg]
-    scores = []
-    for k in range(1, TARGET_PRESETS["synthseg"].n_classes):
-        x, y = a == k, b == k
-        if y.any():
-            scores.append(2 * (x & y).sum() / (x.sum() + y.sum()))
-    return float(np.mean(scores))
-
-
 def bias_field(shape: tuple[int, ...], amplitude: float) -> np.ndarray:
     """The smooth multiplicative field of the ``bias`` check, float32."""
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -86,11 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import synthseg_lite
+    from synthseg_lite.evaluation.structure_metrics import evaluate_structures
 
     img = nib.load(str(args.data / "t1.nii.gz"))
     t1 = np.asarray(img.dataobj, np.float32)
     aseg = np.asarray(nib.load(str(args.data / "aseg.nii.gz")).dataobj).astype(np.int64)
-    scan, lesion = paint_lesions(t1, aseg, args.seed)
     result: dict = {"benchmark": "refine_checks", "seed": args.seed}
     with tempfile.TemporaryDirectory() as tmp:
         for amplitude in (0.0, 0.2, 0.4) if "bias" in args.checks else ():
@@ -101,13 +85,20 @@ def main() -> None:
             for refine in ("none", "gmm"):
                 res = synthseg_lite.segment(path, model="structures", threads=args.threads,
                                             refine=refine, save_qc=False)
-                row[f"refine={refine}"] = round(structure_dice(np.asarray(res.labels), aseg), 4)
+                seg = Path(tmp) / f"seg_bias{amplitude}_{refine}.nii.gz"
+                nib.save(nib.Nifti1Image(np.asarray(res.labels), res.affine), str(seg))
+                summary = evaluate_structures([("oasis", seg, args.data / "aseg.nii.gz")],
+                                              surface=False)
+                row[f"refine={refine}"] = round(summary["structure_mean"]["Dice"], 4)
             result.setdefault("bias", {})[str(amplitude)] = row
+        if "lesions" not in args.checks:
+            print(json.dumps(result))
+            return
+        scan, lesion = paint_lesions(t1, aseg, args.seed)
         path = Path(tmp) / "t1_lesions.nii.gz"
         nib.save(nib.Nifti1Image(scan, img.affine), str(path))
-        if "lesions" in args.checks:
-            result["lesions"] = {"lesion_voxels": int(lesion.sum()), "models": {}}
-        for model in ("tissue", "structures") if "lesions" in args.checks else ():
+        result["lesions"] = {"lesion_voxels": int(lesion.sum()), "models": {}}
+        for model in ("tissue", "structures"):
             for refine in ("none", "gmm"):
                 res = synthseg_lite.segment(path, model=model, threads=args.threads, refine=refine,
                                             save_qc=False)

@@ -49,7 +49,6 @@ MIN_VOXELS = 20.0
 #: Voxels per slab of the final in-place update (bounds the extra memory to one slab).
 SLAB_VOXELS = 1 << 21
 
-
 #: A class's log-likelihood is kept within this of the voxel's best class (exp(-60) ~ 1e-26), so
 #: that a voxel far from every Gaussian keeps its prior's ranking instead of underflowing to 0.
 LOG_FLOOR = -60.0
@@ -68,7 +67,8 @@ def _likelihood_table(mu: torch.Tensor, var: torch.Tensor, device: torch.device)
 
 
 def _level(x: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest tabulated level of intensities ``x`` (clamped to [0, 1])."""
+    """Index of the nearest tabulated level of intensities ``x`` (clamped to [0, 1]; ``x`` is
+    not modified)."""
     return (x * (LEVELS - 1)).round_().clamp_(0, LEVELS - 1).long()
 
 
@@ -107,7 +107,7 @@ def shared_classes(target: TargetPreset) -> list[list[int]]:
     """Class indices that share one Gaussian in :func:`refine_with_intensities`: the fluid
     compartments of a FreeSurfer structure target (the CSF of its tissue view: ventricles,
     extra-cerebral CSF), one substance whose intensity a small compartment's own fit would take
-    from its partial-volume rim (as SAMSEG shares one CSF model). None for other targets."""
+    from its partial-volume rim (as SAMSEG shares one CSF model). No group for other targets."""
     view = tissue_view(target)
     if view is None:
         return []
@@ -151,7 +151,7 @@ def refine_with_intensities(
     brain = probs[(0, *sub)] < 0.5
     prior = probs[(slice(None), *sub)][:, brain]
     xs = x[sub][brain]
-    xs_level = _level(xs.clone())
+    xs_level = _level(xs)
     floor = torch.tensor(MIN_STD**2, dtype=torch.float64)
     pool = torch.eye(probs.shape[0] - 1, dtype=torch.float64)
     for group in shared:
@@ -171,5 +171,5 @@ def refine_with_intensities(
     p_view, x_view = probs.permute(0, *(1 + d for d in order)), x.permute(*order)
     rows = max(1, SLAB_VOXELS // (p_view.shape[2] * p_view.shape[3]))
     for i in range(0, p_view.shape[1], rows):
-        _posterior_(p_view[:, i : i + rows], _level(x_view[i : i + rows].clone()), table)
+        _posterior_(p_view[:, i : i + rows], _level(x_view[i : i + rows]), table)
     return probs
