@@ -18,6 +18,7 @@ from synthseg_lite.labels import TARGET_PRESETS, LabelTable
 from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.gmm import gmm_image
 from synthseg_lite.synth.intensity import add_noise, apply_bias, apply_gamma, rescale_minmax
+from synthseg_lite.synth.lesions import lesion_lut, paint_lesions
 from synthseg_lite.synth.params import SynthParams, make_generator, sample_params
 from synthseg_lite.synth.resolution import simulate_resolution
 from synthseg_lite.synth.spatial import label_luts, remap_labels, sampling_grid, warp_labels
@@ -94,6 +95,16 @@ class SynthGenerator(nn.Module):
             rows = [(*(m or nan), *(s or nan)) for m, s in table.priors]
             priors = torch.tensor(rows, dtype=torch.float32)
         self.register_buffer("class_priors", priors, persistent=False)
+        lesions = None  # (L,) host index -> lesion index; None: the stage is off
+        if cfg.lesion.prob > 0:
+            index = {v: i for i, v in enumerate(table.generation_labels)}
+            missing = [v for v in (*cfg.lesion.hosts, *cfg.lesion.labels) if v not in index]
+            if missing:
+                raise ValueError(f"synth.lesion: labels {missing} are not generation labels of "
+                                 "this label table")
+            lesions = lesion_lut(len(index), [index[v] for v in cfg.lesion.hosts],
+                                 [index[v] for v in cfg.lesion.labels])
+        self.register_buffer("lesion_lut", lesions, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
@@ -110,6 +121,8 @@ class SynthGenerator(nn.Module):
                              cfg.spatial.svf_steps)
         lut = label_luts(p.flip, p.strip, p.keep_csf, self.lr_swap, self.extracerebral, self.table.csf_index)
         warped = remap_labels(warp_labels(labels, grid), lut)
+        if self.lesion_lut is not None:
+            warped = paint_lesions(warped, p.lesion_field, p.lesion_threshold, self.lesion_lut)
         image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)
         if f > 1:  # partial volume: average the fine grid, labels at the fine voxel nearest the centre
             image = F.avg_pool3d(image, f)

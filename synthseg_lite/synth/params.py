@@ -54,6 +54,8 @@ class SynthParams:
             instead of thick slices along ``res_axis``.
         noise_std: (B,) noise std on [0, 1] images; noise: (B, 2, *P) standard normal fields
             (empty when noise is off).
+        lesion_field: (B, 1, *n) standard normal coarse field of the lesion stage (empty when
+            lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
     """
 
     matrix: torch.Tensor
@@ -75,6 +77,8 @@ class SynthParams:
     noise_std: torch.Tensor
     noise: torch.Tensor
     res_iso: torch.Tensor
+    lesion_field: torch.Tensor
+    lesion_threshold: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -101,6 +105,7 @@ class SynthParams:
             "res_axis": self.res_axis.float(),
             "res_iso": (self.res_iso & ~self.res_native).float(),
             "noise_std": self.noise_std,
+            "lesions": torch.isfinite(self.lesion_threshold).float(),
         }
 
 
@@ -260,6 +265,17 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         noise_std = _uniform(g, (B,), *cfg.noise.std)
         noise = torch.randn((B, 2, *P), generator=g, device=dev)
 
+    # -- lesions (drawn only when on)
+    ls = cfg.lesion
+    if ls.prob > 0:
+        lesion_threshold = torch.where(_bernoulli(g, B, ls.prob), _uniform(g, (B,), *ls.threshold),
+                                       torch.inf)
+        n = [control_grid(e, ls.spacing_mm) for e in extent]
+        lesion_field = torch.randn((B, 1, *n), generator=g, device=dev)
+    else:
+        lesion_threshold = torch.full((B,), torch.inf, device=dev)
+        lesion_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
-                       noise_std, noise, res_iso)
+                       noise_std, noise, res_iso, lesion_field, lesion_threshold)
