@@ -8,7 +8,8 @@ plus noise. FreeSurfer labels such voxels WM-hypointensities (77) and SynthSeg c
 matter; a model that reads intensities calls them grey matter. Each model segments the scan with
 ``refine=none`` and ``refine=gmm`` (the public API, default options otherwise) and the lesion
 voxels are counted by what they were labelled: white matter, cortex / GM, ventricles / CSF,
-background, other.
+background, other. ``--lesion-contrasts t1 inverted`` also scores the scan with contrast inverted
+inside the brain (``invert_contrast``: bright lesions in dark white matter, T2/FLAIR-like).
 
 ``bias``: the OASIS scan times a smooth multiplicative field exp(a (0.8 x + 0.6 y - 0.5 z +
 0.5 x z)) (coordinates in [-1, 1] over the grid; a = 0, 0.2, 0.4: max / min 1, 2.1, 4.6),
@@ -16,6 +17,7 @@ segmented by the structure model with ``refine=none`` and ``refine=gmm``; mean D
 structures against the aseg (``evaluate_structures``, as ``benchmarks/structures.py``).
 
     python benchmarks/refine_checks.py --threads 2        # one JSON line (about 2 min)
+    python benchmarks/refine_checks.py --checks lesions --structures-model new.pt --tissue-model ''
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checks", nargs="+", default=["lesions", "bias"],
                         choices=["lesions", "bias"])
+    parser.add_argument("--structures-model", default="structures",
+                        help="structure model: shipped name or .pt file")
+    parser.add_argument("--tissue-model", default="tissue",
+                        help="tissue model for the lesion check ('' skips it)")
+    parser.add_argument("--lesion-contrasts", nargs="+", default=["t1"], choices=["t1", "inverted"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import synthseg_lite
+    from synthseg_lite.evaluation.degrade import invert_contrast
     from synthseg_lite.evaluation.structure_metrics import evaluate_structures
 
     img = nib.load(str(args.data / "t1.nii.gz"))
@@ -83,8 +91,8 @@ def main() -> None:
             nib.save(nib.Nifti1Image(t1 * field, img.affine), str(path))
             row = {"max_over_min": round(float(field.max() / field.min()), 2)}
             for refine in ("none", "gmm"):
-                res = synthseg_lite.segment(path, model="structures", threads=args.threads,
-                                            refine=refine, save_qc=False)
+                res = synthseg_lite.segment(path, model=args.structures_model,
+                                            threads=args.threads, refine=refine, save_qc=False)
                 seg = Path(tmp) / f"seg_bias{amplitude}_{refine}.nii.gz"
                 nib.save(nib.Nifti1Image(np.asarray(res.labels), res.affine), str(seg))
                 summary = evaluate_structures([("oasis", seg, args.data / "aseg.nii.gz")],
@@ -95,24 +103,28 @@ def main() -> None:
             print(json.dumps(result))
             return
         scan, lesion = paint_lesions(t1, aseg, args.seed)
-        path = Path(tmp) / "t1_lesions.nii.gz"
-        nib.save(nib.Nifti1Image(scan, img.affine), str(path))
         result["lesions"] = {"lesion_voxels": int(lesion.sum()), "models": {}}
-        for model in ("tissue", "structures"):
-            for refine in ("none", "gmm"):
-                res = synthseg_lite.segment(path, model=model, threads=args.threads, refine=refine,
-                                            save_qc=False)
-                labels = np.asarray(res.labels)[lesion]
-                if model == "tissue":  # 1 GM, 2 WM, 3 CSF
-                    groups = {"wm": labels == 2, "cortex_gm": labels == 1, "fluid": labels == 3}
-                else:
-                    groups = {"wm": np.isin(labels, WM), "cortex_gm": np.isin(labels, CORTEX),
-                              "fluid": np.isin(labels, FLUID)}
-                groups["background"] = labels == 0
-                groups["other"] = ~np.any(list(groups.values()), axis=0)
-                result["lesions"]["models"][f"{model}/refine={refine}"] = {
-                    k: round(float(v.mean()), 3) for k, v in groups.items()
-                }
+        models = [("tissue", args.tissue_model)] if args.tissue_model else []
+        for contrast in args.lesion_contrasts:
+            path = Path(tmp) / f"t1_lesions_{contrast}.nii.gz"
+            image = scan if contrast == "t1" else invert_contrast(scan, aseg > 0)
+            nib.save(nib.Nifti1Image(image, img.affine), str(path))
+            for kind, model in [*models, ("structures", args.structures_model)]:
+                for refine in ("none", "gmm"):
+                    res = synthseg_lite.segment(path, model=model, threads=args.threads,
+                                                refine=refine, save_qc=False)
+                    labels = np.asarray(res.labels)[lesion]
+                    if kind == "tissue":  # 1 GM, 2 WM, 3 CSF
+                        groups = {"wm": labels == 2, "cortex_gm": labels == 1, "fluid": labels == 3}
+                    else:
+                        groups = {"wm": np.isin(labels, WM), "cortex_gm": np.isin(labels, CORTEX),
+                                  "fluid": np.isin(labels, FLUID)}
+                    groups["background"] = labels == 0
+                    groups["other"] = ~np.any(list(groups.values()), axis=0)
+                    name = f"{kind}/refine={refine}" + ("" if contrast == "t1" else f"/{contrast}")
+                    result["lesions"]["models"][name] = {
+                        k: round(float(v.mean()), 3) for k, v in groups.items()
+                    }
     print(json.dumps(result))
 
 
