@@ -17,7 +17,8 @@ segmented by the structure model with ``refine=none`` and ``refine=gmm``; mean D
 structures against the aseg (``evaluate_structures``, as ``benchmarks/structures.py``).
 
     python benchmarks/refine_checks.py --threads 2        # one JSON line (about 2 min)
-    python benchmarks/refine_checks.py --checks lesions --structures-model new.pt --tissue-model ''
+    python benchmarks/refine_checks.py --checks lesions --structures-model structures new.pt \
+        --tissue-model '' --figure lesions.png   # the shipped model beside a candidate, a picture
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checks", nargs="+", default=["lesions", "bias"],
                         choices=["lesions", "bias"])
-    parser.add_argument("--structures-model", default="structures",
-                        help="structure model: shipped name or .pt file")
+    parser.add_argument("--structures-model", nargs="+", default=["structures"],
+                        help="structure model(s): shipped name or .pt file (results keyed by the "
+                             "file's stem when not 'structures')")
     parser.add_argument("--tissue-model", default="tissue",
                         help="tissue model for the lesion check ('' skips it)")
     parser.add_argument("--lesion-contrasts", nargs="+", default=["t1"], choices=["t1", "inverted"])
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of the lesion check: a coronal slice through the most lesion "
+                             "voxels, each structure model's labels with and without refinement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import synthseg_lite
@@ -91,7 +96,7 @@ def main() -> None:
             nib.save(nib.Nifti1Image(t1 * field, img.affine), str(path))
             row = {"max_over_min": round(float(field.max() / field.min()), 2)}
             for refine in ("none", "gmm"):
-                res = synthseg_lite.segment(path, model=args.structures_model,
+                res = synthseg_lite.segment(path, model=args.structures_model[0],
                                             threads=args.threads, refine=refine, save_qc=False)
                 seg = Path(tmp) / f"seg_bias{amplitude}_{refine}.nii.gz"
                 nib.save(nib.Nifti1Image(np.asarray(res.labels), res.affine), str(seg))
@@ -105,11 +110,13 @@ def main() -> None:
         scan, lesion = paint_lesions(t1, aseg, args.seed)
         result["lesions"] = {"lesion_voxels": int(lesion.sum()), "models": {}}
         models = [("tissue", args.tissue_model)] if args.tissue_model else []
+        models += [("structures", m) for m in args.structures_model]
+        panels: list[tuple[str, np.ndarray, np.ndarray]] = []  # (title, image, labels) per run
         for contrast in args.lesion_contrasts:
             path = Path(tmp) / f"t1_lesions_{contrast}.nii.gz"
             image = scan if contrast == "t1" else invert_contrast(scan, aseg > 0)
             nib.save(nib.Nifti1Image(image, img.affine), str(path))
-            for kind, model in [*models, ("structures", args.structures_model)]:
+            for kind, model in models:
                 for refine in ("none", "gmm"):
                     res = synthseg_lite.segment(path, model=model, threads=args.threads,
                                                 refine=refine, save_qc=False)
@@ -121,11 +128,50 @@ def main() -> None:
                                   "fluid": np.isin(labels, FLUID)}
                     groups["background"] = labels == 0
                     groups["other"] = ~np.any(list(groups.values()), axis=0)
-                    name = f"{kind}/refine={refine}" + ("" if contrast == "t1" else f"/{contrast}")
+                    tag = kind if model in ("structures", "tissue") else Path(model).stem
+                    name = f"{tag}/refine={refine}" + ("" if contrast == "t1" else f"/{contrast}")
+                    if kind == "structures":
+                        panels.append((name, image, np.asarray(res.labels)))
                     result["lesions"]["models"][name] = {
                         k: round(float(v.mean()), 3) for k, v in groups.items()
                     }
+        if args.figure is not None:
+            lesion_figure(panels, lesion, args.figure)
     print(json.dumps(result))
+
+
+def lesion_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], lesion: np.ndarray,
+                  path: Path) -> None:
+    """Coronal slice (LIA grid: axis 2) through the most lesion voxels: per run, the scan with
+    the lesions outlined (white) and the labels in FreeSurfer colours (white matter shown as the
+    scan, so that what is not WM stands out)."""
+    from matplotlib.figure import Figure
+
+    from synthseg_lite.labels import FREESURFER_COLORS
+
+    k = int(lesion.sum((0, 1)).argmax())
+    edge = lesion[..., k] & ~ndi.binary_erosion(lesion[..., k])
+    brain = np.argwhere(panels[0][2][..., k] > 0)  # crop to the brain, 4 voxels of margin
+    (x0, y0), (x1, y1) = brain.min(0) - 4, brain.max(0) + 5
+    crop = (slice(max(y0, 0), y1), slice(max(x0, 0), x1))  # rows: axis 1, columns: axis 0
+    fig = Figure(figsize=(4.2 * len(panels), 4.0), dpi=100)
+    for i, (title, image, labels) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        img = image[..., k].T
+        rgb = np.repeat((img / max(float(img.max()), 1e-6))[..., None], 3, -1)
+        lab = labels[..., k].T
+        colors = np.zeros((int(lab.max()) + 1, 3))
+        for value, c in FREESURFER_COLORS.items():
+            if value < len(colors) and value not in (0, *WM):
+                colors[value] = np.asarray(c) / 255
+        show = (lab > 0) & ~np.isin(lab, WM)
+        rgb[show] = 0.45 * rgb[show] + 0.55 * colors[lab[show]]
+        rgb[edge.T] = 1.0
+        ax.imshow(rgb[crop], interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
