@@ -79,3 +79,60 @@ def test_topology_groups_of_the_structure_and_tissue_targets():
     # GM / WM / CSF: CSF is many pieces, so no group (the clean-up is the brain's)
     assert topology_groups(target_preset("tissue")) == []
     assert InferenceOptions().keep_largest == "topology"
+
+
+def _hemisphere() -> torch.Tensor:
+    """(4, 24, 24, 24) probabilities: 0 background, 1 white matter (a ball), 2 cortex (its
+    shell, open to the background), 3 a deep structure inside the white matter; inside the
+    white matter a "lesion" the refinement called cortex (27 voxels) and a hole called
+    background (8 voxels)."""
+    x, y, z = torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij")
+    r = ((x - 11.5) ** 2 + (y - 11.5) ** 2 + (z - 11.5) ** 2).sqrt()
+    probs = torch.zeros(4, 24, 24, 24)
+    probs[0] = 1
+    def put(mask: torch.Tensor, p: list[float]) -> None:
+        probs[:, mask] = torch.tensor(p).view(4, 1)
+    put(r < 11, [0.1, 0.1, 0.7, 0.1])  # cortex
+    put(r < 8, [0.0, 0.8, 0.15, 0.05])  # white matter
+    put((x - 11.5).abs().le(2) & (y - 11.5).abs().le(2) & (z - 11.5).abs().le(2),
+        [0.0, 0.1, 0.1, 0.8])  # deep structure
+    lesion = torch.zeros(24, 24, 24, dtype=torch.bool)
+    lesion[6:9, 10:13, 10:13] = True
+    put(lesion, [0.0, 0.3, 0.6, 0.1])
+    hole = torch.zeros(24, 24, 24, dtype=torch.bool)
+    hole[16:18, 10:12, 10:12] = True
+    put(hole, [0.6, 0.3, 0.1, 0.0])
+    return probs, lesion, hole
+
+
+def test_white_matter_takes_what_it_encloses_of_cortex_and_background():
+    probs, lesion, hole = _hemisphere()
+    before = probs.argmax(0)
+    assert (before[lesion] == 2).all() and (before[hole] == 0).all()
+    cleaned, labels = keep_largest_component(probs, "topology", return_labels=True,
+                                             groups=[[1, 2], [3]], enclosures=[(1, [0, 2])])
+    assert (labels[lesion] == 1).all() and (labels[hole] == 1).all()
+    # the cortex at the surface and the enclosed deep structure (not cortex) keep their labels
+    rest = ~lesion & ~hole
+    assert torch.equal(labels[rest], before[rest])
+    torch.testing.assert_close(cleaned.sum(0), torch.ones(24, 24, 24))
+    # without the rule (or with a leak to the outside) the lesion stays cortex
+    plain = keep_largest_component(probs, "topology", return_labels=True, groups=[[1, 2], [3]])[1]
+    assert (plain[lesion] == 2).all()
+    leaky = probs.clone()
+    leaky[:, 0:9, 10:13, 10:13] = torch.tensor([0.0, 0.3, 0.6, 0.1]).view(4, 1, 1, 1)  # to the cortex
+    leak_labels = keep_largest_component(leaky, "topology", return_labels=True, groups=[[1, 2], [3]],
+                                         enclosures=[(1, [0, 2])])[1]
+    assert (leak_labels[6:9, 10:13, 10:13] == 2).all()
+
+
+def test_white_matter_enclosures_of_the_targets():
+    from synthseg_lite.inference.segment import white_matter_enclosures
+
+    synthseg = target_preset("synthseg")
+    rules = white_matter_enclosures(synthseg)
+    wm = [synthseg.values.index(2), synthseg.values.index(41)]
+    cortex = [synthseg.values.index(3), synthseg.values.index(42)]
+    assert [host for host, _ in rules] == wm
+    assert all(sorted(classes) == sorted([0, *cortex]) for _, classes in rules)
+    assert white_matter_enclosures(target_preset("tissue")) == []  # GM includes deep GM

@@ -5,7 +5,9 @@
   background; with ``topology`` (SynthSeg's rule) each group of classes that must form one piece
   (a topological class) keeps only the largest component of its voxels above probability 0.25,
   with ``labels`` each class keeps the largest component of its argmax voxels; a class's
-  probability outside its component goes to the other classes.
+  probability outside its component goes to the other classes. ``topology`` also gives white
+  matter what it encloses of cortex and background (:func:`enclosed_by`): a lesion inside the
+  white matter, as dark as cortex, is white matter, as FreeSurfer and SynthSeg count it.
 * :func:`to_native` puts the probabilities back into the full resampled grid, resamples them (not
   the labels) linearly onto the RAS grid of the scan, takes the argmax there and reorients the
   result to the on-disk voxel order, so it shares the input's shape and affine.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from monai.transforms.utils import get_largest_connected_component_mask
+from scipy import ndimage as ndi
 
 from synthseg_lite.data.preprocess import Geometry, from_ras, resample_window
 
@@ -28,6 +31,7 @@ __all__ = [
     "KEEP_LARGEST",
     "TOPOLOGY_THRESHOLD",
     "NativePrediction",
+    "enclosed_by",
     "keep_largest_component",
     "qc_scores",
     "to_native",
@@ -68,6 +72,25 @@ def _largest(mask: torch.Tensor, back: Sequence[int] = (0, 1, 2)) -> torch.Tenso
     return out
 
 
+def enclosed_by(mask: torch.Tensor) -> torch.Tensor:
+    """Voxels enclosed by a 3D bool mask: the components of its complement (26-connected, so a
+    shell must be face-tight to enclose) that do not reach the border of the mask's bounding box
+    padded by one voxel. Computed on the CPU (scipy) in that box; returned on ``mask``'s device.
+    """
+    box = _box(mask)
+    out = torch.zeros_like(mask)
+    if box is None:
+        return out
+    inside = np.pad(~mask[box].cpu().numpy(), 1, constant_values=True)
+    comp, _ = ndi.label(inside, structure=np.ones((3, 3, 3), bool))
+    outer = np.unique(np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(),
+                                      comp[:, -1].ravel(), comp[:, :, 0].ravel(),
+                                      comp[:, :, -1].ravel()]))
+    holes = (comp > 0) & ~np.isin(comp, outer)
+    out[box] = torch.from_numpy(np.ascontiguousarray(holes[1:-1, 1:-1, 1:-1])).to(mask.device)
+    return out
+
+
 def _memory_order(probs: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
     """A view of (K, X, Y, Z) ``probs`` with its spatial dims in memory order (the predictor's
     sum keeps an unsliced axis innermost), the spatial permutation that made it, and the one
@@ -90,6 +113,7 @@ def keep_largest_component(
     inplace: bool = False,
     return_labels: bool = False,
     groups: Sequence[Sequence[int]] = (),
+    enclosures: Sequence[tuple[int, Sequence[int]]] = (),
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Connected-component clean-up of class probabilities.
 
@@ -106,6 +130,11 @@ def keep_largest_component(
             so that callers need no second pass over the K channels.
         groups: class indices (>= 1) of each topological class, for ``"topology"``
             (:func:`synthseg_lite.inference.segment.topology_groups`).
+        enclosures: for ``"topology"``, after the groups: ``(host, classes)`` pairs; voxels
+            enclosed by the host's argmax voxels (:func:`enclosed_by`) whose argmax is one of
+            ``classes`` give the host those classes' probability (a cerebral hemisphere's white
+            matter encloses no cortex and no background: what it encloses of them is a lesion;
+            :func:`synthseg_lite.inference.segment.white_matter_enclosures`).
 
     Returns:
         (K, X, Y, Z) probabilities (``probs`` itself when ``inplace`` or ``mode == "none"``), and
@@ -148,7 +177,17 @@ def keep_largest_component(
             keep = largest(mask).to(view.dtype)
             for k in group:
                 view[k].mul_(keep)
-    if mode == "labels" or (mode == "topology" and groups):
+        if enclosures:
+            labels = _argmax(view)
+        for host, classes in enclosures:  # a handful of hosts, not voxels
+            holes = enclosed_by(labels == host)
+            moved = holes & torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
+            if not bool(moved.any()):
+                continue
+            for k in classes:
+                view[host][moved] += view[k][moved]
+                view[k][moved] = 0
+    if mode == "labels" or (mode == "topology" and (groups or enclosures)):
         view.div_(view.sum(0, keepdim=True).clamp(min=1e-8))
         if return_labels:
             labels = _argmax(view)

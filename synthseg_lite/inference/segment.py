@@ -45,6 +45,7 @@ __all__ = [
     "load_predictor",
     "qc_groups",
     "segment_volume",
+    "white_matter_enclosures",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class InferenceOptions:
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
         keep_largest: connected-component clean-up: ``topology`` (SynthSeg's: the brain's
-            largest component, then, for a structure model, that of each topological class),
+            largest component, then, for a structure model, that of each topological class,
+            and each hemisphere's white matter takes the cortex and background it encloses),
             ``brain``, ``labels`` (each class's largest component) or ``none``
             (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
         refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
@@ -250,6 +252,21 @@ def topology_groups(target: TargetPreset) -> list[list[int]]:
     return [group for group in groups if group]
 
 
+def white_matter_enclosures(target: TargetPreset) -> list[tuple[int, list[int]]]:
+    """``(host, classes)`` of ``keep_largest=topology``'s enclosure rule for a structure target:
+    each cerebral hemisphere's white matter (2, 41) takes the cortex (3, 42) and background it
+    encloses (a white-matter lesion as dark as cortex, or darker, where the network or the
+    intensity refinement called it cortex or background; FreeSurfer labels it
+    WM-hypointensities, SynthSeg white matter). Cortex lies at the brain's surface, so no real
+    cortex is enclosed by white matter alone. None for other targets (a tissue model's GM
+    includes deep grey matter, which white matter may enclose)."""
+    index = _structure_index(target)
+    if index is None:
+        return []
+    fills = [0] + [index[v] for v in (3, 42) if v in index]
+    return [(index[v], fills) for v in (2, 41) if v in index and len(fills) > 1]
+
+
 def segment_volume(
     data: np.ndarray,
     affine: np.ndarray,
@@ -301,6 +318,7 @@ def segment_volume(
             inplace=True,
             return_labels=True,
             groups=topology_groups(meta.label_table.target),
+            enclosures=white_matter_enclosures(meta.label_table.target),
         )
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
