@@ -154,9 +154,11 @@ def lesion_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], lesion: np.n
     brain = np.argwhere(panels[0][2][..., k] > 0)  # crop to the brain, 4 voxels of margin
     (x0, y0), (x1, y1) = brain.min(0) - 4, brain.max(0) + 5
     crop = (slice(max(y0, 0), y1), slice(max(x0, 0), x1))  # rows: axis 1, columns: axis 0
-    fig = Figure(figsize=(4.2 * len(panels), 4.0), dpi=100)
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.6 * cols, 3.6 * rows), dpi=100)
     for i, (title, image, labels) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         img = image[..., k].T
         rgb = np.repeat((img / max(float(img.max()), 1e-6))[..., None], 3, -1)
         lab = labels[..., k].T
@@ -168,7 +170,7 @@ def lesion_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], lesion: np.n
         rgb[show] = 0.45 * rgb[show] + 0.55 * colors[lab[show]]
         rgb[edge.T] = 1.0
         ax.imshow(rgb[crop], interpolation="nearest")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
