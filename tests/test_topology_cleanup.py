@@ -135,4 +135,6 @@ def test_white_matter_enclosures_of_the_targets():
     cortex = [synthseg.values.index(3), synthseg.values.index(42)]
     assert [host for host, _ in rules] == wm
     assert all(sorted(classes) == sorted([0, *cortex]) for _, classes in rules)
-    assert white_matter_enclosures(target_preset("tissue")) == []  # GM includes deep GM
+    for tissue in ("tissue", "tissue_ventricular"):  # WM (2) takes GM (1) and background
+        assert white_matter_enclosures(target_preset(tissue)) == [(2, [0, 1])]
+    assert white_matter_enclosures(target_preset({2: 1, 41: 1})) == []  # no cortex, no rule

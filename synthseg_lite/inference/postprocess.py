@@ -6,8 +6,8 @@
   (a topological class) keeps only the largest component of its voxels above probability 0.25,
   with ``labels`` each class keeps the largest component of its argmax voxels; a class's
   probability outside its component goes to the other classes. ``topology`` also gives white
-  matter what it encloses of cortex and background (:func:`enclosed_by`): a lesion inside the
-  white matter, as dark as cortex, is white matter, as FreeSurfer and SynthSeg count it.
+  matter what it encloses of grey matter and background (:func:`enclosed_by`): a lesion inside
+  the white matter, as dark as grey matter, is white matter, as FreeSurfer and SynthSeg count it.
 * :func:`to_native` puts the probabilities back into the full resampled grid, resamples them (not
   the labels) linearly onto the RAS grid of the scan, takes the argmax there and reorients the
   result to the on-disk voxel order, so it shares the input's shape and affine.
@@ -124,7 +124,7 @@ def keep_largest_component(
             argmax voxels; ``"topology"``: ``"brain"``, then each group of ``groups`` keeps
             the largest component of the voxels where one of its classes has probability
             above :data:`TOPOLOGY_THRESHOLD`, and its classes' probabilities are zero outside
-            it (SynthSeg); with no groups it is ``"brain"``.
+            it (SynthSeg); with no groups and no enclosures it is ``"brain"``.
         inplace: modify ``probs`` itself (no second K-channel volume in memory).
         return_labels: also return the argmax of the cleaned probabilities, (X, Y, Z) int64,
             so that callers need no second pass over the K channels.
@@ -132,8 +132,8 @@ def keep_largest_component(
             (:func:`synthseg_lite.inference.segment.topology_groups`).
         enclosures: for ``"topology"``, after the groups: ``(host, classes)`` pairs; voxels
             enclosed by the host's argmax voxels (:func:`enclosed_by`) whose argmax is one of
-            ``classes`` give the host those classes' probability (a cerebral hemisphere's white
-            matter encloses no cortex and no background: what it encloses of them is a lesion;
+            ``classes`` give the host those classes' probability (white matter encloses no grey
+            matter and no background: what it encloses of them is a lesion;
             :func:`synthseg_lite.inference.segment.white_matter_enclosures`).
 
     Returns:

@@ -81,8 +81,9 @@ class InferenceOptions:
         sw_batch_size: windows per network call.
         roi_size: sliding-window size in voxels (None: the model's training patch).
         keep_largest: connected-component clean-up: ``topology`` (SynthSeg's: the brain's
-            largest component, then, for a structure model, that of each topological class,
-            and each hemisphere's white matter takes the cortex and background it encloses),
+            largest component, then, for a structure model, that of each topological class;
+            then white matter takes the grey matter and background it encloses:
+            :func:`white_matter_enclosures`),
             ``brain``, ``labels`` (each class's largest component) or ``none``
             (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
         refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
@@ -242,7 +243,7 @@ def topology_groups(target: TargetPreset) -> list[list[int]]:
     """Class indices of each topological class of a structure target (SynthSeg's
     ``labels.TOPOLOGY_GROUPS``, every other structure alone), for ``keep_largest=topology``;
     none for a target that is not all FreeSurfer structures (e.g. GM, WM, CSF, whose CSF is
-    many pieces), so that its clean-up is ``brain``'s."""
+    many pieces), so that its clean-up is ``brain``'s and :func:`white_matter_enclosures`'."""
     index = _structure_index(target)
     if index is None:
         return []
@@ -253,13 +254,22 @@ def topology_groups(target: TargetPreset) -> list[list[int]]:
 
 
 def white_matter_enclosures(target: TargetPreset) -> list[tuple[int, list[int]]]:
-    """``(host, classes)`` of ``keep_largest=topology``'s enclosure rule for a structure target:
-    each cerebral hemisphere's white matter (2, 41) takes the cortex (3, 42) and background it
-    encloses (a white-matter lesion as dark as cortex, or darker, where the network or the
-    intensity refinement called it cortex or background; FreeSurfer labels it
-    WM-hypointensities, SynthSeg white matter). Cortex lies at the brain's surface, so no real
-    cortex is enclosed by white matter alone. None for other targets (a tissue model's GM
-    includes deep grey matter, which white matter may enclose)."""
+    """``(host, classes)`` of ``keep_largest=topology``'s enclosure rule: white matter takes the
+    grey matter and background it encloses (a white-matter lesion as dark as grey matter, or
+    darker, that the network or the intensity refinement called grey matter or background;
+    FreeSurfer labels it WM-hypointensities, SynthSeg white matter).
+
+    * A FreeSurfer structure target: each cerebral hemisphere's white matter (2, 41) takes the
+      cortex (3, 42) and background it encloses. Cortex lies at the brain's surface, so no real
+      cortex is enclosed by white matter alone.
+    * A tissue target (background, GM, WM, CSF): WM takes GM and background. Deep grey matter
+      is not enclosed by white matter alone either: it reaches the ventricles, and through the
+      amygdala, hippocampus and basal forebrain the cortex (on the 7 real scans checked, the
+      shipped tissue model's WM enclosed 3-204 GM voxels in all, no component over 47).
+
+    None for other targets."""
+    if tuple(target.names) == ("background", "GM", "WM", "CSF"):
+        return [(2, [0, 1])]
     index = _structure_index(target)
     if index is None:
         return []
