@@ -154,6 +154,10 @@ def lesion_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], lesion: np.n
     brain = np.argwhere(panels[0][2][..., k] > 0)  # crop to the brain, 4 voxels of margin
     (x0, y0), (x1, y1) = brain.min(0) - 4, brain.max(0) + 5
     crop = (slice(max(y0, 0), y1), slice(max(x0, 0), x1))  # rows: axis 1, columns: axis 0
+    colors = np.zeros((max(FREESURFER_COLORS) + 1, 3))  # label value -> RGB; WM left grey
+    for value, c in FREESURFER_COLORS.items():
+        if value not in (0, *WM):
+            colors[value] = np.asarray(c) / 255
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(3.6 * cols, 3.6 * rows), dpi=100)
@@ -162,10 +166,6 @@ def lesion_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], lesion: np.n
         img = image[..., k].T
         rgb = np.repeat((img / max(float(img.max()), 1e-6))[..., None], 3, -1)
         lab = labels[..., k].T
-        colors = np.zeros((int(lab.max()) + 1, 3))
-        for value, c in FREESURFER_COLORS.items():
-            if value < len(colors) and value not in (0, *WM):
-                colors[value] = np.asarray(c) / 255
         show = (lab > 0) & ~np.isin(lab, WM)
         rgb[show] = 0.45 * rgb[show] + 0.55 * colors[lab[show]]
         rgb[edge.T] = 1.0

@@ -65,7 +65,7 @@ def test_blobs_inside_the_host_and_target_unchanged():
     assert not (painted & ~wm).any()  # ... and only inside the white matter
     assert 0.05 < painted.sum() / wm.sum() < 0.8
     assert torch.equal(with_lesions.target, without.target)  # a lesion is white matter
-    # the image changes only where the labels do, before the global stages (same GMM noise)
+    # the lesions reach the image (their class has its own mean)
     assert not torch.equal(with_lesions.image, without.image)
 
 

@@ -14,7 +14,8 @@ calls ventricle although it is as bright as the hippocampus beside it). A confid
 likelihood ratio of its odds to change. The Gaussians are fitted per scan, so any contrast works.
 
 Its limit: a white-matter lesion as dark as grey matter, where the network hesitates, becomes grey
-matter (``benchmarks/refine_checks.py``).
+matter; ``keep_largest=topology`` gives white matter back what it encloses, but not a lesion that
+touches a ventricle or the cortex (``benchmarks/refine_checks.py``).
 """
 
 from __future__ import annotations

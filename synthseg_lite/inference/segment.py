@@ -32,7 +32,7 @@ from synthseg_lite.inference.predictor import (
 )
 from synthseg_lite.data.preprocess import preprocess
 from synthseg_lite.labels import STRUCTURE_GROUPS, TOPOLOGY_GROUPS, TargetPreset
-from synthseg_lite.labels.lut import LABEL_CONVENTIONS
+from synthseg_lite.labels.lut import LABEL_CONVENTIONS, is_tissue_target
 from synthseg_lite.inference.outputs import select_part
 from synthseg_lite.model.artifact import ModelMeta
 from synthseg_lite.runtime import numpy_hugepages, resolve_device, set_threads
@@ -88,9 +88,10 @@ class InferenceOptions:
             (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
         refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
             fitted to each scan (:mod:`synthseg_lite.inference.refine`; the background
-            probability is kept; white-matter lesions as dark as grey matter become grey matter
-            where the network hesitates: ``benchmarks/refine_checks.py``); ``none``: used as
-            they are.
+            probability is kept; a white-matter lesion as dark as grey matter becomes grey
+            matter where the network hesitates, unless white matter encloses it and
+            ``keep_largest=topology`` gives it back: ``benchmarks/refine_checks.py``);
+            ``none``: used as they are.
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
         save_posteriors: also write the class probabilities on the input grid.
@@ -265,10 +266,10 @@ def white_matter_enclosures(target: TargetPreset) -> list[tuple[int, list[int]]]
     * A tissue target (background, GM, WM, CSF): WM takes GM and background. Deep grey matter
       is not enclosed by white matter alone either: it reaches the ventricles, and through the
       amygdala, hippocampus and basal forebrain the cortex (on the 7 real scans checked, the
-      shipped tissue model's WM enclosed 3-204 GM voxels in all, no component over 47).
+      shipped tissue model's WM enclosed 3-204 GM voxels per scan, no component over 47).
 
     None for other targets."""
-    if tuple(target.names) == ("background", "GM", "WM", "CSF"):
+    if is_tissue_target(target):
         return [(2, [0, 1])]
     index = _structure_index(target)
     if index is None:

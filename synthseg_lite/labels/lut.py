@@ -31,6 +31,7 @@ __all__ = [
     "OutputLabels",
     "class_colors",
     "colors_rgba",
+    "is_tissue_target",
     "label_dtype",
     "lut_text",
     "output_labels",
@@ -96,7 +97,8 @@ class OutputLabels:
         return np.asarray(self.values, dtype=np.int64)
 
 
-def _is_tissue(target: TargetPreset) -> bool:
+def is_tissue_target(target: TargetPreset) -> bool:
+    """True for the tissue presets' classes: background, GM, WM, CSF."""
     return tuple(target.names) == ("background", "GM", "WM", "CSF")
 
 
@@ -118,7 +120,7 @@ def output_labels(target: TargetPreset, convention: str = "native") -> OutputLab
     if convention not in LABEL_CONVENTIONS:
         raise ValueError(f"labels must be one of {LABEL_CONVENTIONS}, got {convention!r}")
     names = tuple(target.names)
-    if _is_tissue(target):
+    if is_tissue_target(target):
         fast = convention == "fast"
         values = (0, *(_FAST_VALUES[n] for n in names[1:])) if fast else (0, 1, 2, 3)
         colors = ((0, 0, 0), *(_TISSUE_COLORS[n] for n in names[1:]))
@@ -143,7 +145,7 @@ def tissue_view(
         the values written for the tissue view. None for targets that are not FreeSurfer
         structures (a tissue model has no second view).
     """
-    if _is_tissue(target) or not _is_aseg(target):
+    if is_tissue_target(target) or not _is_aseg(target):
         return None
     tissue = TARGET_PRESETS["tissue"]
     group = np.array([tissue.mapping.get(v, 0) if v else 0 for v in target.values], np.int64)
