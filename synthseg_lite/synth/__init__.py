@@ -3,7 +3,8 @@
 Billot et al., "SynthSeg: Segmentation of brain MRI scans of any contrast and resolution without
 retraining", Medical Image Analysis 86 (2023). Random parameters are drawn first
 (:func:`~synthseg_lite.synth.params.sample_params`, one explicit ``torch.Generator``); every stage
-is then a pure batched function (:mod:`spatial`, :mod:`gmm`, :mod:`intensity`, :mod:`resolution`).
+is then a pure batched function (:mod:`spatial`, :mod:`morphology`, :mod:`lesions`, :mod:`gmm`, :mod:`intensity`,
+:mod:`resolution`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.gmm import gmm_image
 from synthseg_lite.synth.intensity import add_noise, apply_bias, apply_gamma, rescale_minmax
 from synthseg_lite.synth.lesions import lesion_lut, paint_lesions
+from synthseg_lite.synth.morphology import morph_lut, resize_structures
 from synthseg_lite.synth.params import SynthParams, make_generator, sample_params
 from synthseg_lite.synth.resolution import simulate_resolution
 from synthseg_lite.synth.spatial import label_luts, remap_labels, sampling_grid, warp_labels
@@ -105,6 +107,16 @@ class SynthGenerator(nn.Module):
             lesions = lesion_lut(len(index), [index[v] for v in cfg.lesion.hosts],
                                  [index[v] for v in cfg.lesion.labels])
         self.register_buffer("lesion_lut", lesions, persistent=False)
+        morph = None  # (L,) int8 chosen / growable / fixed; None: the stage is off
+        if cfg.morph.prob > 0:
+            index = {v: i for i, v in enumerate(table.generation_labels)}
+            missing = [v for v in cfg.morph.labels if v not in index]
+            if missing:
+                raise ValueError(f"synth.morph: labels {missing} are not generation labels of "
+                                 "this label table")
+            chosen = [index[v] for v in cfg.morph.labels]
+            morph = morph_lut(len(index), chosen, [i for i, b in enumerate(brain) if b])
+        self.register_buffer("morph_lut", morph, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
@@ -121,6 +133,8 @@ class SynthGenerator(nn.Module):
                              cfg.spatial.svf_steps)
         lut = label_luts(p.flip, p.strip, p.keep_csf, self.lr_swap, self.extracerebral, self.table.csf_index)
         warped = remap_labels(warp_labels(labels, grid), lut)
+        if self.morph_lut is not None:
+            warped = resize_structures(warped, p.morph_steps, self.morph_lut)
         if self.lesion_lut is not None:
             warped = paint_lesions(warped, p.lesion_field, p.lesion_threshold, self.lesion_lut)
         image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)

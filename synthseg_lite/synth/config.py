@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "SpatialConfig", "FlipConfig", "SkullStripConfig", "GMMConfig", "BiasConfig", "GammaConfig",
-    "ResolutionConfig", "NoiseConfig", "LesionConfig", "SynthConfig", "register_configs",
+    "ResolutionConfig", "NoiseConfig", "LesionConfig", "MorphConfig", "SynthConfig", "register_configs",
 ]
 
 
@@ -190,6 +190,26 @@ class LesionConfig:
 
 
 @dataclass
+class MorphConfig:
+    """The ventricular system shrunk or grown by whole voxels on a fraction of the samples, the
+    image and target following (:mod:`synthseg_lite.synth.morphology`; beyond SynthSeg, off by
+    default).
+
+    Attributes:
+        prob: probability that a sample's structures are resized (0 = off, the default: the random
+            stream of existing settings is unchanged).
+        labels: label values resized together (default: the ventricles and the choroid plexus
+            labels of SynthSeg's maps, 136/137/163/164); they grow into every other brain label.
+        steps: [low, high] range of the integer rounds per resized sample, voxels (negative:
+            erosion, positive: dilation; 0 can be drawn and changes nothing).
+    """
+
+    prob: float = 0.0
+    labels: list[int] = field(default_factory=lambda: [4, 5, 14, 15, 43, 44, 136, 137, 163, 164])
+    steps: list[int] = field(default_factory=lambda: [-2, 1])
+
+
+@dataclass
 class SynthConfig:
     """Everything the generator does.
 
@@ -212,6 +232,7 @@ class SynthConfig:
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     lesion: LesionConfig = field(default_factory=LesionConfig)
+    morph: MorphConfig = field(default_factory=MorphConfig)
 
     def __post_init__(self) -> None:
         if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
@@ -232,13 +253,15 @@ class SynthConfig:
                           ("gmm.background_low_mean", self.gmm.background_low_mean),
                           ("gmm.background_low_std", self.gmm.background_low_std),
                           ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm),
-                          ("lesion.threshold", self.lesion.threshold)):
+                          ("lesion.threshold", self.lesion.threshold),
+                          ("morph.steps", self.morph.steps)):
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
         for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
                            ("bias.prob", self.bias.prob),
                            ("resolution.iso_prob", self.resolution.iso_prob),
-                           ("lesion.prob", self.lesion.prob)):
+                           ("lesion.prob", self.lesion.prob),
+                           ("morph.prob", self.morph.prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
         for name, prob in (("flip.prob", self.flip.prob),
@@ -279,6 +302,10 @@ class SynthConfig:
             raise ValueError("synth.lesion.hosts and synth.lesion.labels must be non-empty lists of "
                              f"the same length, got {list(self.lesion.hosts)} and "
                              f"{list(self.lesion.labels)}")
+        if not self.morph.labels:
+            raise ValueError("synth.morph.labels must name at least one label value to resize")
+        if any(int(v) != v for v in self.morph.steps):
+            raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
         if self.gmm.background_zero_prob + self.gmm.background_low_prob > 1.0:
             raise ValueError("synth.gmm.background_zero_prob + background_low_prob must be <= 1, got "
                              f"{self.gmm.background_zero_prob} + {self.gmm.background_low_prob}")

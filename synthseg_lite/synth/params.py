@@ -56,6 +56,8 @@ class SynthParams:
             (empty when noise is off).
         lesion_field: (B, 1, *n) standard normal coarse field of the lesion stage (empty when
             lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
+        morph_steps: (B,) int64 rounds of erosion (< 0) or dilation (> 0) of the structure-size
+            stage, 0 for samples without (all 0 when the stage is off).
     """
 
     matrix: torch.Tensor
@@ -79,6 +81,7 @@ class SynthParams:
     res_iso: torch.Tensor
     lesion_field: torch.Tensor
     lesion_threshold: torch.Tensor
+    morph_steps: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -106,6 +109,7 @@ class SynthParams:
             "res_iso": (self.res_iso & ~self.res_native).float(),
             "noise_std": self.noise_std,
             "lesions": torch.isfinite(self.lesion_threshold).float(),
+            "morph_steps": self.morph_steps.float(),
         }
 
 
@@ -276,6 +280,15 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         lesion_threshold = torch.full((B,), torch.inf, device=dev)
         lesion_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
 
+    # -- structure size (drawn only when on, after every other draw)
+    ms = cfg.morph
+    morph_steps = torch.zeros(B, dtype=torch.long, device=dev)
+    if ms.prob > 0:
+        on = _bernoulli(g, B, ms.prob)
+        lo, hi = int(ms.steps[0]), int(ms.steps[1])
+        drawn = torch.randint(lo, hi + 1, (B,), generator=g, device=dev)
+        morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
-                       noise_std, noise, res_iso, lesion_field, lesion_threshold)
+                       noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps)

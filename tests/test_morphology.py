@@ -1,0 +1,135 @@
+"""The structure-size stage (synth.morph): the ventricles eroded or dilated by whole voxels, the
+image and target following. Off by default (the random stream is unchanged), identity at 0
+rounds, only chosen and growable labels change, left stays left."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg_lite.labels import LabelTable
+from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
+from synthseg_lite.synth.config import MorphConfig, SpatialConfig
+from synthseg_lite.synth.morphology import morph_lut, resize_structures
+from synthseg_lite.synth.params import sample_params
+
+LEFT, RIGHT = (2, 3, 4, 5), (41, 42, 43, 44)
+
+
+def _maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
+    """A two-hemisphere head: cortex shell, WM, a lateral ventricle with an inferior horn per side,
+    a 3rd ventricle between them."""
+    table = LabelTable.create("synthseg")
+    x, y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")
+    r = np.sqrt((x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 19.5) ** 2)
+    left = x < 20
+    lab = np.zeros((40, 40, 40), np.int32)
+    lab[r < 18] = np.where(left, 3, 42)[r < 18]
+    lab[r < 15] = np.where(left, 2, 41)[r < 15]
+    vent = (np.abs(np.abs(x - 19.5) - 6) < 3) & (np.abs(y - 19.5) < 6) & (np.abs(z - 19.5) < 4)
+    lab[vent] = np.where(left, 4, 43)[vent]
+    horn = (np.abs(np.abs(x - 19.5) - 6) < 2) & (np.abs(y - 28) < 2) & (np.abs(z - 19.5) < 1)
+    lab[horn] = np.where(left, 5, 44)[horn]
+    lab[(np.abs(x - 19.5) < 1) & (np.abs(y - 19.5) < 5) & (np.abs(z - 19.5) < 5)] = 14
+    idx = torch.from_numpy(table.encode(lab)).view(1, 1, 40, 40, 40).repeat(b, 1, 1, 1, 1)
+    return table, idx
+
+
+def _lut(table: LabelTable) -> torch.Tensor:
+    index = {v: i for i, v in enumerate(table.generation_labels)}
+    chosen = [index[v] for v in (4, 5, 14, 43, 44)]
+    growable = [index[v] for v in (2, 3, 41, 42)]
+    return morph_lut(len(index), chosen, growable)
+
+
+def _count(labels: torch.Tensor, table: LabelTable, values: tuple[int, ...]) -> torch.Tensor:
+    index = [table.generation_labels.index(v) for v in values]
+    return torch.isin(labels, torch.tensor(index)).flatten(1).sum(1)
+
+
+def test_off_by_default_keeps_the_stream():
+    base = sample_params(SynthConfig(patch_shape=[16] * 3), 4, (40, 40, 40), 6, make_generator("cpu", 3, 5))
+    on = sample_params(SynthConfig(patch_shape=[16] * 3, morph=MorphConfig(prob=0.5)), 4,
+                       (40, 40, 40), 6, make_generator("cpu", 3, 5))
+    assert not base.morph_steps.any()
+    for f in dataclasses.fields(base):  # the structure-size draws come after every other draw
+        if f.name != "morph_steps":
+            assert torch.equal(getattr(base, f.name), getattr(on, f.name)), f.name
+
+
+def test_zero_rounds_is_identity():
+    table, maps = _maps()
+    assert torch.equal(resize_structures(maps, torch.zeros(4, dtype=torch.long), _lut(table)), maps)
+
+
+def test_erosion_and_dilation_change_only_what_they_may():
+    table, maps = _maps()
+    lut = _lut(table)
+    out = resize_structures(maps, torch.tensor([-2, -1, 1, 2]), lut)
+    assert out.dtype == maps.dtype
+    vent = (4, 5, 14, 43, 44)
+    before, after = _count(maps, table, vent), _count(out, table, vent)
+    assert after[0] < after[1] < before[0] < after[2] < after[3]  # monotone in the rounds
+    changed = out != maps
+    kind_in, kind_out = lut[maps.long()], lut[out.long()]
+    # eroded samples: chosen -> growable; dilated: growable -> chosen; nothing else ever changes
+    assert (kind_in[:2][changed[:2]] == 1).all() and (kind_out[:2][changed[:2]] == 0).all()
+    assert (kind_in[2:][changed[2:]] == 0).all() and (kind_out[2:][changed[2:]] == 1).all()
+    assert torch.equal(out[maps == 0], maps[maps == 0])  # background is never touched
+    # each round moves one voxel layer: every changed voxel of one round had a face neighbour
+    # with its new label
+    one = resize_structures(maps[:1], torch.tensor([-1]), lut)
+    moved = (one != maps[:1])[0, 0].nonzero()
+    for x, y, z in moved.tolist():
+        nbrs = {int(maps[0, 0, x + dx, y + dy, z + dz]) for dx, dy, dz in
+                ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))}
+        assert int(one[0, 0, x, y, z]) in nbrs
+
+
+def test_left_stays_left():
+    table, maps = _maps(2)
+    out = resize_structures(maps, torch.tensor([-2, 2]), _lut(table))
+    left = [table.generation_labels.index(v) for v in LEFT]
+    right = [table.generation_labels.index(v) for v in RIGHT]
+    changed = out != maps
+    was_left = torch.isin(maps, torch.tensor(left))
+    now_left = torch.isin(out, torch.tensor(left))
+    now_right = torch.isin(out, torch.tensor(right))
+    assert changed.any()
+    # a left structure only becomes another left structure (or the midline 3rd ventricle)
+    assert not (changed & was_left & now_right).any()
+    assert not (changed & torch.isin(maps, torch.tensor(right)) & now_left).any()
+
+
+def test_generator_target_follows_and_seed_reproduces():
+    table, maps = _maps()
+    cfg = SynthConfig(patch_shape=[32, 32, 32], spatial=SpatialConfig(enabled=False, crop_jitter=False),
+                      morph=MorphConfig(prob=1.0, labels=[4, 5, 14, 43, 44], steps=[-1, -1]))
+    gen = SynthGenerator(cfg, table)
+    p = gen.sample(maps, make_generator("cpu", 0, 0))
+    assert (p.morph_steps == -1).all()
+    small = gen.apply(maps, p)
+    same = gen.apply(maps, dataclasses.replace(p, morph_steps=torch.zeros(4, dtype=torch.long)))
+    # the target is the changed map's: the ventricles shrink in both
+    assert (_count(small.labels, table, (4, 5, 14, 43, 44)) < _count(same.labels, table, (4, 5, 14, 43, 44))).all()
+    lut = gen.target_lut
+    assert torch.equal(small.target, lut[small.labels.long()][:, 0])
+    assert not torch.equal(small.image, same.image)
+    again = gen(maps, make_generator("cpu", 0, 0))
+    assert torch.equal(again.image, small.image) and torch.equal(again.target, small.target)
+
+
+@pytest.mark.parametrize("bad", [dict(prob=1.5), dict(steps=[1, -1]), dict(steps=[-1.5, 1]),
+                                 dict(labels=[])])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="synth.morph"):
+        SynthConfig(morph=MorphConfig(**bad))
+
+
+def test_unknown_label_is_refused():
+    table, _ = _maps()
+    with pytest.raises(ValueError, match="synth.morph"):
+        SynthGenerator(SynthConfig(morph=MorphConfig(prob=0.5, labels=[4, 9999])), table)
