@@ -47,6 +47,22 @@ def _save(data, path: Path, affine=AFFINE, dtype=None) -> Path:
     return path
 
 
+def two_hemisphere_head(size: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ball of cortex (3 left, 42 right) around white matter (2, 41), split at x = size/2.
+
+    Returns:
+        (labels int32 (size,)*3, voxel coordinates x (for left/right), radius from the centre).
+    """
+    x, y, z = np.meshgrid(*[np.arange(size)] * 3, indexing="ij")
+    c = (size - 1) / 2
+    r = np.sqrt((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2)
+    left = x < size // 2
+    lab = np.zeros((size,) * 3, np.int32)
+    lab[r < 0.45 * size] = np.where(left, 3, 42)[r < 0.45 * size]
+    lab[r < 0.375 * size] = np.where(left, 2, 41)[r < 0.375 * size]
+    return lab, x, r
+
+
 def run_in_process(command: str, args: list[str]) -> int:
     """``main()`` of ``synthseg_lite.commands.<command>`` with ``sys.argv`` set; the exit code.
 

@@ -15,18 +15,14 @@ from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 from synthseg_lite.synth.config import LesionConfig, SpatialConfig
 from synthseg_lite.synth.lesions import lesion_lut, paint_lesions
 from synthseg_lite.synth.params import sample_params
+from helpers import two_hemisphere_head
 
 
 def _maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
     """A two-hemisphere head: cortex shell, WM inside (2 left, 41 right), ventricles."""
     table = LabelTable.create("synthseg")
-    x, y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")
-    r = np.sqrt((x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 19.5) ** 2)
-    left = x < 20
-    lab = np.zeros((40, 40, 40), np.int32)
-    lab[r < 18] = np.where(left, 3, 42)[r < 18]
-    lab[r < 15] = np.where(left, 2, 41)[r < 15]
-    lab[r < 4] = np.where(left, 4, 43)[r < 4]
+    lab, x, r = two_hemisphere_head(40)
+    lab[r < 4] = np.where(x < 20, 4, 43)[r < 4]
     idx = torch.from_numpy(table.encode(lab)).view(1, 1, 40, 40, 40).repeat(b, 1, 1, 1, 1)
     return table, idx
 

@@ -15,6 +15,7 @@ from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 from synthseg_lite.synth.config import MorphConfig, SpatialConfig
 from synthseg_lite.synth.morphology import morph_lut, resize_structures
 from synthseg_lite.synth.params import sample_params
+from helpers import two_hemisphere_head
 
 LEFT, RIGHT = (2, 3, 4, 5), (41, 42, 43, 44)
 
@@ -23,12 +24,9 @@ def _maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
     """A two-hemisphere head: cortex shell, WM, a lateral ventricle with an inferior horn per side,
     a 3rd ventricle between them."""
     table = LabelTable.create("synthseg")
-    x, y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")
-    r = np.sqrt((x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 19.5) ** 2)
+    lab, x, _ = two_hemisphere_head(40)
+    y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")[1:]
     left = x < 20
-    lab = np.zeros((40, 40, 40), np.int32)
-    lab[r < 18] = np.where(left, 3, 42)[r < 18]
-    lab[r < 15] = np.where(left, 2, 41)[r < 15]
     vent = (np.abs(np.abs(x - 19.5) - 6) < 3) & (np.abs(y - 19.5) < 6) & (np.abs(z - 19.5) < 4)
     lab[vent] = np.where(left, 4, 43)[vent]
     horn = (np.abs(np.abs(x - 19.5) - 6) < 2) & (np.abs(y - 28) < 2) & (np.abs(z - 19.5) < 1)
