@@ -3,8 +3,8 @@
 Billot et al., "SynthSeg: Segmentation of brain MRI scans of any contrast and resolution without
 retraining", Medical Image Analysis 86 (2023). Random parameters are drawn first
 (:func:`~synthseg_lite.synth.params.sample_params`, one explicit ``torch.Generator``); every stage
-is then a pure batched function (:mod:`spatial`, :mod:`morphology`, :mod:`lesions`, :mod:`gmm`, :mod:`intensity`,
-:mod:`resolution`).
+is then a pure batched function (:mod:`spatial`, :mod:`morphology`, :mod:`lesions`, :mod:`gmm`,
+:mod:`intensity`, :mod:`resolution`).
 """
 
 from __future__ import annotations
@@ -69,6 +69,17 @@ def brain_bbox(labels: torch.Tensor, brain: torch.Tensor, stride: int = 2) -> to
     return torch.stack([torch.stack(lo, 1), torch.stack(hi, 1)], 1).float()
 
 
+def _indices(table: LabelTable, values: list[int], stage: str) -> list[int]:
+    """Generation indices of label ``values`` for the ``synth.<stage>`` settings; a ValueError
+    naming the values the table lacks."""
+    index = {v: i for i, v in enumerate(table.generation_labels)}
+    missing = [v for v in values if v not in index]
+    if missing:
+        raise ValueError(f"synth.{stage}: labels {missing} are not generation labels of this "
+                         "label table")
+    return [index[v] for v in values]
+
+
 class SynthGenerator(nn.Module):
     """Label maps -> (image, target) pairs, B samples per call with per-sample parameters.
 
@@ -99,23 +110,13 @@ class SynthGenerator(nn.Module):
         self.register_buffer("class_priors", priors, persistent=False)
         lesions = None  # (L,) host index -> lesion index; None: the stage is off
         if cfg.lesion.prob > 0:
-            index = {v: i for i, v in enumerate(table.generation_labels)}
-            missing = [v for v in (*cfg.lesion.hosts, *cfg.lesion.labels) if v not in index]
-            if missing:
-                raise ValueError(f"synth.lesion: labels {missing} are not generation labels of "
-                                 "this label table")
-            lesions = lesion_lut(len(index), [index[v] for v in cfg.lesion.hosts],
-                                 [index[v] for v in cfg.lesion.labels])
+            lesions = lesion_lut(table.n_labels, _indices(table, cfg.lesion.hosts, "lesion"),
+                                 _indices(table, cfg.lesion.labels, "lesion"))
         self.register_buffer("lesion_lut", lesions, persistent=False)
         morph = None  # (L,) int8 chosen / growable / fixed; None: the stage is off
         if cfg.morph.prob > 0:
-            index = {v: i for i, v in enumerate(table.generation_labels)}
-            missing = [v for v in cfg.morph.labels if v not in index]
-            if missing:
-                raise ValueError(f"synth.morph: labels {missing} are not generation labels of "
-                                 "this label table")
-            chosen = [index[v] for v in cfg.morph.labels]
-            morph = morph_lut(len(index), chosen, [i for i, b in enumerate(brain) if b])
+            morph = morph_lut(table.n_labels, _indices(table, cfg.morph.labels, "morph"),
+                              [i for i, b in enumerate(brain) if b])
         self.register_buffer("morph_lut", morph, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:

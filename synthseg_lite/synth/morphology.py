@@ -80,7 +80,7 @@ def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tens
         hit = chosen.any(dim=tuple(d for d in range(5) if d != dim)).nonzero()[:, 0]
         box.append(slice(max(int(hit[0]) - rounds - 1, 0), int(hit[-1]) + rounds + 2))
     steps = steps.to(labels.device).view(-1, 1, 1, 1, 1)
-    out = labels.long()[(slice(None), slice(None), *box)]
+    out = labels[(slice(None), slice(None), *box)].long()
     for r in range(rounds):  # loop over rounds, not samples
         kind = lut[out]
         erode, dilate = steps <= -(r + 1), steps >= r + 1
