@@ -36,11 +36,15 @@ def _maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
     return table, idx
 
 
-def _lut(table: LabelTable) -> torch.Tensor:
+def _lut(table: LabelTable, groups: tuple[tuple[int, ...], ...] = ((4, 5, 14, 43, 44),)) -> torch.Tensor:
     index = {v: i for i, v in enumerate(table.generation_labels)}
-    chosen = [index[v] for v in (4, 5, 14, 43, 44)]
     growable = [index[v] for v in (2, 3, 41, 42)]
-    return morph_lut(len(index), chosen, growable)
+    return morph_lut(len(index), [[index[v] for v in g] for g in groups], growable)
+
+
+def _steps(*rounds: int) -> torch.Tensor:
+    """(B, 1) rounds of a single group."""
+    return torch.tensor(rounds).view(-1, 1)
 
 
 def _count(labels: torch.Tensor, table: LabelTable, values: tuple[int, ...]) -> torch.Tensor:
@@ -60,13 +64,13 @@ def test_off_by_default_keeps_the_stream():
 
 def test_zero_rounds_is_identity():
     table, maps = _maps()
-    assert torch.equal(resize_structures(maps, torch.zeros(4, dtype=torch.long), _lut(table)), maps)
+    assert torch.equal(resize_structures(maps, torch.zeros(4, 1, dtype=torch.long), _lut(table)), maps)
 
 
 def test_erosion_and_dilation_change_only_what_they_may():
     table, maps = _maps()
     lut = _lut(table)
-    out = resize_structures(maps, torch.tensor([-2, -1, 1, 2]), lut)
+    out = resize_structures(maps, _steps(-2, -1, 1, 2), lut)
     assert out.dtype == maps.dtype
     vent = (4, 5, 14, 43, 44)
     before, after = _count(maps, table, vent), _count(out, table, vent)
@@ -79,7 +83,7 @@ def test_erosion_and_dilation_change_only_what_they_may():
     assert torch.equal(out[maps == 0], maps[maps == 0])  # background is never touched
     # each round moves one voxel layer: every changed voxel of one round had a face neighbour
     # with its new label
-    one = resize_structures(maps[:1], torch.tensor([-1]), lut)
+    one = resize_structures(maps[:1], _steps(-1), lut)
     moved = (one != maps[:1])[0, 0].nonzero()
     for x, y, z in moved.tolist():
         nbrs = {int(maps[0, 0, x + dx, y + dy, z + dz]) for dx, dy, dz in
@@ -89,7 +93,7 @@ def test_erosion_and_dilation_change_only_what_they_may():
 
 def test_left_stays_left():
     table, maps = _maps(2)
-    out = resize_structures(maps, torch.tensor([-2, 2]), _lut(table))
+    out = resize_structures(maps, _steps(-2, 2), _lut(table))
     left = [table.generation_labels.index(v) for v in LEFT]
     right = [table.generation_labels.index(v) for v in RIGHT]
     changed = out != maps
@@ -105,12 +109,12 @@ def test_left_stays_left():
 def test_generator_target_follows_and_seed_reproduces():
     table, maps = _maps()
     cfg = SynthConfig(patch_shape=[32, 32, 32], spatial=SpatialConfig(enabled=False, crop_jitter=False),
-                      morph=MorphConfig(prob=1.0, labels=[4, 5, 14, 43, 44], steps=[-1, -1]))
+                      morph=MorphConfig(prob=1.0, groups=[[4, 5, 14, 43, 44]], steps=[-1, -1]))
     gen = SynthGenerator(cfg, table)
     p = gen.sample(maps, make_generator("cpu", 0, 0))
     assert (p.morph_steps == -1).all()
     small = gen.apply(maps, p)
-    same = gen.apply(maps, dataclasses.replace(p, morph_steps=torch.zeros(4, dtype=torch.long)))
+    same = gen.apply(maps, dataclasses.replace(p, morph_steps=torch.zeros(4, 1, dtype=torch.long)))
     # the target is the changed map's: the ventricles shrink in both
     vent = (4, 5, 14, 43, 44)
     assert (_count(small.labels, table, vent) < _count(same.labels, table, vent)).all()
@@ -122,7 +126,7 @@ def test_generator_target_follows_and_seed_reproduces():
 
 
 @pytest.mark.parametrize("bad", [dict(prob=1.5), dict(steps=[1, -1]), dict(steps=[-1.5, 1]),
-                                 dict(labels=[])])
+                                 dict(groups=[]), dict(groups=[[4], []]), dict(groups=[[4, 5], [5]])])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="synth.morph"):
         SynthConfig(morph=MorphConfig(**bad))
@@ -131,4 +135,31 @@ def test_bad_settings_are_refused(bad):
 def test_unknown_label_is_refused():
     table, _ = _maps()
     with pytest.raises(ValueError, match="synth.morph"):
-        SynthGenerator(SynthConfig(morph=MorphConfig(prob=0.5, labels=[4, 9999])), table)
+        SynthGenerator(SynthConfig(morph=MorphConfig(prob=0.5, groups=[[4], [9999]])), table)
+
+
+def test_groups_resize_independently():
+    """Each group takes its own rounds: the others keep every voxel, and two resized groups that
+    touch do not eat each other (the horn is not eroded into the lateral ventricle's label nor
+    the ventricle dilated into the horn)."""
+    table, maps = _maps(3)
+    groups = ((4, 43), (5, 44), (14,))
+    lut = _lut(table, groups)
+    steps = torch.tensor([[-1, 0, 0], [0, 2, 0], [1, -1, 0]])
+    out = resize_structures(maps, steps, lut)
+    count = [_count(out, table, g) - _count(maps, table, g) for g in groups]
+    assert count[0][0] < 0 and count[1][0] == 0 and count[2][0] == 0  # only the lateral ventricles
+    assert count[0][1] == 0 and count[1][1] > 0 and count[2][1] == 0  # only the horns
+    assert count[0][2] > 0 and count[1][2] < 0 and count[2][2] == 0
+    changed = out != maps  # resized <-> growable only: no group takes another group's voxels
+    kind_in, kind_out = lut[maps.long()][changed], lut[out.long()][changed]
+    assert changed.any() and ((kind_in == 0) ^ (kind_out == 0)).all() and (kind_in >= 0).all()
+
+
+def test_groups_draw_their_own_rounds():
+    cfg = SynthConfig(patch_shape=[16] * 3, morph=MorphConfig(prob=1.0, groups=[[4], [5], [14]],
+                                                              steps=[-2, 1]))
+    p = sample_params(cfg, 64, (40, 40, 40), 6, make_generator("cpu", 0, 1))
+    assert p.morph_steps.shape == (64, 3)
+    assert (p.morph_steps.min() >= -2) and (p.morph_steps.max() <= 1)
+    assert not torch.equal(p.morph_steps[:, 0], p.morph_steps[:, 1])

@@ -113,9 +113,9 @@ class SynthGenerator(nn.Module):
             lesions = lesion_lut(table.n_labels, _indices(table, cfg.lesion.hosts, "lesion"),
                                  _indices(table, cfg.lesion.labels, "lesion"))
         self.register_buffer("lesion_lut", lesions, persistent=False)
-        morph = None  # (L,) int8 chosen / growable / fixed; None: the stage is off
+        morph = None  # (L,) group + 1 / 0 growable / -1 fixed; None: the stage is off
         if cfg.morph.prob > 0:
-            morph = morph_lut(table.n_labels, _indices(table, cfg.morph.labels, "morph"),
+            morph = morph_lut(table.n_labels, [_indices(table, g, "morph") for g in cfg.morph.groups],
                               [i for i, b in enumerate(brain) if b])
         self.register_buffer("morph_lut", morph, persistent=False)
 

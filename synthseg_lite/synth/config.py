@@ -196,16 +196,20 @@ class MorphConfig:
     default).
 
     Attributes:
-        prob: probability that a sample's structures are resized (0 = off, the default: the random
+        prob: probability that a group of a sample is resized (0 = off, the default: the random
             stream of existing settings is unchanged).
-        labels: label values resized together (default: the ventricles and the choroid plexus
-            labels of SynthSeg's maps, 136/137/163/164); they grow into every other brain label.
-        steps: [low, high] range of the integer rounds per resized sample, voxels (negative:
+        groups: label values resized together, one list per group; each group draws its own
+            rounds (and its own ``prob``) per sample, and grows into every other brain label.
+            Default: one group, the ventricles and the extra ventricle labels of SynthSeg's maps
+            (136/137/163/164) all resized by the same rounds. Several groups (e.g. each ventricle
+            with its extra labels) decouple the structures' sizes from each other.
+        steps: [low, high] range of the integer rounds per resized group, voxels (negative:
             erosion, positive: dilation; 0 can be drawn and changes nothing).
     """
 
     prob: float = 0.0
-    labels: list[int] = field(default_factory=lambda: [4, 5, 14, 15, 43, 44, 136, 137, 163, 164])
+    groups: list[list[int]] = field(
+        default_factory=lambda: [[4, 5, 14, 15, 43, 44, 136, 137, 163, 164]])
     steps: list[int] = field(default_factory=lambda: [-2, 1])
 
 
@@ -302,8 +306,12 @@ class SynthConfig:
             raise ValueError("synth.lesion.hosts and synth.lesion.labels must be non-empty lists of "
                              f"the same length, got {list(self.lesion.hosts)} and "
                              f"{list(self.lesion.labels)}")
-        if not self.morph.labels:
-            raise ValueError("synth.morph.labels must name at least one label value to resize")
+        morph_values = [v for group in self.morph.groups for v in group]
+        if not self.morph.groups or not all(self.morph.groups):
+            raise ValueError("synth.morph.groups must be non-empty lists of label values to resize, "
+                             f"got {self.morph.groups}")
+        if len(set(morph_values)) != len(morph_values):
+            raise ValueError(f"synth.morph.groups: a label is in two groups ({self.morph.groups})")
         if any(int(v) != v for v in self.morph.steps):
             raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
         if self.gmm.background_zero_prob + self.gmm.background_low_prob > 1.0:

@@ -19,20 +19,22 @@ import torch
 __all__ = ["morph_lut", "resize_structures"]
 
 
-def morph_lut(n_labels: int, chosen: list[int], growable: list[int]) -> torch.Tensor:
-    """(L,) int8 table over generation indices: 1 for the chosen labels (resized), 0 for labels
-    they may grow into, -1 for the others (background, outside the brain).
+def morph_lut(n_labels: int, groups: list[list[int]], growable: list[int]) -> torch.Tensor:
+    """(L,) int64 table over generation indices: ``g + 1`` for the labels of group ``g`` (resized
+    by the group's rounds), 0 for labels they may grow into, -1 for the others (background,
+    outside the brain).
 
     Args:
         n_labels: number of generation indices L.
-        chosen: generation indices of the structures to resize.
-        growable: generation indices they may grow into (chosen ones are ignored here).
+        groups: generation indices of the structures to resize, one list per group.
+        growable: generation indices they may grow into (resized ones are ignored here).
     """
-    if not chosen:
-        raise ValueError("the structure-size stage needs at least one label to resize")
-    lut = torch.full((n_labels,), -1, dtype=torch.int8)
+    if not groups or not all(groups):
+        raise ValueError("the structure-size stage needs at least one label to resize per group")
+    lut = torch.full((n_labels,), -1, dtype=torch.long)
     lut[torch.tensor(growable, dtype=torch.long)] = 0
-    lut[torch.tensor(chosen, dtype=torch.long)] = 1
+    for g, group in enumerate(groups):
+        lut[torch.tensor(group, dtype=torch.long)] = g + 1
     return lut
 
 
@@ -50,44 +52,53 @@ def _neighbours(x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Erode (``steps < 0``) or dilate (``steps > 0``) the chosen labels by ``|steps|`` voxels.
+def _voxel_steps(kind: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *S) rounds of each voxel's group (0 outside the resized labels) from (B, 1, *S)
+    ``kind`` (the lut's values) and (B, G) ``steps``."""
+    table = torch.cat([torch.zeros_like(steps[:, :1]), steps], 1)  # column 0: not resized
+    flat = kind.clamp(min=0).flatten(1)
+    return table.gather(1, flat).view_as(kind)
 
-    One round of erosion gives every chosen voxel with a face neighbour of a growable label that
-    neighbour's label (the first in the order -x, +x, -y, +y, -z, +z); one round of dilation gives
-    every growable voxel with a chosen face neighbour that neighbour's label. Voxels of the other
-    labels (background, extracerebral) never change and are never copied. The work is done in the
-    batch's bounding box of the chosen labels, grown by the rounds (the ventricles are a small
-    part of a head).
+
+def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Erode (``steps < 0``) or dilate (``steps > 0``) each group of labels by ``|steps|`` voxels.
+
+    One round of erosion gives every voxel of an eroding group with a face neighbour of a
+    growable label that neighbour's label (the first in the order -x, +x, -y, +y, -z, +z); one
+    round of dilation gives every growable voxel with a face neighbour of a dilating group that
+    neighbour's label (the first such). Two resized groups that touch do not eat each other.
+    Voxels of the other labels (background, extracerebral) never change and are never copied.
+    The work is done in the batch's bounding box of the resized labels, grown by the rounds (the
+    ventricles are a small part of a head).
 
     Args:
         labels: (B, 1, *S) integer generation indices (after the warp, flip and skull stripping).
-        steps: (B,) int64 rounds per sample, 0 = unchanged.
-        lut: (L,) int8 from :func:`morph_lut`.
+        steps: (B, G) int64 rounds per sample and group, 0 = unchanged.
+        lut: (L,) int64 from :func:`morph_lut` (G groups).
 
     Returns:
-        (B, 1, *S) labels, same dtype; identical to ``labels`` for samples with ``steps == 0``.
+        (B, 1, *S) labels, same dtype; identical to ``labels`` for samples whose steps are all 0.
     """
     rounds = int(steps.abs().max()) if steps.numel() else 0
     if rounds == 0:
         return labels
-    lut = lut.to(labels.device)
-    chosen = (lut[labels.long()] == 1) & (steps != 0).to(labels.device).view(-1, 1, 1, 1, 1)
+    lut, steps = lut.to(labels.device), steps.to(labels.device)
+    chosen = _voxel_steps(lut[labels.long()], steps) != 0
     if not bool(chosen.any()):
         return labels
     box = []
     for dim in (2, 3, 4):  # bounding box over the batch, grown by the rounds + 1 for the neighbours
         hit = chosen.any(dim=tuple(d for d in range(5) if d != dim)).nonzero()[:, 0]
         box.append(slice(max(int(hit[0]) - rounds - 1, 0), int(hit[-1]) + rounds + 2))
-    steps = steps.to(labels.device).view(-1, 1, 1, 1, 1)
     out = labels[(slice(None), slice(None), *box)].long()
     for r in range(rounds):  # loop over rounds, not samples
         kind = lut[out]
-        erode, dilate = steps <= -(r + 1), steps >= r + 1
-        eroding, dilating = erode & (kind == 1), dilate & (kind == 0)
+        own = _voxel_steps(kind, steps)
+        eroding, growable = own <= -(r + 1), kind == 0
         new, done = out, torch.zeros_like(eroding)
         for nb, nb_kind in zip(_neighbours(out), _neighbours(kind)):
-            take = ~done & ((eroding & (nb_kind == 0)) | (dilating & (nb_kind == 1)))
+            dilating = growable & (_voxel_steps(nb_kind, steps) >= r + 1)
+            take = ~done & ((eroding & (nb_kind == 0)) | dilating)
             new = torch.where(take, nb, new)
             done = done | take
         out = new

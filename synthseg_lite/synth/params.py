@@ -56,8 +56,8 @@ class SynthParams:
             (empty when noise is off).
         lesion_field: (B, 1, *n) standard normal coarse field of the lesion stage (empty when
             lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
-        morph_steps: (B,) int64 rounds of erosion (< 0) or dilation (> 0) of the structure-size
-            stage, 0 for samples without (all 0 when the stage is off).
+        morph_steps: (B, G) int64 rounds of erosion (< 0) or dilation (> 0) of each of the
+            structure-size stage's G groups, 0 for groups not resized (all 0 when it is off).
     """
 
     matrix: torch.Tensor
@@ -109,7 +109,7 @@ class SynthParams:
             "res_iso": (self.res_iso & ~self.res_native).float(),
             "noise_std": self.noise_std,
             "lesions": torch.isfinite(self.lesion_threshold).float(),
-            "morph_steps": self.morph_steps.float(),
+            "morph_steps": self.morph_steps.float().mean(1),
         }
 
 
@@ -282,11 +282,12 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
 
     # -- structure size (drawn only when on, after every other draw)
     ms = cfg.morph
-    morph_steps = torch.zeros(B, dtype=torch.long, device=dev)
-    if ms.prob > 0:
-        on = _bernoulli(g, B, ms.prob)
+    G = len(ms.groups)
+    morph_steps = torch.zeros((B, G), dtype=torch.long, device=dev)
+    if ms.prob > 0:  # one group draws what the (B,) draws of a single group were
+        on = torch.rand((B, G), generator=g, device=dev) < ms.prob
         lo, hi = int(ms.steps[0]), int(ms.steps[1])
-        drawn = torch.randint(lo, hi + 1, (B,), generator=g, device=dev)
+        drawn = torch.randint(lo, hi + 1, (B, G), generator=g, device=dev)
         morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
 
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
