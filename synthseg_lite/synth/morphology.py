@@ -9,7 +9,9 @@ structure's size against its neighbours. This stage does, on a fraction of the s
 rounds of 6-connected erosion (each boundary voxel of the chosen labels takes the label of a
 neighbour outside them) or dilation (each brain voxel beside them takes their label). The
 image is then drawn from the changed map and the target follows it, so the network learns the
-size from the image, not from the prior. Beyond SynthSeg.
+size from the image, not from the prior. Groups of labels (``synth.morph.groups``) each draw their
+own rounds: resized together (one group), a large lateral ventricle still tells the network that
+the inferior horn or the 4th ventricle is large; resized apart, it does not. Beyond SynthSeg.
 """
 
 from __future__ import annotations
