@@ -98,9 +98,8 @@ def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tens
         own = _voxel_steps(kind, steps)
         eroding, growable = own <= -(r + 1), kind == 0
         new, done = out, torch.zeros_like(eroding)
-        for nb, nb_kind in zip(_neighbours(out), _neighbours(kind)):
-            dilating = growable & (_voxel_steps(nb_kind, steps) >= r + 1)
-            take = ~done & ((eroding & (nb_kind == 0)) | dilating)
+        for nb, nb_kind, nb_own in zip(_neighbours(out), _neighbours(kind), _neighbours(own)):
+            take = ~done & ((eroding & (nb_kind == 0)) | (growable & (nb_own >= r + 1)))
             new = torch.where(take, nb, new)
             done = done | take
         out = new

@@ -117,7 +117,7 @@ def _uniform(g: torch.Generator, shape: tuple[int, ...], low: float, high: float
     return torch.rand(shape, generator=g, device=g.device) * (high - low) + low
 
 
-def _bernoulli(g: torch.Generator, n: int, p: float) -> torch.Tensor:
+def _bernoulli(g: torch.Generator, n: int | tuple[int, ...], p: float) -> torch.Tensor:
     return torch.rand(n, generator=g, device=g.device) < p
 
 
@@ -285,7 +285,7 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     G = len(ms.groups)
     morph_steps = torch.zeros((B, G), dtype=torch.long, device=dev)
     if ms.prob > 0:  # one group draws what the (B,) draws of a single group were
-        on = torch.rand((B, G), generator=g, device=dev) < ms.prob
+        on = _bernoulli(g, (B, G), ms.prob)
         lo, hi = int(ms.steps[0]), int(ms.steps[1])
         drawn = torch.randint(lo, hi + 1, (B, G), generator=g, device=dev)
         morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
