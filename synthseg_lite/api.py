@@ -24,7 +24,8 @@ __all__ = ["SegmentationResult", "segment"]
 
 @dataclass
 class SegmentationResult:
-    """One segmented scan, on the scan's own grid (its on-disk voxel order).
+    """One segmented scan, on the scan's own grid (its on-disk voxel order), or with
+    ``output_mm`` on an isotropic RAS grid of that voxel size over the scan's field of view.
 
     Attributes:
         labels: (X, Y, Z) uint8 (uint16 / int32 for larger values) output label values: tissue model 1 GM,
@@ -32,7 +33,8 @@ class SegmentationResult:
             values. 0 is background.
         probabilities: (K, X, Y, Z) float32 class probabilities (sum 1 over K); class k is
             ``names[k]`` and has the value ``values[k]``.
-        affine: (4, 4) float64 voxel -> world (mm) matrix of the scan.
+        affine: (4, 4) float64 voxel -> world (mm) matrix of ``labels`` (the scan's, unless
+            ``output_mm`` is given).
         names: class names, background first.
         values: output label value of each class.
         volumes: class name -> volume in mm^3 of the label volume (voxel count x voxel volume),
@@ -141,12 +143,12 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     out = output_labels(meta.label_table.target, opts.labels)
     lut = out.lut()
     labels = lut[pred.labels].astype(label_dtype(lut))
-    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    voxel_mm3 = float(abs(np.linalg.det(pred.affine[:3, :3])))
     hard = np.bincount(pred.labels.ravel(), minlength=len(out.names)) * voxel_mm3
     return SegmentationResult(
         labels=labels,
         probabilities=pred.posteriors,
-        affine=affine,
+        affine=np.asarray(pred.affine, dtype=np.float64),
         names=tuple(out.names),
         values=tuple(int(v) for v in out.values),
         volumes={n: float(v) for n, v in zip(out.names[1:], hard[1:])},

@@ -182,3 +182,18 @@ def test_structures_benchmark_refuses_a_non_empty_output(tmp_path, bench):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--output", str(tmp_path), "--data", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_thick_files_benchmark_refuses_a_non_empty_output_and_missing_data(tmp_path, capsys):
+    from benchmarks.thick_files import main as thick_main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("mine")
+    for argv, says in (
+        (["--output", str(tmp_path / "out")], "not empty"),
+        (["--output", str(tmp_path / "new"), "--data", str(tmp_path / "nothing")], "OASIS"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            thick_main(argv)
+        assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert (tmp_path / "out" / "x").read_text() == "mine" and not (tmp_path / "new").exists()

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from synthseg_lite.commands.degrade import main
-from synthseg_lite.evaluation.degrade import invert_contrast, slab_size, thick_slices, through_plane_axis
+from synthseg_lite.evaluation.degrade import (
+    invert_contrast, slab_size, thick_slab_grid, thick_slices, through_plane_axis)
+from synthseg_lite.evaluation.metrics import labels_on_grid
+from synthseg_lite.io import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,3 +215,53 @@ def test_cli_refuses_bad_inputs_before_writing(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), (argv, err)
         assert match in err, (argv, err)
     assert not (tmp_path / "o").exists()  # nothing written by any refused run
+
+
+def test_slab_grid_is_the_thick_slices_stored_on_their_own_grid(tmp_path):
+    """--slab-grid: the slab means on an n-times coarser grid whose voxel centres are the slab
+    centres in the world; a last, partial slab is dropped; thick_slices interpolates exactly
+    these means back (at the slab centres)."""
+    rng = np.random.default_rng(1)
+    data = rng.normal(100, 10, (12, 23, 9)).astype(np.float32)
+    means, affine = thick_slab_grid(data, LIA, 6.0, axis=1)  # 2 mm voxels: slabs of 3
+    assert means.shape == (12, 7, 9)  # 23 // 3 whole slabs
+    np.testing.assert_allclose(means[:, 2], data[:, 6:9].mean(1), rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), (1.2, 6.0, 1.0))
+    centre = LIA @ [0, 7.0, 0, 1]  # slab 2 holds voxels 6, 7, 8
+    np.testing.assert_allclose(affine @ [0, 2, 0, 1], centre)
+    back = thick_slices(data[:, :21], (1.2, 2.0, 1.0), 6.0, axis=1)
+    np.testing.assert_allclose(back[:, 1::3], means, rtol=1e-5)
+    with pytest.raises(ValueError, match="voxels along axis"):
+        thick_slab_grid(data[:, :2], LIA, 6.0, axis=1)
+    # the CLI writes it, refuses --slab-grid without --slice-mm, keeps the input
+    scan = tmp_path / "in" / "scan.nii.gz"
+    scan.parent.mkdir()
+    nib.save(nib.Nifti1Image(data, LIA), scan)
+    assert main([str(scan), "--output", str(tmp_path / "o"), "--slice-mm", "6", "--axis", "1",
+                 "--slab-grid"]) == 0
+    img = nib.load(tmp_path / "o" / "scan.nii.gz")
+    assert img.shape == (12, 7, 9) and img.header.get_zooms() == pytest.approx((1.2, 6.0, 1.0))
+    np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+    with pytest.raises(SystemExit):
+        main([str(scan), "--output", str(tmp_path / "p"), "--invert", "--slab-grid"])
+
+
+def test_labels_on_grid_follows_world_coordinates():
+    """Nearest-neighbour resampling of labels onto another grid: a coarse (LIA, 2 mm) label
+    volume taken onto a 1 mm RAS grid keeps each label where it is in the world, never blends
+    values, and fills outside its field of view with 0."""
+    labels = np.zeros((10, 8, 6), np.int64)
+    labels[2:5, 1:4, 1:3] = 17
+    labels[6:9, 4:7, 2:5] = 53
+    src = Volume(labels, LIA)
+    grid = Volume(np.zeros((40, 40, 40)), np.diag([1.0, 1.0, 1.0, 1.0]) @ np.array(
+        [[1, 0, 0, -20.0], [0, 1, 0, -30.0], [0, 0, 1, 0.0], [0, 0, 0, 1]]))
+    out = labels_on_grid(src, grid)
+    assert out.data.shape == (40, 40, 40) and set(np.unique(out.data)) <= {0, 17, 53}
+    for value in (17, 53):
+        world_src = LIA[:3, :3] @ np.argwhere(labels == value).mean(0) + LIA[:3, 3]
+        world_out = grid.affine[:3, :3] @ np.argwhere(out.data == value).mean(0) + grid.affine[:3, 3]
+        np.testing.assert_allclose(world_out, world_src, atol=0.6)
+        voxel_src = abs(np.linalg.det(LIA[:3, :3]))
+        assert (out.data == value).sum() == pytest.approx((labels == value).sum() * voxel_src,
+                                                          rel=0.25)

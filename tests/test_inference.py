@@ -331,3 +331,67 @@ def test_predictor_on_cuda_matches_cpu():
     cpu = Predictor([net], meta)(image)
     gpu = Predictor([net.cuda()], meta)(image.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)
+
+
+def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask).mean(0)
+    return affine[:3, :3] @ ijk + affine[:3, 3]
+
+
+@pytest.mark.parametrize("name", ["LIA", "oblique_aniso"])
+@pytest.mark.parametrize("output_mm", [1.0, 0.5])
+def test_output_mm_writes_an_isotropic_ras_grid_over_the_scan(name, output_mm):
+    """output_mm: the segmentation on an isotropic RAS grid of that size over the scan's field of
+    view; the ball lands where it is in the world, with its volume, whatever the scan's grid."""
+    data, affine = _phantom(), AFFINES[name]
+    predictor = Predictor([ThresholdNet()], _meta(), tta="none")
+    native = segment_volume(data, affine, predictor, InferenceOptions(), torch.device("cpu"))
+    pred = segment_volume(
+        data, affine, predictor, InferenceOptions(output_mm=output_mm, save_posteriors=True),
+        torch.device("cpu"),
+    )
+    spacing = np.sqrt((pred.affine[:3, :3] ** 2).sum(0))
+    np.testing.assert_allclose(spacing, output_mm)
+    assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(
+        nib.as_closest_canonical(nib.Nifti1Image(data, affine)).affine
+    ) == ("R", "A", "S")
+    extent = np.asarray(data.shape) * np.sqrt((affine[:3, :3] ** 2).sum(0))  # mm, on-disk axes
+    assert sorted(np.asarray(pred.labels.shape) * output_mm) == pytest.approx(
+        sorted(extent), abs=output_mm)
+    # the same ball in world coordinates, with the same volume
+    truth = data > 50
+    voxel = abs(np.linalg.det(affine[:3, :3]))
+    np.testing.assert_allclose(
+        _world_centroid(pred.labels == 1, pred.affine), _world_centroid(truth, affine), atol=0.3
+    )
+    assert (pred.labels == 1).sum() * output_mm**3 == pytest.approx(truth.sum() * voxel, rel=0.08)
+    np.testing.assert_allclose(pred.volumes_mm3, native.volumes_mm3, rtol=0.03)
+    assert pred.posteriors.shape[1:] == pred.labels.shape
+    np.testing.assert_allclose(pred.posteriors.sum(0), 1, atol=1e-5)
+    assert np.array_equal(pred.posteriors.argmax(0), pred.labels)
+    assert np.array_equal(pred.labels_ras, pred.labels)  # written in RAS order
+
+
+def test_output_mm_at_the_model_spacing_is_the_network_grid():
+    """On a 1 mm RAS scan, output_mm=1 (the model's) is the scan's grid: the same labels."""
+    data = _phantom()
+    predictor = Predictor([ThresholdNet()], _meta(), tta="none")
+    native = segment_volume(data, np.eye(4), predictor, InferenceOptions(), torch.device("cpu"))
+    grid = segment_volume(
+        data, np.eye(4), predictor, InferenceOptions(output_mm=1.0), torch.device("cpu")
+    )
+    assert np.array_equal(grid.labels, native.labels)
+    np.testing.assert_allclose(grid.affine, np.eye(4))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_output_mm_must_be_a_voxel_size(bad):
+    with pytest.raises(ValueError, match="output_mm"):
+        InferenceOptions(output_mm=bad)
+
+
+def test_output_mm_grid_larger_than_max_voxels_is_refused():
+    predictor = Predictor([ThresholdNet()], _meta(), tta="none")
+    opts = InferenceOptions(output_mm=0.05, max_voxels=10**6)
+    with pytest.raises(ValueError, match="max_voxels"):
+        segment_volume(_phantom(), np.eye(4), predictor, opts, torch.device("cpu"))

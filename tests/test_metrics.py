@@ -202,3 +202,25 @@ def test_evaluate_quality_writes_outputs(tmp_path):
     assert summary["n_cases"] == 1 and 0 < summary["mean"]["SSIM"] < 1
     for name in ("quality_summary.json", "quality.csv", "histograms.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_resample_pred_scores_a_prediction_from_another_grid(tmp_path):
+    """A 1 mm reference and the same tissue drawn on a 2 mm grid, left-right flipped: without resample_pred the
+    pair is refused with the option's name; with it, it is scored on the reference's grid."""
+    from synthseg_lite.evaluation.metrics import evaluate_pairs
+
+    ref = np.zeros((40, 40, 40), np.int16)
+    ref[8:32, 8:32, 8:32] = 1
+    ref[14:26, 14:26, 14:26] = 2
+    ref_aff = np.eye(4)
+    # 2 mm voxels, x flipped: coarse voxel i covers the 1 mm voxels 2(19 - i) and 2(19 - i) + 1
+    lia = np.array([[-2.0, 0, 0, 38.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
+    pred = np.ascontiguousarray(ref[::2, ::2, ::2][::-1])
+    nib.save(nib.Nifti1Image(ref, ref_aff), tmp_path / "ref.nii.gz")
+    nib.save(nib.Nifti1Image(pred, lia), tmp_path / "pred.nii.gz")
+    pairs = [("c", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz")]
+    with pytest.raises(ValueError, match="resample_pred=true"):
+        evaluate_pairs(pairs, surface=False)
+    summary = evaluate_pairs(pairs, surface=False, resample_pred=True)
+    dice = {k: v["Dice"] for k, v in summary["mean"].items()}
+    assert dice == {1: 1.0, 2: 1.0, 3: 1.0}  # every cube edge falls on a 2 mm voxel edge

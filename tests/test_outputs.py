@@ -286,3 +286,37 @@ def test_qc_figure_legend_lists_present_labels_and_grows_the_figure(tmp_path):
                          colors=labels_out.colors)
         heights.append(plt.imread(path).shape[0])
     assert heights[1] > heights[0] >= 1000  # 24 labels present: more legend rows, taller figure
+
+
+def test_output_mm_writes_every_file_on_the_1mm_grid(monkeypatch, tmp_path):
+    """infer.py output_mm=1 on a 1.2 x 0.9 x 1.5 mm scan: the segmentation, tissue view and
+    posteriors share one 1 mm RAS grid, volumes.csv counts its voxels, the QC figure is drawn;
+    the soft volumes are the network's whatever the output grid (1 or 0.5 mm), their total that
+    of the scan's own grid."""
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    scan = _write(tmp_path / "in" / "case1.nii.gz")
+    runs = {}
+    for tag, mm in (("native", None), ("half", 0.5)):
+        segment_scans(scan, tmp_path / tag, model,
+                      InferenceOptions(**OPTS, save_qc=False, output_mm=mm))
+        runs[tag] = _rows(tmp_path / tag / "volumes.csv")["case1"]
+    (res,) = segment_scans(scan, tmp_path / "out", model,
+                           InferenceOptions(**OPTS, output_mm=1.0, save_posteriors=True))
+    assert res.error is None, res.error
+    seg = nib.load(res.outputs["seg"])
+    assert seg.header.get_zooms()[:3] == (1.0, 1.0, 1.0) and nib.aff2axcodes(seg.affine) == (
+        "R", "A", "S")
+    assert seg.shape == (round(28 * 1.2), round(24 * 0.9), round(36 * 1.5))
+    for key in ("tissue", "posteriors"):
+        other = nib.load(res.outputs[key])
+        assert other.shape[:3] == seg.shape and np.allclose(other.affine, seg.affine)
+    assert res.outputs["qc"].is_file()
+    data = np.asarray(seg.dataobj)
+    row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
+    target = TARGET_PRESETS["synthseg"]
+    for value, name in zip(target.values[1:], target.names[1:]):
+        assert float(row[f"{name}_mm3"]) == pytest.approx((data == value).sum(), abs=1e-6)
+        assert float(row[f"{name}_soft_mm3"]) == pytest.approx(
+            float(runs["half"][f"{name}_soft_mm3"]), rel=0.03, abs=1)
+    assert float(row["total_intracranial_soft_mm3"]) == pytest.approx(
+        float(runs["native"]["total_intracranial_soft_mm3"]), rel=0.03)

@@ -4,6 +4,7 @@ inside the brain, or thick slices), on the same grid so their references still a
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
 
 The work is :func:`synthseg_lite.evaluation.degrade.degrade_scans`.
 """
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="simulate slices this thick (mm)")
     parser.add_argument("--axis", type=int, metavar="N",
                         help="voxel axis of the thick slices (default: largest spacing)")
+    parser.add_argument("--slab-grid", action="store_true",
+                        help="with --slice-mm: write the slices on their own grid (a real "
+                             "low-resolution file) instead of interpolated back")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
                                       slice_mm=args.slice_mm, axis=args.axis,
-                                      overwrite=args.overwrite))
+                                      slab_grid=args.slab_grid, overwrite=args.overwrite))
     return 0
 
 

@@ -57,6 +57,10 @@ class EvaluateConfig:
             modes; ``(?P<id>.+)`` in quality mode).
         ref_pattern: the same for references / real images.
         surface: compute HD95 / HD / ASSD (segmentation mode).
+        resample_pred: a prediction on another grid than its reference (``infer.py
+            output_mm=1`` of a thick-slice scan) is taken onto the reference's grid by nearest
+            neighbour in world coordinates and scored there (segmentation and structures
+            modes); false: another grid skips the case with its reason.
         plots: write the PNG figures (segmentation mode).
         mask: quality mode: label maps (file or folder) whose non-zero voxels are the brain;
             None: the real image's non-zero voxels.
@@ -73,6 +77,7 @@ class EvaluateConfig:
     pred_pattern: str | None = None
     ref_pattern: str | None = None
     surface: bool = True
+    resample_pred: bool = False
     plots: bool = True
     mask: str | None = None
     mask_pattern: str = DEFAULT_PATTERN
@@ -107,7 +112,7 @@ def run(cfg: EvaluateConfig) -> int:
         )
     elif cfg.mode == "structures":
         pairs = pair_cases(cfg.pred, cfg.ref, cfg.pred_pattern, cfg.ref_pattern)
-        summary = evaluate_structures(pairs, cfg.surface)
+        summary = evaluate_structures(pairs, cfg.surface, cfg.resample_pred)
         files = write_structure_report(summary, cfg.output, cfg.plots)
         for group, m in summary["group_mean"].items():
             log.info("%-22s Dice %.3f  HD95 %.2f mm", group, m["Dice"], m["HD95"])
@@ -130,7 +135,9 @@ def run(cfg: EvaluateConfig) -> int:
             label_mapping(cfg.ref_labels),
         )  # fail on bad presets before any work
         pairs = pair_cases(cfg.pred, cfg.ref, cfg.pred_pattern, cfg.ref_pattern)
-        summary = evaluate_pairs(pairs, cfg.pred_labels, cfg.ref_labels, cfg.surface)
+        summary = evaluate_pairs(
+            pairs, cfg.pred_labels, cfg.ref_labels, cfg.surface, cfg.resample_pred
+        )
         files = write_report(summary, cfg.output, cfg.plots)
         names = summary["class_names"]
         for k, m in summary["mean"].items():

@@ -17,7 +17,7 @@ so :mod:`synthseg_lite.inference.postprocess` can map predictions back onto the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nibabel as nib
 import numpy as np
@@ -28,9 +28,11 @@ __all__ = [
     "Geometry",
     "from_ras",
     "grid_for",
+    "output_geometry",
     "percentile_rescale",
     "preprocess",
     "resample",
+    "resample_to_grid",
     "resample_window",
     "to_ras",
 ]
@@ -215,6 +217,63 @@ def grid_for(
     return shape, ras_affine @ to_ras_vox, tuple(float(r) for r in ratios)
 
 
+def output_geometry(geom: Geometry, output_mm: float) -> Geometry:
+    """``geom`` with its scan grid replaced by an isotropic grid of ``output_mm`` voxels over the
+    scan's field of view, in RAS voxel order (the scan's axes permuted and flipped to RAS, its
+    direction cosines kept): :func:`~synthseg_lite.inference.postprocess.to_native` with it
+    writes the segmentation on that grid (SynthSeg's 1 mm output) instead of the scan's.
+
+    The grid is :func:`grid_for`'s: its first voxel edge is the scan's, as is the network
+    grid's, so the two grids' voxel centres sit at ``(j + 0.5) * ratio - 0.5`` of each other.
+    """
+    shape, affine, _ = grid_for(geom.ras_shape, geom.ras_affine, output_mm)
+    net_mm = np.sqrt((geom.grid_affine[:3, :3] ** 2).sum(0))
+    out_mm = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    ratios = net_mm / out_mm
+    ratios = np.where(np.abs(ratios - 1) < _SAME_SPACING_RTOL, 1.0, ratios)
+    return replace(
+        geom,
+        native_shape=shape,
+        native_affine=affine,
+        ornt=np.array([[0, 1], [1, 1], [2, 1]], dtype=float),  # RAS already: no reorientation
+        ras_shape=shape,
+        ras_affine=affine,
+        ratios=tuple(float(r) for r in ratios),
+    )
+
+
+def resample_to_grid(
+    data: torch.Tensor, native_affine: np.ndarray, spacing_mm: float
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A scan on the isotropic RAS grid of ``spacing_mm`` over its field of view (:func:`grid_for`;
+    linear, anti-aliased where coarser: the network's input before rescaling).
+
+    Args:
+        data: (X, Y, Z) tensor in the on-disk voxel order.
+        native_affine: (4, 4) its voxel -> world affine (mm).
+        spacing_mm: voxel size of the grid (mm).
+
+    Returns:
+        (X', Y', Z') float32 image and its (4, 4) affine.
+    """
+    _, _, _, image, affine = _to_grid(data, native_affine, spacing_mm)
+    return image, affine
+
+
+def _to_grid(
+    data: torch.Tensor, native_affine: np.ndarray, spacing_mm: float
+) -> tuple[np.ndarray, tuple[int, ...], np.ndarray, torch.Tensor, np.ndarray]:
+    """(ornt, RAS shape, RAS affine, image on the grid of ``spacing_mm``, its affine) of a scan;
+    the grid's ratios are :func:`grid_for`'s."""
+    native_affine = np.asarray(native_affine, dtype=np.float64)
+    ornt = nib.orientations.io_orientation(native_affine)
+    ras = to_ras(data.float(), ornt)
+    ras_affine = native_affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    shape, affine, ratios = grid_for(tuple(ras.shape), ras_affine, spacing_mm)
+    image = resample(ras[None], ratios, shape, antialias=True)[0]
+    return ornt, tuple(ras.shape), ras_affine, image, affine
+
+
 def percentile_rescale(
     x: torch.Tensor, percentiles: tuple[float, float] = (0.5, 99.5)
 ) -> torch.Tensor:
@@ -278,11 +337,8 @@ def preprocess(
     if data.dim() != 3:
         raise ValueError(f"expected a 3D volume, got shape {tuple(data.shape)}")
     native_affine = np.asarray(native_affine, dtype=np.float64)
-    ornt = nib.orientations.io_orientation(native_affine)
-    ras = to_ras(data.float(), ornt)
-    ras_affine = native_affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
-    grid_shape, grid_affine, ratios = grid_for(tuple(ras.shape), ras_affine, spacing_mm)
-    image = resample(ras[None], ratios, grid_shape, antialias=True)[0]
+    ornt, ras_shape, ras_affine, image, grid_affine = _to_grid(data, native_affine, spacing_mm)
+    grid_shape, _, ratios = grid_for(ras_shape, ras_affine, spacing_mm)
     image = percentile_rescale(image, percentiles)
     box = _foreground_box(image, margin) if crop_foreground else tuple((0, n) for n in grid_shape)
     image = image[tuple(slice(a, b) for a, b in box)]
@@ -293,7 +349,7 @@ def preprocess(
         tuple(int(n) for n in data.shape),
         native_affine,
         ornt,
-        tuple(ras.shape),
+        ras_shape,
         ras_affine,
         grid_shape,
         grid_affine,

@@ -7,12 +7,17 @@ segmentation still scores a prediction made on the degraded scan:
 * :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
   interpolated back to the original grid).
 
+One does not: :func:`thick_slab_grid` (``--slab-grid``) stores the slab averages on their own
+grid, a real low-resolution file as a scanner writes it; its reference is scored with
+``evaluate.py resample_pred=true``.
+
 Scans are read as stored on disk (no reorientation) and written under the same file name in
 another folder, as float32, atomically::
 
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from synthseg_lite.io import read_image, save_volume
 
-__all__ = ["degrade_scans", "invert_contrast", "slab_size", "thick_slices",
+__all__ = ["degrade_scans", "invert_contrast", "slab_size", "thick_slab_grid", "thick_slices",
            "through_plane_axis"]
 
 log = logging.getLogger(__name__)
@@ -160,11 +165,8 @@ def thick_slices(data: np.ndarray, spacing_mm: Sequence[float], slice_mm: float,
     if n == 1:
         return data.astype(np.float32, copy=True)
     size = data.shape[axis]
-    starts = np.arange(0, size, n)
-    lengths = np.minimum(starts + n, size) - starts
+    starts, lengths, means = _slab_means(data, n, axis)
     shape = [1, 1, 1]
-    shape[axis] = len(starts)
-    means = np.add.reduceat(data.astype(np.float64), starts, axis=axis) / lengths.reshape(shape)
     centres = starts + (lengths - 1) / 2.0
     # Fractional slab index of every voxel position (np.interp holds the ends constant).
     frac = np.interp(np.arange(size, dtype=np.float64), centres,
@@ -175,6 +177,54 @@ def thick_slices(data: np.ndarray, spacing_mm: Sequence[float], slice_mm: float,
     w = (frac - left).reshape(shape)
     out = (1.0 - w) * np.take(means, left, axis=axis) + w * np.take(means, right, axis=axis)
     return out.astype(np.float32)
+
+
+def _slab_means(data: np.ndarray, n: int, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, float64 means) of consecutive slabs of ``n`` voxels along ``axis`` (a
+    last, shorter slab averaged on its own)."""
+    size = data.shape[axis]
+    starts = np.arange(0, size, n)
+    lengths = np.minimum(starts + n, size) - starts
+    shape = [1, 1, 1]
+    shape[axis] = len(starts)
+    means = np.add.reduceat(data.astype(np.float64), starts, axis=axis) / lengths.reshape(shape)
+    return starts, lengths, means
+
+
+def thick_slab_grid(data: np.ndarray, affine: np.ndarray, slice_mm: float,
+                    axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """A thick-slice acquisition stored as one: the slab means of :func:`thick_slices` on their
+    own grid (``n`` times the spacing along ``axis``, voxel centres at the slab centres), as a
+    scanner writes a 5 mm clinical scan. A last, shorter slab is dropped (a scanner acquires
+    whole slices), so at least one whole slab must fit.
+
+    Args:
+        data: (X, Y, Z) intensities, any real dtype.
+        affine: (4, 4) voxel -> world affine of ``data`` (mm).
+        slice_mm: slice thickness in mm (> 0).
+        axis: voxel axis (0, 1 or 2) along which slices are thick.
+
+    Returns:
+        (float32 slab means, their (4, 4) affine).
+
+    Raises:
+        ValueError: data not 3D, bad affine, axis or slice thickness; no whole slab.
+    """
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3D array, got shape {data.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    n = slab_size(_spacing(affine), slice_mm, axis)
+    whole = data.shape[axis] // n
+    if whole < 1:
+        raise ValueError(
+            f"{slice_mm} mm slices need {n} voxels along axis {axis}, the scan has "
+            f"{data.shape[axis]}"
+        )
+    _, _, means = _slab_means(data.take(np.arange(whole * n), axis=axis), n, axis)
+    to_old = np.eye(4)
+    to_old[axis, axis], to_old[axis, 3] = n, (n - 1) / 2.0  # slab j's centre: voxel n j + (n-1)/2
+    return means.astype(np.float32), affine @ to_old
 
 
 def through_plane_axis(spacing_mm: Sequence[float]) -> int:
@@ -242,7 +292,7 @@ def _plan(scans: Sequence[str | Path], output: Path, overwrite: bool) -> list[tu
 
 def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bool = False,
                   slice_mm: float | None = None, axis: int | None = None,
-                  overwrite: bool = False) -> list[Path]:
+                  slab_grid: bool = False, overwrite: bool = False) -> list[Path]:
     """Write a degraded copy of each scan to ``output/<same file name>``.
 
     Scans are read as stored (no reorientation; a trailing singleton 4th axis is dropped) and
@@ -255,6 +305,9 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         invert: apply :func:`invert_contrast` (mask: intensity > 0).
         slice_mm: apply :func:`thick_slices` with this slice thickness in mm.
         axis: voxel axis of the thick slices (default per scan: :func:`through_plane_axis`).
+        slab_grid: write the thick slices on their own grid (:func:`thick_slab_grid`: a real
+            low-resolution file, whose references no longer share its grid) instead of
+            interpolated back to the scan's.
         overwrite: replace existing output files.
 
     Returns:
@@ -273,6 +326,8 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         if slice_mm is None:
             raise ValueError("--axis only applies with --slice-mm")
         axis = _check_axis(axis)
+    if slab_grid and slice_mm is None:
+        raise ValueError("--slab-grid only applies with --slice-mm")
     output = Path(output)
     pairs = _plan(scans, output, overwrite)
     images = [read_image(src) for src, _ in pairs]
@@ -289,10 +344,14 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
                 spacing = _spacing(affine)
                 ax = through_plane_axis(spacing) if axis is None else axis
                 n = slab_size(spacing, slice_mm, ax)  # type: ignore[arg-type]
-                out = thick_slices(data, spacing, slice_mm, ax)  # type: ignore[arg-type]
                 what = (f"{slice_mm:g} mm slices along voxel axis {ax} "
                         f"({nib.aff2axcodes(affine)[ax]}, spacing {spacing[ax]:.4g} mm): "
                         f"slabs of {n} voxel(s)")
+                if slab_grid:
+                    out, affine = thick_slab_grid(data, affine, slice_mm, ax)  # type: ignore
+                    what += f", on their own grid {out.shape}"
+                else:
+                    out = thick_slices(data, spacing, slice_mm, ax)  # type: ignore[arg-type]
             header = None
             if isinstance(img.header, nib.Nifti1Header):
                 header = img.header.copy()

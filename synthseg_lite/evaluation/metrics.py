@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.metrics.utils import get_edge_surface_distance
+from scipy import ndimage as ndi
 
 from synthseg_lite.io import Volume, atomic_write, load_segmentation
 from synthseg_lite.labels import TARGET_PRESETS, label_mapping, map_labels
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate_pairs",
     "jsonable",
     "label_mapping",
+    "labels_on_grid",
     "load_pair",
     "load_segmentation",
     "map_labels",
@@ -63,19 +65,49 @@ METRICS = ("Dice", "IoU", "precision", "recall", "HD95", "HD", "ASSD", "ref_volu
 # fmt: on
 
 
-def load_pair(pred_path: str | Path, ref_path: str | Path) -> tuple[Volume, Volume]:
-    """Read a prediction and its reference (int64, RAS order), which must share one grid.
+def load_pair(
+    pred_path: str | Path, ref_path: str | Path, resample: bool = False
+) -> tuple[Volume, Volume]:
+    """Read a prediction and its reference (int64, RAS order) on one grid.
+
+    Args:
+        resample: a prediction on another grid (e.g. ``infer.py output_mm=1`` of a 5 mm scan
+            against a 1 mm reference) is taken onto the reference's grid by
+            :func:`labels_on_grid`; without it, another grid is an error.
 
     Raises:
-        ValueError: unreadable, non-integer, or not on the same grid (shape or affine).
+        ValueError: unreadable, non-integer, or (without ``resample``) not on the same grid.
     """
     pred, ref = load_segmentation(pred_path), load_segmentation(ref_path)
-    if pred.data.shape != ref.data.shape or not np.allclose(pred.affine, ref.affine, atol=1e-2):
+    if pred.data.shape == ref.data.shape and np.allclose(pred.affine, ref.affine, atol=1e-2):
+        return pred, ref
+    if not resample:
         raise ValueError(
             f"{pred_path}: not on the grid of {ref_path} (shape {pred.data.shape} vs "
-            f"{ref.data.shape}, or another affine)"
+            f"{ref.data.shape}, or another affine; resample_pred=true scores it on the "
+            "reference's grid)"
         )
-    return pred, ref
+    log.info("%s: taken onto the grid of %s (nearest neighbour)", pred_path, ref_path)
+    return labels_on_grid(pred, ref), ref
+
+
+def labels_on_grid(labels: Volume, grid: Volume) -> Volume:
+    """``labels`` resampled onto ``grid``'s voxels by nearest neighbour in world coordinates
+    (0 outside ``labels``' field of view); labels are never blended.
+
+    Args:
+        labels: integer label volume on its own grid.
+        grid: any volume whose shape and affine define the target grid.
+
+    Returns:
+        The labels as an int64 :class:`~synthseg_lite.io.Volume` with ``grid``'s shape and affine.
+    """
+    vox = np.linalg.inv(labels.affine) @ grid.affine  # grid voxel -> labels voxel
+    data = ndi.affine_transform(
+        np.asarray(labels.data), vox[:3, :3], vox[:3, 3], output_shape=grid.data.shape,
+        output=np.int64, order=0, mode="constant", cval=0,
+    )
+    return Volume(data, np.asarray(grid.affine, dtype=np.float64), labels.path)
 
 
 def _surface(
@@ -221,8 +253,11 @@ def evaluate_pairs(
     pred_labels: str | Mapping = "tissue",
     ref_labels: str | Mapping = "tissue",
     surface: bool = True,
+    resample_pred: bool = False,
 ) -> dict:
     """Evaluate every pair; a pair that fails (unreadable, other grid) is listed under ``skipped``.
+    With ``resample_pred``, a prediction on another grid is scored on the reference's
+    (:func:`load_pair`).
 
     Returns:
         The summary dict (see :func:`summarise`).
@@ -232,7 +267,7 @@ def evaluate_pairs(
     per_case, skipped = [], []
     for case, pred_path, ref_path in pairs:
         try:
-            pred, ref = load_pair(pred_path, ref_path)
+            pred, ref = load_pair(pred_path, ref_path, resample_pred)
             check_convention(pred.data, pred_labels, pmap, str(pred_path), "pred")
             check_convention(ref.data, ref_labels, rmap, str(ref_path), "ref")
             metrics, confusion = case_metrics(

@@ -103,12 +103,16 @@ def _means(per_structure: dict[int, dict[str, float]], members: Sequence[int]) -
     return {m: _nanmean(per_structure[v][m] for v in members) for m in SUMMARY_METRICS}
 
 
-def evaluate_structures(pairs: Sequence[tuple[str, Path, Path]], surface: bool = True) -> dict:
+def evaluate_structures(
+    pairs: Sequence[tuple[str, Path, Path]], surface: bool = True, resample_pred: bool = False
+) -> dict:
     """Score structure segmentations against FreeSurfer asegs (see the module docstring).
 
     Args:
         pairs: (case id, prediction file, reference file), both in FreeSurfer aseg values.
         surface: compute HD95 / HD / ASSD.
+        resample_pred: score a prediction on another grid on the reference's
+            (:func:`~synthseg_lite.evaluation.metrics.load_pair`).
 
     Returns:
         The summary: ``structures`` (value -> name), ``groups``, ``n_cases``,
@@ -125,7 +129,7 @@ def evaluate_structures(pairs: Sequence[tuple[str, Path, Path]], surface: bool =
     per_case, skipped, absent, csf_cases = [], [], [], []
     for case, pred_path, ref_path in pairs:
         try:
-            pred, ref = load_pair(pred_path, ref_path)
+            pred, ref = load_pair(pred_path, ref_path, resample_pred)
             check_structure_labels(pred.data, str(pred_path))
             check_structure_labels(ref.data, str(ref_path))
             raw, _ = case_metrics(

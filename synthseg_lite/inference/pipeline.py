@@ -30,7 +30,7 @@ from synthseg_lite.inference.predictor import (
     find_checkpoints,
     load_ensemble,
 )
-from synthseg_lite.data.preprocess import to_ras
+from synthseg_lite.data.preprocess import resample_to_grid, to_ras
 from synthseg_lite.inference.record import (
     StudyLease,
     StudyRecord,
@@ -171,10 +171,10 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     target = w.predictor.meta.label_table.target
     names = target.names
     written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
-    _save_labels(w.labels.lut(), pred.labels, vol.affine, out["seg"])
+    _save_labels(w.labels.lut(), pred.labels, pred.affine, out["seg"])
     write_lut(out["lut"], w.labels, f"{scan.case}: {w.labels.desc} labels (synthseg_lite)")
     write_dseg_tsv(out["tsv"], w.labels)
-    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    voxel_mm3 = float(abs(np.linalg.det(pred.affine[:3, :3])))
     hard = _counts(pred.labels, len(names)) * voxel_mm3
     soft = np.asarray(pred.volumes_mm3, dtype=float)
     qc = pred.qc
@@ -190,7 +190,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
         row[f"{names[k]}_soft_mm3"] = soft[k]
     if w.tissue is not None:
         group, tissue = w.tissue
-        _save_labels(tissue.lut()[group], pred.labels, vol.affine, out["tissue"])
+        _save_labels(tissue.lut()[group], pred.labels, pred.affine, out["tissue"])
         write_lut(out["tissue_lut"], tissue, f"{scan.case}: tissue view (synthseg_lite)")
         write_dseg_tsv(out["tissue_tsv"], tissue)
         written |= {k: out[k] for k in ("tissue", "tissue_lut", "tissue_tsv")}
@@ -201,12 +201,18 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
             row[f"{tissue.names[t]}_soft_mm3"] = t_soft[t]
     row |= {f"qc_{g}": v for g, v in qc.items() if g != "qc_score"}
     if pred.posteriors is not None:
-        save_volume(np.moveaxis(pred.posteriors, 0, -1), vol.affine, out["posteriors"])
+        save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]
     if w.opts.save_qc:
-        ornt = nib.orientations.io_orientation(vol.affine)
-        ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
-        ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
+        if w.opts.output_mm is None:
+            ornt = nib.orientations.io_orientation(vol.affine)
+            ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
+            ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
+        else:  # the segmentation's grid
+            image, ras_affine = resample_to_grid(
+                torch.as_tensor(vol.data), vol.affine, w.opts.output_mm
+            )
+            ras_image = image.numpy()
         qc_figure(
             ras_image, pred.labels_ras, ras_affine, w.labels.names, out["qc"],
             title=f"{scan.case}   QC {qc['qc_score']:.2f}", colors=w.labels.colors,

@@ -206,6 +206,9 @@ class NativePrediction:
         volumes_mm3: (K,) float64 soft volume of each class (sum of probabilities x voxel volume).
         posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
         qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
+        affine: (4, 4) voxel -> world affine of ``labels`` and ``posteriors``: the scan's, or
+            that of the grid they were written on (:func:`~synthseg_lite.data.preprocess.
+            output_geometry`).
     """
 
     labels: np.ndarray
@@ -213,6 +216,7 @@ class NativePrediction:
     volumes_mm3: np.ndarray
     posteriors: np.ndarray | None = None
     qc: dict[str, float] = field(default_factory=dict)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
 def _sums(probs: torch.Tensor) -> np.ndarray:
@@ -228,7 +232,8 @@ def to_native(
     chunk: int = 4,
     labels: torch.Tensor | None = None,
 ) -> NativePrediction:
-    """Map probabilities on the (cropped, padded) network grid back to the scan's grid.
+    """Map probabilities on the (cropped, padded) network grid back to the scan's grid (or to
+    the grid of :func:`~synthseg_lite.data.preprocess.output_geometry`).
 
     Args:
         probs: (K, *geom.padded_shape) float probabilities.
@@ -254,7 +259,9 @@ def to_native(
         volumes = _sums(crop) * voxel_mm3
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous
-        return NativePrediction(labels.cpu().numpy(), best_k.cpu().numpy(), volumes)
+        return NativePrediction(
+            labels.cpu().numpy(), best_k.cpu().numpy(), volumes, affine=geom.native_affine
+        )
     # only the output voxels the crop reaches are resampled: elsewhere the full grid is background
     back_ratios = tuple(1.0 / r for r in geom.ratios)
     ras_shape = tuple(geom.ras_shape)
@@ -298,7 +305,9 @@ def to_native(
     labels_ras[out_win] = best_k
     labels = from_ras(labels_ras, geom.ornt).contiguous()
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
-    return NativePrediction(labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, post)
+    return NativePrediction(
+        labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, post, affine=geom.native_affine
+    )
 
 
 def qc_scores(

@@ -6,6 +6,7 @@ around it (files, record, ``volumes.csv``) is :mod:`synthseg_lite.inference.pipe
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from synthseg_lite.inference.predictor import (
     resolve_model,
     with_oom_fallback,
 )
-from synthseg_lite.data.preprocess import preprocess
+from synthseg_lite.data.preprocess import output_geometry, preprocess
 from synthseg_lite.labels import STRUCTURE_GROUPS, TOPOLOGY_GROUPS, TargetPreset
 from synthseg_lite.labels.lut import LABEL_CONVENTIONS, is_tissue_target
 from synthseg_lite.inference.outputs import select_part
@@ -111,7 +112,12 @@ class InferenceOptions:
             :data:`QC_THRESHOLD`, for a model without one; an ensemble: the lowest of its members').
         report: write ``report.html`` for the study (all rows of ``volumes.csv``).
         max_voxels: a scan whose header declares more voxels is skipped before it is read
-            (default 2**28: twice a 0.5 mm 512^3 head).
+            (default 2**28: twice a 0.5 mm 512^3 head); also the largest ``output_mm`` grid.
+        output_mm: voxel size (mm) of the written segmentation: ``None`` (the default) writes it
+            on the scan's own grid; a number writes it on an isotropic grid of that size over the
+            scan's field of view, in RAS voxel order, as SynthSeg writes 1 mm whatever the scan
+            (``output_mm=1``: a 5 mm clinical scan gets a 1 mm segmentation, its thin structures
+            and volumes as the network saw them; the posteriors and QC figure follow).
     """
 
     device: str = "auto"
@@ -137,6 +143,7 @@ class InferenceOptions:
     qc_threshold: float | None = None
     report: bool = True
     max_voxels: int = MAX_VOXELS
+    output_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -173,6 +180,11 @@ class InferenceOptions:
             raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
         if self.max_voxels < 1:
             raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
+        if self.output_mm is not None and not (math.isfinite(self.output_mm) and self.output_mm > 0):
+            raise ValueError(
+                f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got "
+                f"{self.output_mm}"
+            )
 
 
 def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
@@ -304,9 +316,18 @@ def segment_volume(
         (:func:`~synthseg_lite.inference.postprocess.qc_scores` over :func:`qc_groups`).
 
     Raises:
-        ValueError: empty or constant image.
+        ValueError: empty or constant image; an ``output_mm`` grid of more than
+            ``opts.max_voxels`` voxels.
     """
     meta = predictor.meta
+    if opts.output_mm is not None:
+        spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+        shape = [max(1, round(n * d / opts.output_mm)) for n, d in zip(data.shape, spacing)]
+        if math.prod(shape) > opts.max_voxels:
+            raise ValueError(
+                f"output_mm={opts.output_mm} makes a {'x'.join(map(str, shape))} grid for this "
+                f"scan, more than max_voxels={opts.max_voxels}; choose a larger output_mm"
+            )
 
     @torch.inference_mode()
     def attempt(dev: torch.device) -> NativePrediction:
@@ -332,6 +353,8 @@ def segment_volume(
             enclosures=white_matter_enclosures(meta.label_table.target),
         )
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
+        if opts.output_mm is not None:
+            geom = output_geometry(geom, opts.output_mm)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
         pred.qc = qc
         return pred
