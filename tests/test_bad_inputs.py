@@ -332,6 +332,9 @@ CASES: list[Case] = [
     Case("infer-roi-not-divisible", "infer", _infer_args(["roi_size=[30,30,30]"]),
          stderr_has="roi_size"),
     Case("infer-threads-negative", "infer", _infer_args(["threads=-2"]), stderr_has="threads"),
+    Case("infer-output-mm-zero", "infer", _infer_args(["output_mm=0"]), stderr_has="output_mm"),
+    Case("infer-output-mm-word", "infer", _infer_args(["output_mm=fine"]),
+         stderr_has="output_mm"),
     Case("infer-keep-largest", "infer", _infer_args(["keep_largest=maybe"]),
          stderr_has="keep_largest"),
     Case("infer-parse-error", "infer", _infer_args(["input=[a"]), stderr_has="override"),
@@ -680,7 +683,7 @@ def test_bad_input_as_a_user_runs_it(case: Case, tiny_model: Path, tmp_path: Pat
 
 def test_catalogue_size() -> None:
     """Issue 11 asked for at least 40 bad inputs across the four commands; issue 18 added 33."""
-    assert len(CASES) >= 109
+    assert len(CASES) >= 111
     assert {c.command for c in CASES} == {"infer", "evaluate", "export", "train"}
     assert len({c.id for c in CASES}) == len(CASES)
     json.dumps([c.id for c in CASES])
