@@ -683,7 +683,7 @@ def test_bad_input_as_a_user_runs_it(case: Case, tiny_model: Path, tmp_path: Pat
 
 def test_catalogue_size() -> None:
     """Issue 11 asked for at least 40 bad inputs across the four commands; issue 18 added 33."""
-    assert len(CASES) >= 111
+    assert len(CASES) >= 113
     assert {c.command for c in CASES} == {"infer", "evaluate", "export", "train"}
     assert len({c.id for c in CASES}) == len(CASES)
     json.dumps([c.id for c in CASES])
