@@ -31,8 +31,8 @@ from benchmarks.structures import read_structures
 from synthseg_lite.commands.common import fail
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Output grids compared: infer.py options.
-GRIDS = {"scan's grid": [], "1 mm (output_mm=1)": ["output_mm=1"]}
+#: Output grids compared: folder -> (name in the table, infer.py options).
+GRIDS = {"native": ("scan's grid", []), "1mm": ("1 mm (output_mm=1)", ["output_mm=1"])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         scans = out / "scans" / tag
         run([py, "-m", "synthseg_lite.commands.degrade", str(t1), "--output", str(scans),
              "--slice-mm", str(mm), "--axis", "1", "--slab-grid"], commands)
-        for grid, options in GRIDS.items():
-            name = "native" if not options else "1mm"
+        for name, (grid, options) in GRIDS.items():
             seg = out / "seg" / tag / name
             run([py, "infer.py", f"input={scans / t1.name}", f"output={seg}",
                  f"model={args.model}", *threads, *options], commands)

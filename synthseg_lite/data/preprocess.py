@@ -256,22 +256,20 @@ def resample_to_grid(
     Returns:
         (X', Y', Z') float32 image and its (4, 4) affine.
     """
-    _, _, _, image, affine = _to_grid(data, native_affine, spacing_mm)
+    _, _, _, image, (_, affine, _) = _to_grid(data, native_affine, spacing_mm)
     return image, affine
 
 
-def _to_grid(
-    data: torch.Tensor, native_affine: np.ndarray, spacing_mm: float
-) -> tuple[np.ndarray, tuple[int, ...], np.ndarray, torch.Tensor, np.ndarray]:
-    """(ornt, RAS shape, RAS affine, image on the grid of ``spacing_mm``, its affine) of a scan;
-    the grid's ratios are :func:`grid_for`'s."""
+def _to_grid(data: torch.Tensor, native_affine: np.ndarray, spacing_mm: float) -> tuple:
+    """(ornt, RAS shape, RAS affine, image on the grid of ``spacing_mm``, :func:`grid_for`'s
+    (shape, affine, ratios) of that grid) of a scan."""
     native_affine = np.asarray(native_affine, dtype=np.float64)
     ornt = nib.orientations.io_orientation(native_affine)
     ras = to_ras(data.float(), ornt)
     ras_affine = native_affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
-    shape, affine, ratios = grid_for(tuple(ras.shape), ras_affine, spacing_mm)
-    image = resample(ras[None], ratios, shape, antialias=True)[0]
-    return ornt, tuple(ras.shape), ras_affine, image, affine
+    grid = grid_for(tuple(ras.shape), ras_affine, spacing_mm)
+    image = resample(ras[None], grid[2], grid[0], antialias=True)[0]
+    return ornt, tuple(ras.shape), ras_affine, image, grid
 
 
 def percentile_rescale(
@@ -337,8 +335,8 @@ def preprocess(
     if data.dim() != 3:
         raise ValueError(f"expected a 3D volume, got shape {tuple(data.shape)}")
     native_affine = np.asarray(native_affine, dtype=np.float64)
-    ornt, ras_shape, ras_affine, image, grid_affine = _to_grid(data, native_affine, spacing_mm)
-    grid_shape, _, ratios = grid_for(ras_shape, ras_affine, spacing_mm)
+    ornt, ras_shape, ras_affine, image, grid = _to_grid(data, native_affine, spacing_mm)
+    grid_shape, grid_affine, ratios = grid
     image = percentile_rescale(image, percentiles)
     box = _foreground_box(image, margin) if crop_foreground else tuple((0, n) for n in grid_shape)
     image = image[tuple(slice(a, b) for a, b in box)]

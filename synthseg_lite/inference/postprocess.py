@@ -204,19 +204,19 @@ class NativePrediction:
         labels: (X, Y, Z) int64 class indices, on-disk voxel order.
         labels_ras: (X, Y, Z) int64 class indices in RAS order (for QC figures).
         volumes_mm3: (K,) float64 soft volume of each class (sum of probabilities x voxel volume).
-        posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
-        qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
         affine: (4, 4) voxel -> world affine of ``labels`` and ``posteriors``: the scan's, or
             that of the grid they were written on (:func:`~synthseg_lite.data.preprocess.
             output_geometry`).
+        posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
+        qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
     """
 
     labels: np.ndarray
     labels_ras: np.ndarray
     volumes_mm3: np.ndarray
+    affine: np.ndarray
     posteriors: np.ndarray | None = None
     qc: dict[str, float] = field(default_factory=dict)
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
 def _sums(probs: torch.Tensor) -> np.ndarray:
@@ -260,7 +260,7 @@ def to_native(
         volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous
         return NativePrediction(
-            labels.cpu().numpy(), best_k.cpu().numpy(), volumes, affine=geom.native_affine
+            labels.cpu().numpy(), best_k.cpu().numpy(), volumes, geom.native_affine
         )
     # only the output voxels the crop reaches are resampled: elsewhere the full grid is background
     back_ratios = tuple(1.0 / r for r in geom.ratios)
@@ -306,7 +306,7 @@ def to_native(
     labels = from_ras(labels_ras, geom.ornt).contiguous()
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
     return NativePrediction(
-        labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, post, affine=geom.native_affine
+        labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, geom.native_affine, post
     )
 
 

@@ -31,7 +31,7 @@ from synthseg_lite.inference.predictor import (
     resolve_model,
     with_oom_fallback,
 )
-from synthseg_lite.data.preprocess import output_geometry, preprocess
+from synthseg_lite.data.preprocess import grid_for, output_geometry, preprocess
 from synthseg_lite.labels import STRUCTURE_GROUPS, TOPOLOGY_GROUPS, TargetPreset
 from synthseg_lite.labels.lut import LABEL_CONVENTIONS, is_tissue_target
 from synthseg_lite.inference.outputs import select_part
@@ -321,8 +321,7 @@ def segment_volume(
     """
     meta = predictor.meta
     if opts.output_mm is not None:
-        spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
-        shape = [max(1, round(n * d / opts.output_mm)) for n, d in zip(data.shape, spacing)]
+        shape, _, _ = grid_for(data.shape, np.asarray(affine, dtype=np.float64), opts.output_mm)
         if math.prod(shape) > opts.max_voxels:
             raise ValueError(
                 f"output_mm={opts.output_mm} makes a {'x'.join(map(str, shape))} grid for this "
