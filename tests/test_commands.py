@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 import synthseg_lite
 from synthseg_lite.commands import evaluate, export, infer, train  # noqa: F401  (register configs)
-from synthseg_lite.commands.common import _format, field_docs
+from synthseg_lite.commands.common import _format, describe, field_docs
 from synthseg_lite.inference.predictor import SHIPPED_MODELS, default_model_path, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +161,16 @@ def test_segment_api(tmp_path):
         synthseg_lite.segment((np.zeros_like(data), affine))
     with pytest.raises(ValueError, match="constant"):
         synthseg_lite.segment((np.full_like(data, 7.5), affine))
+
+
+def test_an_error_in_a_configured_class_names_the_setting_and_its_cause():
+    """Hydra's first line ("Error in call to target 'X':") alone tells a user nothing."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"trainer": {"_target_": "datetime.timedelta", "weeks": "many"}})
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.trainer)
+    line = describe(info.value)
+    assert "\n" not in line and line.startswith("trainer: Error in call to target")
+    assert line.endswith("TypeError: unsupported type for timedelta weeks component: str")

@@ -305,7 +305,7 @@ def describe(exc: BaseException) -> str:
                 return f"{head}: pip install 'synthseg_lite[{extra}]'"
         options = re.findall(r"^\t(\S+)$", str(exc), re.MULTILINE)
         return f"{head} (available: {', '.join(options)})" if options else head
-    from hydra.errors import HydraException, OverrideParseException
+    from hydra.errors import HydraException, InstantiationException, OverrideParseException
 
     msg = _first_line(exc).rstrip(".")
     if isinstance(exc, OverrideParseException):
@@ -318,7 +318,12 @@ def describe(exc: BaseException) -> str:
         if key and key not in msg:
             msg = f"{key}: {msg}"
     cause = exc.__cause__
-    if isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException):
+    if isinstance(exc, InstantiationException) and cause is not None and msg.endswith(":"):
+        # "Error in call to target 'X':" says nothing on its own: add the setting and the cause
+        key = re.search(r"^full_key: (\S+)$", str(exc), re.MULTILINE)
+        why = _first_line(cause) or type(cause).__name__
+        msg = f"{key.group(1) + ': ' if key else ''}{msg} {type(cause).__name__}: {why}"
+    elif isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException):
         extra = describe(cause)
         if extra not in msg:
             msg = f"{msg}: {extra}"
