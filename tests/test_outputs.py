@@ -316,7 +316,6 @@ def test_output_mm_writes_every_file_on_the_1mm_grid(monkeypatch, tmp_path):
     target = TARGET_PRESETS["synthseg"]
     for value, name in zip(target.values[1:], target.names[1:]):
         assert float(row[f"{name}_mm3"]) == pytest.approx((data == value).sum(), abs=1e-6)
-        assert float(row[f"{name}_soft_mm3"]) == pytest.approx(
-            float(runs["half"][f"{name}_soft_mm3"]), rel=0.03, abs=1)
-    assert float(row["total_intracranial_soft_mm3"]) == pytest.approx(
-        float(runs["native"]["total_intracranial_soft_mm3"]), rel=0.03)
+        for other in runs.values():  # the network's sum, whatever grid is written
+            assert float(row[f"{name}_soft_mm3"]) == pytest.approx(
+                float(other[f"{name}_soft_mm3"]), rel=1e-5, abs=1e-3)

@@ -203,7 +203,9 @@ class NativePrediction:
     Attributes:
         labels: (X, Y, Z) int64 class indices, on-disk voxel order.
         labels_ras: (X, Y, Z) int64 class indices in RAS order (for QC figures).
-        volumes_mm3: (K,) float64 soft volume of each class (sum of probabilities x voxel volume).
+        volumes_mm3: (K,) float64 soft volume of each class: the sum of its probabilities on the
+            network grid x that grid's voxel volume (the same on any output grid); background:
+            the rest of the output grid's field of view.
         affine: (4, 4) voxel -> world affine of ``labels`` and ``posteriors``: the scan's, or
             that of the grid they were written on (:func:`~synthseg_lite.data.preprocess.
             output_geometry`).
@@ -251,13 +253,16 @@ def to_native(
     crop = probs[(slice(None), *inner)]
     box = tuple(slice(a, b) for a, b in geom.box)
     voxel_mm3 = float(abs(np.linalg.det(geom.ras_affine[:3, :3])))
+    # soft volumes: the network's integral on its own grid, whatever grid the labels are written
+    # on (resampled probabilities would be point samples at the output's voxel centres: on a
+    # 5 mm grid, the cortex 8 % low); background: the rest of the output's field of view
+    volumes = _sums(crop) * float(abs(np.linalg.det(geom.grid_affine[:3, :3])))
+    volumes[0] = np.prod(geom.ras_shape) * voxel_mm3 - volumes[1:].sum()
     if all(r == 1.0 for r in geom.ratios) and not keep_posteriors:
         # the network grid is the RAS grid: the argmax of the crop is the label volume, no
         # K-channel volume of the scan's size is ever made
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
         best_k[box] = _argmax(crop) if labels is None else labels[inner]
-        volumes = _sums(crop) * voxel_mm3
-        volumes[0] += (np.prod(geom.ras_shape) - crop[0].numel()) * voxel_mm3
         labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous
         return NativePrediction(
             labels.cpu().numpy(), best_k.cpu().numpy(), volumes, geom.native_affine
@@ -266,7 +271,6 @@ def to_native(
     back_ratios = tuple(1.0 / r for r in geom.ratios)
     ras_shape = tuple(geom.ras_shape)
     best_p = best_k = None
-    volumes = np.zeros(n_classes)
     posteriors = [] if keep_posteriors else None
     for start in range(0, n_classes, chunk):
         stop = min(start + chunk, n_classes)
@@ -284,7 +288,6 @@ def to_native(
             return full
 
         out_win, ras = resample_window(window, back_ratios, geom.grid_shape, ras_shape, geom.box)
-        volumes[start:stop] = _sums(ras) * voxel_mm3
         p, k = ras.max(0)
         if best_p is None:
             best_p, best_k = p, k.add_(start)
@@ -300,7 +303,6 @@ def to_native(
             posteriors.append(from_ras(post, geom.ornt).cpu())
             del post
         del ras, p, k
-    volumes[0] += (np.prod(ras_shape) - best_k.numel()) * voxel_mm3
     labels_ras = torch.zeros(ras_shape, dtype=torch.long, device=probs.device)
     labels_ras[out_win] = best_k
     labels = from_ras(labels_ras, geom.ornt).contiguous()
