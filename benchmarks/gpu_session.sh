@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
-# One lease of a CUDA machine, in one call: the GPU tests, `benchmarks.gpu_check` (the README's
-# "Proving the GPU path"), then the structure recipe (stage 15's `structures_parts`) fine-tuned on
-# the GPU for what time is left, its weights converted to a model file. Everything lands in $OUT.
+# One lease of a CUDA machine, in one call. Phases (PHASES, in this order):
+#   tests   the tests marked gpu
+#   check   benchmarks.gpu_check, all parts (the README's "Proving the GPU path")
+#   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices
+#   train   the structure recipe for the time left, converted to $OUT/structures_gpu.pt (float16):
+#           TRAIN=scratch (default): experiment=structures_gpu from random weights, at the size the
+#           probe found fastest in slices/s that still gives MIN_STEPS steps (else 256 slices),
+#           its cosine schedule fitted to the time left;
+#           TRAIN=finetune: stage 15's structures_parts from the shipped model, 4x the slices a
+#           step (the run of 2026-12-04), for the time left.
 #
 #   OUT=/tmp/out LABEL_MAPS='.gpu_data/label_maps/*.nii.gz' bash benchmarks/gpu_session.sh
+#   OUT=/tmp/out DEVICE=cpu TINY=1 PHASES="probe train" LABEL_MAPS=... bash benchmarks/gpu_session.sh
 #
 # Settings (environment of this script only; the package reads none):
 #   OUT          folder for the results (JSON lines, logs, model file)
 #   LABEL_MAPS   glob of the training label maps (the 20 of ../shared/data/label_maps)
 #   BUDGET_S     seconds this script may take in all (default 560)
+#   PHASES       default "tests check probe train"
+#   TRAIN        scratch (default) or finetune;  MIN_STEPS  default 3000;  SEED  default 20261204
 #   WHEELS       folder of wheels to install first into /tmp/site (default .whl; skipped if absent)
-#   DEVICE       cuda (default) or cpu, for a rehearsal
-#   TINY         1: small sizes everywhere (a rehearsal on the CPU, seconds)
+#   DEVICE       cuda (default) or cpu, for a rehearsal;  TINY  1: small sizes everywhere
 set -u -o pipefail
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-560}
 DEVICE=${DEVICE:-cuda}
 TINY=${TINY:-0}
 WHEELS=${WHEELS:-.whl}
+PHASES=${PHASES:-tests check probe train}
+TRAIN=${TRAIN:-scratch}
+MIN_STEPS=${MIN_STEPS:-3000}
+SEED=${SEED:-20261204}
 export PYTHONUNBUFFERED=1
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+has() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,37 +43,71 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   python3 -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
   nproc; } 2>&1 | tee "$OUT/environment.txt"
+if [ "$TINY" = 1 ]; then TINY_ARG=(--tiny); else TINY_ARG=(); fi
+if [ "$DEVICE" = cpu ]; then ACC=cpu; PREC=32-true; else ACC=gpu; PREC=bf16-mixed; fi
 
-# 1. the tests marked gpu
-if [ "$DEVICE" != cpu ]; then
+if has tests && [ "$DEVICE" != cpu ]; then
   timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -n 30 | tee "$OUT/pytest_gpu.txt"
 fi
+if has check; then
+  timeout 270 python3 -m benchmarks.gpu_check --device "$DEVICE" "${TINY_ARG[@]}" \
+    --output "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
+  echo "gpu_check rc=$? ($(left) s left)"
+fi
+SLICES=256
+if has probe; then
+  if [ "$TINY" = 1 ]; then SIZES=(4 16); else SIZES=(32 128 256 512); fi
+  timeout 150 python3 -m benchmarks.slice_steps --device "$DEVICE" --precision $PREC \
+    --label-maps "$LABEL_MAPS" --slices "${SIZES[@]}" --volumes 8 --steps 15 "${TINY_ARG[@]}" \
+    --output "$OUT/slice_steps.json" > "$OUT/slice_steps.log" 2>&1
+  echo "slice_steps rc=$? ($(left) s left)"
+fi
+if ! has train; then echo "done ($(left) s left)"; exit 0; fi
 
-# 2. the GPU path (five parts, one JSON line each)
-if [ "$TINY" = 1 ]; then GC_ARGS=(--tiny); else GC_ARGS=(); fi
-[ "${SKIP_CHECK:-0}" = 1 ] || timeout 270 python3 -m benchmarks.gpu_check --device "$DEVICE" "${GC_ARGS[@]}" \
-  --output "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
-echo "gpu_check rc=$? ($(left) s left)"
-
-# 3. the structure recipe on the GPU: stage 15 fine-tuned with 4x the slices per step
 TRAIN_S=$(( $(left) - 60 ))
 if [ "$TRAIN_S" -lt 60 ]; then echo "no time left to train ($TRAIN_S s)"; exit 0; fi
-if [ "$DEVICE" = cpu ]; then ACC=cpu; PREC=32-true; else ACC=gpu; PREC=bf16-mixed; fi
-if [ "$TINY" = 1 ]; then STEPS=(trainer.max_epochs=1 trainer.limit_train_batches=2); else
-  STEPS=(trainer.max_epochs=16 trainer.limit_train_batches=250); fi
 MAX_TIME=$(printf '00:00:%02d:%02d' $((TRAIN_S / 60)) $((TRAIN_S % 60)))
-timeout $((TRAIN_S + 45)) python3 train.py experiment=structures_parts \
-  "data.label_maps=$LABEL_MAPS" fold=all threads=8 seed=20261204 init_weights=structures \
-  trainer.accelerator=$ACC trainer.precision=$PREC "${STEPS[@]}" +trainer.max_time=$MAX_TIME \
-  trainer.check_val_every_n_epoch=1000 \
-  data.batch_size=4 data.reuse_steps=2 model.slices.per_step=32 model.optimizer.lr=4.0e-4 \
+if [ "$TRAIN" = finetune ]; then
+  if [ "$TINY" = 1 ]; then STEPS=(trainer.max_epochs=1 trainer.limit_train_batches=2); else
+    STEPS=(trainer.max_epochs=16 trainer.limit_train_batches=250); fi
+  ARGS=(experiment=structures_parts init_weights=structures data.batch_size=4 data.reuse_steps=2
+        model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
+        trainer.check_val_every_n_epoch=1000)
+else
+  # the size with the most slices/s that still gives MIN_STEPS steps in the time left; epochs
+  # (250 steps) fitted to 90 % of it, so the cosine schedule ends before max_time stops the run
+  read -r SLICES EPOCHS < <(python3 - "$OUT/slice_steps.json" "$TRAIN_S" "$MIN_STEPS" "$TINY" <<'EOF'
+import json, sys
+path, train_s, min_steps, tiny = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+try:
+    runs = [r for r in map(json.loads, open(path)) if r.get("steps_per_s")]
+except OSError:
+    runs = []
+ok = [r for r in runs if r["steps_per_s"] * train_s >= min_steps] or runs
+best = max(ok, key=lambda r: r["slices_per_s"]) if ok else {"slices_per_step": 256, "steps_per_s": 8.0}
+epochs = 1 if tiny else max(1, int(best["steps_per_s"] * train_s * 0.9 / 250))
+print(best["slices_per_step"], epochs)
+EOF
+)
+  if [ "$TINY" = 1 ]; then LIMIT=2; else LIMIT=250; fi
+  ARGS=(experiment=structures_gpu model.slices.per_step=$SLICES trainer.max_epochs=$EPOCHS
+        trainer.limit_train_batches=$LIMIT trainer.check_val_every_n_epoch=1000)
+  if [ "$TINY" = 1 ]; then ARGS+=(model.unet.n_stages=3 model.unet.base_features=4
+    model.unet.max_features=16 synth.voxel_mm=2.0 "synth.patch_shape=[48,48,48]"); fi
+  echo "scratch: $SLICES slices a step, $EPOCHS epochs of $LIMIT steps"
+fi
+timeout $((TRAIN_S + 45)) python3 train.py "${ARGS[@]}" "data.label_maps=$LABEL_MAPS" fold=all \
+  threads=8 seed=$SEED trainer.accelerator=$ACC trainer.precision=$PREC +trainer.max_time=$MAX_TIME \
   paths.log_dir=/tmp/runs task_name=structures_gpu > "$OUT/train.log" 2>&1
 echo "train rc=$? ($(left) s left)"
 CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 if [ -n "$CKPT" ]; then
   echo "checkpoint $CKPT"
   python3 -m synthseg_lite.commands.artifact "$CKPT" "$OUT/structures_gpu.pt" --precision float16 \
-    --extra "converted=$(date -u +%FT%TZ)" --extra "checkpoint=$(basename "$CKPT")" 2>&1 | tail -n 3
+    --extra "converted=$(date -u +%FT%TZ)" --extra "checkpoint=$(basename "$CKPT")" \
+    --extra "training=gpu_session.sh TRAIN=$TRAIN ${ARGS[*]} seed=$SEED max_time=$MAX_TIME" \
+    2>&1 | tail -n 3
+  cp "$(dirname "$CKPT")"/../.hydra/overrides.yaml "$OUT/overrides.yaml" 2>/dev/null
 fi
 grep -E "it/s|s/it" "$OUT/train.log" | tail -n 1 | tr '\r' '\n' | tail -n 1
 echo "done ($(left) s left)"
