@@ -19,6 +19,9 @@
 #   BUDGET_S     seconds this script may take in all (default 560)
 #   PHASES       default "tests check probe train"
 #   TRAIN        scratch (default) or finetune;  MIN_STEPS  default 3000;  SEED  default 20261204
+#   TRAIN_ARGS   extra train.py overrides (e.g. "model.slices.context=7 model.unet.in_channels=7")
+#   REAL_VAL     folder with t1.nii.gz and aseg.nii.gz: validated on every VAL_EVERY epochs
+#                (default 4; per-structure Dice in TensorBoard, whose event files land in $OUT)
 #   WHEELS       folder of wheels to install first into /tmp/site (default .whl; skipped if absent)
 #   DEVICE       cuda (default) or cpu, for a rehearsal;  TINY  1: small sizes everywhere
 set -u -o pipefail
@@ -96,18 +99,28 @@ EOF
     model.unet.max_features=16 synth.voxel_mm=2.0 "synth.patch_shape=[48,48,48]"); fi
   echo "scratch: $SLICES slices a step, $EPOCHS epochs of $LIMIT steps"
 fi
+if [ -n "${REAL_VAL:-}" ]; then
+  ARGS+=(data/real_val=oasis "data.real_val.0.images=$REAL_VAL/t1.nii.gz"
+         "data.real_val.0.references=$REAL_VAL/aseg.nii.gz"
+         trainer.check_val_every_n_epoch=${VAL_EVERY:-4})
+fi
+# shellcheck disable=SC2206  # TRAIN_ARGS: words on purpose
+ARGS+=(${TRAIN_ARGS:-})
 timeout $((TRAIN_S + 45)) python3 train.py "${ARGS[@]}" "data.label_maps=$LABEL_MAPS" fold=all \
   threads=8 seed=$SEED trainer.accelerator=$ACC trainer.precision=$PREC +trainer.max_time=$MAX_TIME \
   paths.log_dir=/tmp/runs task_name=structures_gpu > "$OUT/train.log" 2>&1
 echo "train rc=$? ($(left) s left)"
-CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
+CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
+[ -n "$CKPT" ] || CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 if [ -n "$CKPT" ]; then
   echo "checkpoint $CKPT"
   python3 -m synthseg_lite.commands.artifact "$CKPT" "$OUT/structures_gpu.pt" --precision float16 \
     --extra "converted=$(date -u +%FT%TZ)" --extra "checkpoint=$(basename "$CKPT")" \
-    --extra "training=gpu_session.sh TRAIN=$TRAIN ${ARGS[*]} seed=$SEED max_time=$MAX_TIME" \
+      --extra "training=gpu_session.sh TRAIN=$TRAIN ${ARGS[*]} seed=$SEED max_time=$MAX_TIME" \
     2>&1 | tail -n 3
   cp "$(dirname "$CKPT")"/../.hydra/overrides.yaml "$OUT/overrides.yaml" 2>/dev/null
 fi
+find /tmp/runs/structures_gpu -name 'events.out.tfevents.*' -size -16M 2>/dev/null | head -n 2 |
+  while read -r f; do cp "$f" "$OUT/"; done
 grep -E "it/s|s/it" "$OUT/train.log" | tail -n 1 | tr '\r' '\n' | tail -n 1
 echo "done ($(left) s left)"
