@@ -174,6 +174,7 @@ def test_flip_tta_follows_declared_pairs_and_is_off_without_them(caplog):
     with caplog.at_level(logging.WARNING):
         pred = Predictor([net], _meta(undeclared), tta="mirror")
     assert "flip test-time augmentation turned off" in caplog.text
+    assert "tta=mirror also flips front/back and up/down" in caplog.text
     assert pred.flips == [(), (1,), (2,), (1, 2)]
     assert LabelTable.create("synthseg").flip_consistent
     assert LabelTable.create("tissue").flip_consistent

@@ -69,7 +69,8 @@ class InferenceOptions:
         device: ``"auto"`` (CUDA when available, else Apple's MPS, else CPU), ``"cpu"``,
             ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         tta: test-time augmentation, one of ``none``, ``flip`` (left/right, SynthSeg), ``mirror``
-            (all 8 axis flips, nnU-Net).
+            (all 8 axis flips, nnU-Net; orientations this package's models never see in
+            training, so lower Dice: a warning says so).
         fast: fast mode for huge studies: no test-time augmentation (whatever ``tta`` says) and,
             for a 2D model, one slicing axis (the model's first) instead of all; its Dice cost is
             in the README.
