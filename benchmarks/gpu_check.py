@@ -320,6 +320,18 @@ def _environment(s: Settings) -> dict[str, Any]:
     return env
 
 
+def _outside_allocator_gb(s: Settings) -> float | None:
+    """GiB the device has in use beyond PyTorch's allocator (the CUDA context, its loaded
+    kernels, other processes): device memory in use minus ``memory_reserved``; None off CUDA."""
+    import torch
+
+    if not (s.is_cuda and torch.cuda.is_available()):
+        return None
+    device = torch.device(s.device)
+    free, total = torch.cuda.mem_get_info(device)
+    return round((total - free - torch.cuda.memory_reserved(device)) / 2**30, 3)
+
+
 def run_parts(
     s: Settings, parts: list[str], output: Path | None, emit: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
@@ -355,6 +367,9 @@ def _run_part(
         log.exception("part %s failed", name)
         rec["error"] = _error(exc)
     rec |= {"seconds": round(time.perf_counter() - start, 1), "environment": env}
+    outside = _outside_allocator_gb(s)
+    if outside is not None:  # the CUDA context and loaded kernels: the allowance's first term
+        rec["outside_allocator_gb"] = outside
     line = json.dumps(rec)
     emit(line)
     if output is not None:

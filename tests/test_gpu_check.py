@@ -205,6 +205,9 @@ def _check_lines(lines: list[dict], device: str) -> None:
         assert judged and all(r["within_tolerance"] for r in judged)
     else:  # the real peak above the count is workspace, within the planner's allowance for it
         assert memory["ok"] and all(r["within_allowance"] for r in memory["runs"])
+    on_cuda = device.startswith("cuda")  # the CUDA context's memory, outside the allocator
+    assert all(("outside_allocator_gb" in r) == on_cuda for r in lines)
+    assert all(r["outside_allocator_gb"] > 0 for r in lines if on_cuda)
 
 
 def test_gpu_check_tiny_runs_every_part_on_cpu(gpu_check, tmp_path: Path) -> None:
