@@ -92,6 +92,7 @@ epochs = 1 if tiny else max(1, int(best["steps_per_s"] * train_s * 0.9 / 250))
 print(best["slices_per_step"], epochs)
 EOF
 )
+  SLICES=${SLICES:-256}; EPOCHS=${EPOCHS:-$(( TRAIN_S * 7 / 250 ))}  # no probe: ~8 steps/s
   if [ "$TINY" = 1 ]; then LIMIT=2; else LIMIT=250; fi
   ARGS=(experiment=structures_gpu model.slices.per_step=$SLICES trainer.max_epochs=$EPOCHS
         trainer.limit_train_batches=$LIMIT trainer.check_val_every_n_epoch=1000)
