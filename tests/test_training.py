@@ -187,7 +187,7 @@ def test_tissue_lut_and_overlay() -> None:
 
 
 
-@pytest.mark.parametrize("experiment", ["default", "cpu", "structures"])
+@pytest.mark.parametrize("experiment", ["default", "cpu", "structures", "structures_gpu"])
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
     tiny = [
@@ -202,8 +202,9 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
         [*exp, "trainer=cpu", f"data.label_maps={toy_maps}", *TINY, *tiny], tmp_path
     )
     assert trainer.global_step == 2
-    k = 32 if experiment == "structures" else 4  # SynthSeg 1.0's 31 structures + background
-    first = "Left-Cerebral-White-Matter" if experiment == "structures" else "GM"
+    structures = experiment.startswith("structures")
+    k = 32 if structures else 4  # SynthSeg 1.0's 31 structures + background
+    first = "Left-Cerebral-White-Matter" if structures else "GM"
     assert {"train/loss", "val/dice", f"val/dice_{first}"} <= set(trainer.callback_metrics)
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert meta.patch_size == tuple(cfg.synth.patch_shape) and meta.spacing_mm == cfg.synth.voxel_mm
