@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
-    p.add_argument("--experiment", default="structures_gpu", help="a slice preset (conf/experiment)")
+    p.add_argument("--experiment", default="structures_gpu", help="a slice preset")
     p.add_argument("--label-maps", help="glob of training label maps (default: the phantoms)")
     p.add_argument("--slices", type=int, nargs="+", default=[32, 128, 256, 512])
     p.add_argument("--volumes", type=int, nargs="+", default=[8])
