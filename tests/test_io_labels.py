@@ -136,3 +136,24 @@ def test_shared_label_maps_load():
         assert enc.max() > 0 and len(np.unique(enc)) >= 50
         # left hemisphere WM lies at smaller x than right (RAS)
         assert np.nonzero(vol.data == 2)[0].mean() < np.nonzero(vol.data == 41)[0].mean()
+
+
+def test_hemispheres_merged_joins_each_left_right_pair():
+    from synthseg_lite.labels.presets import TARGET_PRESETS, hemispheres_merged
+
+    full = TARGET_PRESETS["synthseg"]
+    merged, index = hemispheres_merged(full)
+    assert merged == TARGET_PRESETS["synthseg_hemispheres"]
+    assert merged.n_classes == 18 and merged.lr_pairs == () and len(index) == full.n_classes
+    for left, right in full.lr_pairs:  # a pair is one class, named and valued as its left
+        assert index[left] == index[right]
+        assert merged.names[index[left]] == full.names[left].removeprefix("Left-")
+        assert merged.values[index[left]] == full.values[left]
+    paired = {k for pair in full.lr_pairs for k in pair}
+    alone = [k for k in range(full.n_classes) if k not in paired]  # background, 3rd/4th, stem
+    assert [merged.names[index[k]] for k in alone] == [full.names[k] for k in alone]
+    assert sorted(set(index)) == list(range(merged.n_classes))
+    # FreeSurfer labels: both hemispheres' cortex parcels and white matter land together
+    assert merged.mapping[3] == merged.mapping[42] == merged.mapping[1035] == merged.mapping[2035]
+    assert merged.mapping[2] == merged.mapping[41] != merged.mapping[3]
+    assert merged.mapping[16] == index[full.mapping[16]]

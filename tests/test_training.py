@@ -187,7 +187,9 @@ def test_tissue_lut_and_overlay() -> None:
 
 
 
-@pytest.mark.parametrize("experiment", ["default", "cpu", "structures", "structures_gpu"])
+@pytest.mark.parametrize(
+    "experiment", ["default", "cpu", "structures", "structures_gpu", "structures_sagittal"]
+)
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
     tiny = [
@@ -205,6 +207,8 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
     structures = experiment.startswith("structures")
     k = 32 if structures else 4  # SynthSeg 1.0's 31 structures + background
     first = "Left-Cerebral-White-Matter" if structures else "GM"
+    if experiment == "structures_sagittal":  # hemispheres merged: 17 structures + background
+        k, first = 18, "Cerebral-White-Matter"
     assert {"train/loss", "val/dice", f"val/dice_{first}"} <= set(trainer.callback_metrics)
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert meta.patch_size == tuple(cfg.synth.patch_shape) and meta.spacing_mm == cfg.synth.voxel_mm

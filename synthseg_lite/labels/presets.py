@@ -115,6 +115,24 @@ def _synthseg() -> TargetPreset:
     return TargetPreset(names, _SYNTHSEG_VALUES, mapping, pairs)
 
 
+def hemispheres_merged(target: TargetPreset) -> tuple[TargetPreset, tuple[int, ...]]:
+    """``target`` with each left/right pair as one class, for a network that cannot tell the
+    hemispheres apart (FastSurfer's sagittal view: a sagittal slice does not show its side).
+
+    Returns:
+        The merged preset (a pair's class keeps the left class's place and value, its name
+        without ``Left-``; no pairs) and ``index``: (K,) merged class of each class of ``target``.
+    """
+    right_to_left = {r: left for left, r in target.lr_pairs}
+    kept = [k for k in range(target.n_classes) if k not in right_to_left]
+    new = {k: i for i, k in enumerate(kept)}
+    index = tuple(new[right_to_left.get(k, k)] for k in range(target.n_classes))
+    names = tuple(target.names[k].removeprefix("Left-") for k in kept)
+    values = tuple(target.values[k] for k in kept)
+    mapping = {label: index[c] for label, c in target.mapping.items()}
+    return TargetPreset(names, values, mapping), index
+
+
 #: Target presets. ``tissue`` is the thesis' grouping with all CSF (ventricles + label 24, the
 #: extra-cerebral/sulcal CSF); ``tissue_ventricular`` counts only ventricular CSF, as IBSR and
 #: FreeSurfer references mostly do (label 24 becomes background).
@@ -122,6 +140,8 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
     "tissue": _tissue(_TISSUE_CSF_VENTRICULAR + (CSF_LABEL,)),
     "tissue_ventricular": _tissue(_TISSUE_CSF_VENTRICULAR),
     "synthseg": _synthseg(),
+    # SynthSeg's structures, hemispheres merged: the target of a sagittal view network
+    "synthseg_hemispheres": hemispheres_merged(_synthseg())[0],
 }
 
 #: Conventions of *reference* segmentations (evaluation): raw value -> tissue class index.
