@@ -6,9 +6,9 @@ each precision: the peak of two training steps counted on fake tensors
 (:func:`synthseg_lite.training.memory_check.compare_step`: ``torch.profiler`` allocations on a CPU,
 ``torch.cuda.max_memory_allocated``/``reserved`` on CUDA). On a CPU the check is that the two
 agree within ``TOLERANCE``. On CUDA a tiny step's real peak is mostly cuBLAS/cuDNN workspace (on
-an H200: 47 MiB real against 14 counted, the difference about cuBLAS's 32 MiB Hopper workspace),
-so the check there is that the difference is positive and within the planner's workspace
-allowance; the per-budget default-job figures (part ``train``: ``fake_peak_gb`` beside the
+an H200: 253 MiB real against 14 counted after the other parts had run, 47 when it ran first, the
+difference there about cuBLAS's 32 MiB Hopper workspace), so the check there is that the
+difference is positive and within the planner's workspace allowance; the per-budget default-job figures (part ``train``: ``fake_peak_gb`` beside the
 measured peaks) calibrate the allowance.
 """
 
@@ -59,10 +59,11 @@ def part_memory(s: Any) -> dict[str, Any]:
         rec = compare_step(job, (32, 32, 32), maps, s.device, steps=2, seed=s.seed)
         rec["within_tolerance"] = abs(rec["fake_over_real"] - 1) <= TOLERANCE
         if s.is_cuda:  # a tiny step's real peak is mostly workspace: the allowance must hold it
-            extra_gb = (rec["real_mib"] - rec["fake_mib"]) / 1024
-            rec["real_minus_fake_mib"] = round(extra_gb * 1024, 3)
-            rec["workspace_allowance_mib"] = ALLOWANCE["cuda"]["workspace_gb"] * 1024
-            rec["within_allowance"] = 0 <= extra_gb <= ALLOWANCE["cuda"]["workspace_gb"]
+            extra = rec["real_mib"] - rec["fake_mib"]
+            allowed = ALLOWANCE["cuda"]["workspace_gb"] * 1024
+            rec["real_minus_fake_mib"] = round(extra, 3)
+            rec["workspace_allowance_mib"] = allowed
+            rec["within_allowance"] = 0 <= extra <= allowed
         runs.append(rec)
     key = "within_allowance" if s.is_cuda else "within_tolerance"
     return {"tolerance": TOLERANCE, "runs": runs, "ok": all(r[key] for r in runs)}

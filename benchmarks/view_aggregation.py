@@ -29,12 +29,14 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
+from benchmarks.structures import HEAD_PROXY, OASIS_CONDITIONS, read_structures, read_tissue
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "real"
-CONDITIONS = ("original", "inverted", "thick3", "thick5", "thick3_head")
 
 log = logging.getLogger("view_aggregation")
 
@@ -52,8 +54,7 @@ def combine(p: torch.Tensor, q: torch.Tensor, index: torch.Tensor, w: float,
     if not 0 <= w <= 1:
         raise ValueError(f"the weight must be in [0, 1], got {w}")
     m = q.shape[0]
-    count = torch.zeros(m, dtype=p.dtype, device=p.device).index_add_(
-        0, index, torch.ones_like(index, dtype=p.dtype))
+    count = torch.bincount(index, minlength=m).to(p.dtype)  # full classes per merged class
     for x0 in range(0, p.shape[1], chunk):
         pc, qc = p[:, x0:x0 + chunk], q[:, x0:x0 + chunk]
         denom = torch.zeros((m, *pc.shape[1:]), dtype=p.dtype, device=p.device)
@@ -67,12 +68,12 @@ def combine(p: torch.Tensor, q: torch.Tensor, index: torch.Tensor, w: float,
 class ViewAggregate:
     """A :class:`~synthseg_lite.inference.predictor.Predictor` stand-in for ``segment_scans``:
     the structure model's probabilities combined with a merged-label view's (:func:`combine`).
-    Both networks' outputs are cached per scan, so several weights cost one network run."""
+    The last scan's network outputs are kept, so several weights in a row cost one network run."""
 
     def __init__(self, main, side, index: torch.Tensor, weight: float):
         self.main, self.side, self.index, self.weight = main, side, index, weight
         self.meta, self.slices = main.meta, main.slices
-        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def passes_text(self) -> str:
@@ -93,17 +94,17 @@ class ViewAggregate:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         key = (tuple(image.shape), float(image.sum()), float((image * image).sum()))
-        if key not in self.cache:
-            self.cache = {key: (self.main(image)[0].clone(), self.side(image)[0])}
-        p, q = self.cache[key]
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.main(image)[0], self.side(image)[0])
+        _, p, q = self._last
         return combine(p.clone(), q, self.index.to(p.device), self.weight)[None]
 
 
-def _evaluate(args: list[str]) -> dict[str, Any]:
-    subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, check=True,
-                   capture_output=True, text=True)
-    out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("output=")))
-    return json.loads((out / "summary.json").read_text())
+def _evaluate(pred: Path, ref: Path, out: Path, *options: str) -> Path:
+    """``evaluate.py``; the path of its summary."""
+    subprocess.run([sys.executable, "evaluate.py", f"pred={pred}", f"ref={ref}", f"output={out}",
+                    *options], cwd=ROOT, check=True, capture_output=True, text=True)
+    return out / "summary.json"
 
 
 def run(sagittal: Path, scans: Path, output: Path, weights: list[float], threads: int,
@@ -122,44 +123,33 @@ def run(sagittal: Path, scans: Path, output: Path, weights: list[float], threads
                          "the structure model's classes with the hemispheres merged")
     side: Predictor = build_predictor(side_nets, side_meta, opts)
     agg = ViewAggregate(main, side, torch.as_tensor(index), 0.0)
-    original = pipeline.load_predictor
-    pipeline.load_predictor = lambda *a, **k: (agg, meta, device, path)
     cases = [(c, [DATA / "oasis_vxm" / "t1.nii.gz" if c == "original"
                   else scans / c / "oasis" / "t1.nii.gz"]) for c in conditions]
     if ibsr:
         cases.append(("ibsr", sorted(DATA.glob("ibsr/IBSR_*/IBSR_??.nii.gz"))))
     lines = []
-    try:
+    with mock.patch.object(pipeline, "load_predictor", lambda *a, **k: (agg, meta, device, path)):
         for name, files in cases:
             for scan in files:  # scan by scan, every weight: the networks run once a scan
                 for w in weights:
                     agg.weight = w
                     pipeline.segment_scans(scan, output / "seg" / f"w{w:g}" / name, model, opts)
             for w in weights:
-                seg = output / "seg" / f"w{w:g}" / name
-                ev = output / "eval" / f"w{w:g}" / name
+                seg, ev = output / "seg" / f"w{w:g}" / name, output / "eval" / f"w{w:g}" / name
                 if name == "ibsr":
-                    s = _evaluate([f"pred={seg}", f"ref={DATA / 'ibsr'}", f"output={ev}",
-                                   "pred_labels=aseg_ventricular", "ref_labels=ibsr"])
-                    names = s["class_names"]  # GM, WM, CSF: the tissue view's mean Dice
-                    rec = {"dice": {names[k] if isinstance(names, dict) else k:
-                                    round(v["Dice"], 4) for k, v in s["mean"].items()}}
+                    rec = {"dice": read_tissue(_evaluate(
+                        seg, DATA / "ibsr", ev, "pred_labels=aseg_ventricular", "ref_labels=ibsr"))}
                 else:
-                    ref = (scans / name / "head" / "aseg.nii.gz" if name == "thick3_head"
+                    ref = (scans / name / "head" / "aseg.nii.gz" if name == HEAD_PROXY
                            else DATA / "oasis_vxm" / "aseg.nii.gz")
-                    s = _evaluate([f"pred={seg / 't1_seg.nii.gz'}", f"ref={ref}", f"output={ev}",
-                                   "mode=structures"])
-                    per = s["metric_per_case"][0]["metrics"]
-                    rec = {"structure_mean": round(s["structure_mean"]["Dice"], 4),
-                           "dice": {s["structures"][k]: round(v["Dice"], 3)
-                                    for k, v in per.items()}}
+                    r = read_structures(_evaluate(seg / "t1_seg.nii.gz", ref, ev,
+                                                  "mode=structures"))
+                    rec = {"structure_mean": r["structure_mean"], "dice": r["structures"]}
                 line = {"condition": name, "weight": w, **rec}
-                log.info("%s w=%g: %s", name, w, rec.get("structure_mean", rec.get("dice")))
+                log.info("%s w=%g: %s", name, w, rec.get("structure_mean", rec["dice"]))
                 lines.append(line)
                 with open(output / "results.json", "a") as f:
                     f.write(json.dumps(line) + "\n")
-    finally:
-        pipeline.load_predictor = original
     return lines
 
 
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="a benchmarks/structures.py output's scans/ (the degraded OASIS scans)")
     p.add_argument("--output", type=Path, required=True, help="results folder (new)")
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.33])
-    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS))
+    p.add_argument("--conditions", nargs="+", default=list(OASIS_CONDITIONS))
     p.add_argument("--no-ibsr", action="store_true", help="skip the IBSR tissue view")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)

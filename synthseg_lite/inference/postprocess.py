@@ -256,8 +256,8 @@ def to_native(
     # soft volumes: the network's integral on its own grid, whatever grid the labels are written
     # on (resampled probabilities would be point samples at the output's voxel centres: on a
     # 5 mm grid, the cortex 8 % low); background: the rest of the output's field of view
-    volumes = _sums(crop) * float(abs(np.linalg.det(geom.grid_affine[:3, :3])))
-    volumes[0] = np.prod(geom.ras_shape) * voxel_mm3 - volumes[1:].sum()
+    soft = _sums(crop[1:]) * float(abs(np.linalg.det(geom.grid_affine[:3, :3])))
+    volumes = np.concatenate([[np.prod(geom.ras_shape) * voxel_mm3 - soft.sum()], soft])
     if all(r == 1.0 for r in geom.ratios) and not keep_posteriors:
         # the network grid is the RAS grid: the argmax of the crop is the label volume, no
         # K-channel volume of the scan's size is ever made
