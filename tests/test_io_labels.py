@@ -157,3 +157,19 @@ def test_hemispheres_merged_joins_each_left_right_pair():
     assert merged.mapping[3] == merged.mapping[42] == merged.mapping[1035] == merged.mapping[2035]
     assert merged.mapping[2] == merged.mapping[41] != merged.mapping[3]
     assert merged.mapping[16] == index[full.mapping[16]]
+
+
+def test_synthseg_fs_counts_the_temporal_choroid_plexus_in_the_lateral_ventricle():
+    from synthseg_lite.labels.presets import TARGET_PRESETS
+
+    synthseg, fs = TARGET_PRESETS["synthseg"], TARGET_PRESETS["synthseg_fs"]
+    assert fs.values == synthseg.values and fs.names == synthseg.names  # same outputs
+    assert fs.lr_pairs == synthseg.lr_pairs
+    changed = {k for k in synthseg.mapping if synthseg.mapping[k] != fs.mapping[k]}
+    assert changed == {137, 164}  # only the temporal horn's choroid plexus moves
+    cls = {v: i for i, v in enumerate(fs.values)}
+    assert (synthseg.mapping[137], synthseg.mapping[164]) == (cls[5], cls[44])  # SynthSeg's
+    assert (fs.mapping[137], fs.mapping[164]) == (cls[4], cls[43])  # left stays left
+    # as FreeSurfer's own choroid plexus and the maps' other choroid labels are counted
+    assert fs.mapping[137] == fs.mapping[31] == fs.mapping[136]
+    assert fs.mapping[164] == fs.mapping[63] == fs.mapping[163]

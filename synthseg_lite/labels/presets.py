@@ -100,15 +100,19 @@ _SYNTHSEG_VALUES = (0, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 26,
                     41, 42, 43, 44, 46, 47, 49, 50, 51, 52, 53, 54, 58, 60)
 
 
-def _synthseg() -> TargetPreset:
+def _synthseg(temporal_choroid: int = 5) -> TargetPreset:
+    """SynthSeg 1.0's structures. ``temporal_choroid``: the structure (aseg value, 4 or 5) that
+    takes the choroid plexus of the temporal horn (the maps' 137/164): SynthSeg trains it as the
+    inferior horn (5/44); FreeSurfer labels it choroid plexus (31/63), which SynthSeg's 31
+    structures and this project's evaluation count in the lateral ventricle (4/43)."""
     index = {v: i for i, v in enumerate(_SYNTHSEG_VALUES)}
     mapping = dict(index)
     # Fold the finer labels into SynthSeg's structures.
     mapping |= {v: index[3] for v in _CORTEX_PARCELS_L} | {v: index[42] for v in _CORTEX_PARCELS_R}
     mapping |= {25: index[2], 57: index[41], 77: index[2], 251: index[2], 252: index[2],
                 253: index[2], 254: index[2], 255: index[2], 85: index[16],
-                31: index[4], 63: index[43], 136: index[4], 137: index[5],
-                163: index[43], 164: index[44], 72: index[14]}
+                31: index[4], 63: index[43], 136: index[4], 163: index[43], 72: index[14],
+                137: index[temporal_choroid], 164: index[temporal_choroid + 39]}
     mapping[0] = 0
     pairs = tuple((index[a], index[b]) for a, b in LR_PAIRS if a in index and b in index)
     names = tuple(FREESURFER_NAMES[v] for v in _SYNTHSEG_VALUES)
@@ -140,6 +144,9 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
     "tissue": _tissue(_TISSUE_CSF_VENTRICULAR + (CSF_LABEL,)),
     "tissue_ventricular": _tissue(_TISSUE_CSF_VENTRICULAR),
     "synthseg": _synthseg(),
+    # The same with FreeSurfer's choroid plexus convention: the temporal horn's choroid plexus
+    # (137/164) in the lateral ventricle, as the aseg's 31/63 are counted, not in the inferior horn
+    "synthseg_fs": _synthseg(temporal_choroid=4),
     # SynthSeg's structures, hemispheres merged: the target of a sagittal view network
     "synthseg_hemispheres": hemispheres_merged(_synthseg())[0],
 }
