@@ -7,8 +7,8 @@
 #           TRAIN=scratch (default): experiment=structures_gpu from random weights, at the size the
 #           probe found fastest in slices/s that still gives MIN_STEPS steps (else 256 slices),
 #           its cosine schedule fitted to the time left;
-#           TRAIN=finetune: stage 15's structures_parts from the shipped model, 4x the slices a
-#           step (the run of 2026-12-04), for the time left.
+#           TRAIN=finetune: stage 18's structures_choroid from the shipped model, 4x the slices a
+#           step (the run of 2026-12-04 did it with stage 15's structures_parts), for the time left.
 #
 #   OUT=/tmp/out LABEL_MAPS='.gpu_data/label_maps/*.nii.gz' bash benchmarks/gpu_session.sh
 #   OUT=/tmp/out DEVICE=cpu TINY=1 PHASES="probe train" LABEL_MAPS=... bash benchmarks/gpu_session.sh
@@ -73,7 +73,7 @@ MAX_TIME=$(printf '00:00:%02d:%02d' $((TRAIN_S / 60)) $((TRAIN_S % 60)))
 if [ "$TRAIN" = finetune ]; then
   if [ "$TINY" = 1 ]; then STEPS=(trainer.max_epochs=1 trainer.limit_train_batches=2); else
     STEPS=(trainer.max_epochs=16 trainer.limit_train_batches=250); fi
-  ARGS=(experiment=structures_parts init_weights=structures data.batch_size=4 data.reuse_steps=2
+  ARGS=(experiment=structures_choroid init_weights=structures data.batch_size=4 data.reuse_steps=2
         model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
         trainer.check_val_every_n_epoch=1000)
 else
