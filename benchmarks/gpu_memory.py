@@ -8,8 +8,8 @@ each precision: the peak of two training steps counted on fake tensors
 agree within ``TOLERANCE``. On CUDA a tiny step's real peak is mostly cuBLAS/cuDNN workspace (on
 an H200: 253 MiB real against 14 counted after the other parts had run, 47 when it ran first, the
 difference there about cuBLAS's 32 MiB Hopper workspace), so the check there is that the
-difference is positive and within the planner's workspace allowance; the per-budget default-job figures (part ``train``: ``fake_peak_gb`` beside the
-measured peaks) calibrate the allowance.
+difference is positive and within the planner's workspace allowance; the per-budget default-job
+figures (part ``train``: ``fake_peak_gb`` beside the measured peaks) calibrate the allowance.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _synthseg(temporal_choroid: int = 5) -> TargetPreset:
     mapping |= {25: index[2], 57: index[41], 77: index[2], 251: index[2], 252: index[2],
                 253: index[2], 254: index[2], 255: index[2], 85: index[16],
                 31: index[4], 63: index[43], 136: index[4], 163: index[43], 72: index[14],
-                137: index[temporal_choroid], 164: index[temporal_choroid + 39]}
+                137: index[temporal_choroid], 164: index[dict(LR_PAIRS)[temporal_choroid]]}
     mapping[0] = 0
     pairs = tuple((index[a], index[b]) for a, b in LR_PAIRS if a in index and b in index)
     names = tuple(FREESURFER_NAMES[v] for v in _SYNTHSEG_VALUES)
