@@ -104,7 +104,8 @@ def test_isotropic_low_resolution():
 def test_synthseg_preset_values_run_through_the_generator():
     table = LabelTable.create("tissue")
     cfg = SynthConfig(patch_shape=[16, 16, 16], gmm=GMMConfig(background_low_prob=0.25),
-                      bias=BiasConfig(prob=0.95), resolution=ResolutionConfig(iso_prob=0.1))
+                      bias=BiasConfig(prob=0.95),
+                      resolution=ResolutionConfig(iso_prob=0.1, psf_sigma_vox=0.5))
     lab = np.zeros((24, 24, 24), np.int32)
     lab[4:20, 4:20, 4:20] = 2
     lab[8:16, 8:16, 8:16] = 3
@@ -112,3 +113,52 @@ def test_synthseg_preset_values_run_through_the_generator():
     out = SynthGenerator(cfg, table)(x, make_generator("cpu", 0, 0))
     assert out.image.shape == (4, 1, 16, 16, 16) and torch.isfinite(out.image).all()
     assert {"res_iso", "background_mean"} <= set(out.params)
+
+
+def test_point_spread_function_of_kept_axes():
+    g = torch.Generator().manual_seed(1)
+    B = 4
+    img = torch.rand((B, 1, 20, 22, 24), generator=g)
+    axis = torch.tensor([0, 1, 2, 0])
+    native = torch.tensor([True, False, False, False])
+    alpha = torch.ones(B)
+    spacing = torch.tensor([1.0, 4.0, 4.0, 1.0])  # sample 3: its axis at 1 mm, nothing resampled
+    off = simulate_resolution(img, axis, spacing, spacing, alpha, native, 1.0)
+    zero = simulate_resolution(img, axis, spacing, spacing, alpha, native, 1.0, psf_sigma_vox=0.0)
+    assert torch.equal(off, zero)  # sigma 0 is the identity
+    on = simulate_resolution(img, axis, spacing, spacing, alpha, native, 1.0, psf_sigma_vox=0.5)
+    # the blur keeps the mean (a normalised kernel, borders replicated) and smooths every axis
+    # the acquisition kept: all three for a native sample, the other two for thick slices
+    assert torch.allclose(on.mean((2, 3, 4)), img.mean((2, 3, 4)), atol=2e-3)
+    for ax in range(3):  # an image that varies along one axis only: the others' blur is void
+        shape = [1, 1, 1]
+        shape[ax] = img.shape[2 + ax]
+        line = torch.rand(shape, generator=g).expand(img.shape[2:])
+        lines = line.expand(B, 1, *img.shape[2:]).contiguous()
+        a = simulate_resolution(lines, axis, spacing, spacing, alpha, native, 1.0)
+        b = simulate_resolution(lines, axis, spacing, spacing, alpha, native, 1.0,
+                                psf_sigma_vox=0.5)
+        for s, kept in enumerate(((0, 1, 2), (0, 2), (0, 1), (0, 1, 2))):
+            rough_a = a[s].diff(dim=1 + ax).abs().mean()
+            rough_b = b[s].diff(dim=1 + ax).abs().mean()
+            if ax in kept:  # all three axes of a native sample, the other two of thick slices
+                assert rough_b < 0.8 * rough_a
+            else:  # the thick-slice axis keeps its own slice profile, not blurred twice
+                assert torch.allclose(b[s], a[s], atol=1e-6)
+    # a constant image stays constant; a step edge keeps its half-way point between the voxels
+    flat = torch.full((1, 1, 8, 8, 8), 0.3)
+    one = torch.ones(1)
+    nat = torch.ones(1, dtype=torch.bool)
+    assert torch.allclose(simulate_resolution(flat, axis[:1], one, one, one, nat, 1.0,
+                                              psf_sigma_vox=0.5), flat)
+    step = torch.zeros(1, 1, 10, 4, 4)
+    step[:, :, 5:] = 1.0
+    edge = simulate_resolution(step, axis[:1], one, one, one, nat, 1.0, psf_sigma_vox=0.5)[0, 0, :, 2, 2]
+    assert torch.allclose(edge[4] + edge[5], torch.tensor(1.0), atol=1e-6)
+    assert 0.0 < edge[4] < 0.2 and edge.diff().min() >= 0
+    # batched: a sample gives the same output alone as in the batch
+    alone = simulate_resolution(img[1:2], axis[1:2], spacing[1:2], spacing[1:2], alpha[1:2],
+                                native[1:2], 1.0, psf_sigma_vox=0.5)
+    assert torch.allclose(alone, on[1:2], atol=1e-6)
+    with pytest.raises(ValueError, match="psf_sigma_vox"):
+        SynthConfig(resolution=ResolutionConfig(psf_sigma_vox=-0.5))

@@ -145,7 +145,7 @@ class SynthGenerator(nn.Module):
         image = apply_bias(image, p.bias)
         image = apply_gamma(rescale_minmax(image), p.log_gamma)
         image = simulate_resolution(image, p.res_axis, p.res_spacing_mm, p.res_thickness_mm, p.res_alpha,
-                                    p.res_native, cfg.voxel_mm, p.res_iso)
+                                    p.res_native, cfg.voxel_mm, p.res_iso, cfg.resolution.psf_sigma_vox)
         image = add_noise(image, p.noise_std, p.noise, cfg.noise.kind)
         target = remap_labels(warped, self.target_lut)[:, 0]
         return SynthBatch(image.contiguous(), target, warped.to(labels.dtype), p.summary())

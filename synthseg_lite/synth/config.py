@@ -138,6 +138,10 @@ class ResolutionConfig:
             thickness ~ U(thickness_min_mm, spacing) (SynthSeg's p_iso: 0.1 with [1, 4] mm).
             0 = off, the default (keeps the random stream); ``synth=synthseg`` sets 0.1.
         iso_spacing_mm: range of the isotropic spacing, mm.
+        psf_sigma_vox: Gaussian point-spread function, sigma in output voxels (times the
+            sample's ``alpha``), on every axis the acquisition keeps at the output resolution
+            (all three for a native sample): SynthSeg's 0.5 (``blurring_sigma_for_downsampling``).
+            0 = none, the default (keeps earlier runs' images); ``synth=synthseg`` sets 0.5.
     """
 
     enabled: bool = True
@@ -147,6 +151,7 @@ class ResolutionConfig:
     prob_native: float = 0.05
     iso_prob: float = 0.0
     iso_spacing_mm: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    psf_sigma_vox: float = 0.0
 
 
 @dataclass
@@ -284,7 +289,8 @@ class SynthConfig:
                           ("spatial.rotation_deg", self.spatial.rotation_deg),
                           ("spatial.shear", self.spatial.shear),
                           ("spatial.translation_mm", self.spatial.translation_mm),
-                          ("gmm.prior_jitter", self.gmm.prior_jitter)):
+                          ("gmm.prior_jitter", self.gmm.prior_jitter),
+                          ("resolution.psf_sigma_vox", self.resolution.psf_sigma_vox)):
             if low < 0:
                 raise ValueError(
                     f"synth.{name} must not be negative (a spread or a maximum), got {low}"

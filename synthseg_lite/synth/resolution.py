@@ -5,13 +5,22 @@ As in the SynthSeg paper (section 3.1.4): Gaussian slice profile with
 ``sigma = alpha * 0.75 * thickness / voxel``, sampling at the slice spacing, linear interpolation back.
 Blur, downsampling and upsampling along an axis of N voxels are all linear, so they are composed into
 one (N, N) matrix per sample and applied with a single batched matrix product along the chosen axis.
+
+Every axis that the acquisition leaves at the output resolution can get a Gaussian point-spread
+function of ``alpha * psf_sigma_vox`` voxels (:func:`blur_native_axes`), as SynthSeg blurs an axis
+whose resolution it keeps with sigma 0.5 voxels (``blurring_sigma_for_downsampling``): a real scan
+never has the one-voxel step edges of a label map, and its partial-volume rim is what a network
+must place a boundary in.
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
-__all__ = ["resolution_matrices", "apply_along_axis", "simulate_resolution"]
+import torch
+import torch.nn.functional as F
+
+__all__ = ["resolution_matrices", "apply_along_axis", "blur_native_axes", "simulate_resolution"]
 
 
 def resolution_matrices(n: int, spacing_vox: torch.Tensor, thickness_vox: torch.Tensor,
@@ -56,9 +65,42 @@ def apply_along_axis(image: torch.Tensor, matrices: torch.Tensor, axis: int) -> 
     return torch.einsum(eq, matrices, image)
 
 
+def blur_native_axes(image: torch.Tensor, sigma_vox: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample, per-axis standard deviation.
+
+    Args:
+        image: (B, C, X, Y, Z) float.
+        sigma_vox: (B, 3) standard deviations in voxels; 0 leaves that axis of that sample as it is.
+
+    Returns:
+        (B, C, X, Y, Z), borders replicated (one grouped 1D convolution per axis, no loop over
+        samples).
+    """
+    B, C = image.shape[:2]
+    top = float(sigma_vox.max()) if sigma_vox.numel() else 0.0
+    if top <= 0:
+        return image
+    radius = max(1, math.ceil(3 * top))
+    taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    out = image.reshape(1, B * C, *image.shape[2:])
+    for ax in range(3):
+        sigma = sigma_vox[:, ax].to(image.dtype).clamp(min=1e-3).repeat_interleave(C)  # (B*C,)
+        if not bool((sigma_vox[:, ax] > 0).any()):
+            continue
+        kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
+        kernel = kernel / kernel.sum(1, keepdim=True)  # sigma 0 -> a unit impulse
+        shape = [B * C, 1, 1, 1, 1]
+        shape[2 + ax] = 2 * radius + 1
+        pad = [0] * 6
+        pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = radius  # F.pad lists the last axis first
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=B * C)
+    return out.reshape(image.shape)
+
+
 def simulate_resolution(image: torch.Tensor, axis: torch.Tensor, spacing_mm: torch.Tensor,
                         thickness_mm: torch.Tensor, alpha: torch.Tensor, native: torch.Tensor,
-                        voxel_mm: float, iso: torch.Tensor | None = None) -> torch.Tensor:
+                        voxel_mm: float, iso: torch.Tensor | None = None,
+                        psf_sigma_vox: float = 0.0) -> torch.Tensor:
     """Simulate a thick-slice acquisition along a per-sample axis, or an isotropic one.
 
     Args:
@@ -67,18 +109,25 @@ def simulate_resolution(image: torch.Tensor, axis: torch.Tensor, spacing_mm: tor
         voxel_mm: output voxel size (mm).
         iso: (B,) bool, isotropic: the same spacing and thickness along all three axes
             (``axis`` ignored); None: no isotropic sample.
+        psf_sigma_vox: Gaussian point-spread function (sigma, output voxels, times ``alpha``) of
+            every axis the acquisition does not resample (all three where ``native``); 0: none.
 
     Returns:
-        (B, 1, X, Y, Z): unchanged where ``native``; elsewhere blurred and resampled along ``axis``
-        (or along every axis where ``iso``).
+        (B, 1, X, Y, Z): blurred and resampled along ``axis`` (or along every axis where ``iso``)
+        unless ``native``; every other axis blurred by the point-spread function.
     """
     out = image.clone()
+    resampled = torch.zeros(image.shape[0], 3, dtype=torch.bool, device=image.device)
     for ax in range(3):  # loop over the 3 axes, never over samples
         along = axis == ax if iso is None else (axis == ax) | iso
+        resampled[:, ax] = along & ~native & (spacing_mm / voxel_mm > 1)
         sel = torch.nonzero(along & ~native).flatten()
         if sel.numel() == 0:
             continue
         mats = resolution_matrices(image.shape[2 + ax], spacing_mm[sel] / voxel_mm,
                                    thickness_mm[sel] / voxel_mm, alpha[sel], native[sel])
         out[sel] = apply_along_axis(out[sel], mats.to(image.dtype), ax)  # iso: axes compose
+    if psf_sigma_vox > 0:
+        sigma = torch.where(resampled, 0.0, alpha.view(-1, 1) * psf_sigma_vox)
+        out = blur_native_axes(out, sigma)
     return out
