@@ -9,6 +9,8 @@ get the same label map (the first of ``../shared/data/label_maps`` if present, e
 cropped to its labelled bounding box. Ours and cornucopia crop the output patch themselves;
 TorchIO gets the map already cropped/padded to the output size (``CropOrPad``, untimed).
 Ours runs ``--batch-size`` samples per call; TorchIO and cornucopia one sample per call.
+``--contenders ours,synthseg`` measures what SynthSeg's steps that are off by default cost: ours
+with ``conf/synth/synthseg.yaml``'s values (``synthseg_vs_ours``: its speed over the default's).
 """
 
 from __future__ import annotations
@@ -67,12 +69,26 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_ours(labels, table, size: int, device, batch: int, warmup: int, iters: int) -> dict:
+def _synthseg_config(size: int):
+    """``synth=synthseg``: the defaults with conf/synth/synthseg.yaml's values on top."""
+    from omegaconf import OmegaConf
+
+    from synthseg_lite.synth import SynthConfig
+
+    preset = OmegaConf.load(ROOT / "synthseg_lite" / "conf" / "synth" / "synthseg.yaml")
+    preset.pop("defaults", None)
+    merged = OmegaConf.merge(OmegaConf.structured(SynthConfig(patch_shape=[size] * 3)), preset)
+    return OmegaConf.to_object(merged)
+
+
+def _run_ours(labels, table, size: int, device, batch: int, warmup: int, iters: int,
+              synthseg: bool = False) -> dict:
     import torch
 
     from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 
-    gen = SynthGenerator(SynthConfig(patch_shape=[size] * 3), table).to(device)
+    cfg = _synthseg_config(size) if synthseg else SynthConfig(patch_shape=[size] * 3)
+    gen = SynthGenerator(cfg, table).to(device)
     lab = torch.from_numpy(labels)[None, None].expand(batch, 1, *labels.shape)
     lab = lab.contiguous().to(device)
     rss0 = _rss_mb()
@@ -168,11 +184,11 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     labels, table = np.load(args.labels_npy), LabelTable.create("tissue")
-    iters = {"ours": args.iters, "torchio": args.iters_per_sample,
+    iters = {"ours": args.iters, "synthseg": args.iters, "torchio": args.iters_per_sample,
              "cornucopia": args.iters_cornucopia}[args.worker]
-    if args.worker == "ours":
+    if args.worker in ("ours", "synthseg"):
         res = _run_ours(labels, table, args.worker_size, device, args.batch_size, args.warmup,
-                        iters)
+                        iters, synthseg=args.worker == "synthseg")
     elif args.worker == "torchio":
         res = _run_torchio(labels, args.worker_size, args.warmup, iters)
     else:
@@ -215,7 +231,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="label map file/folder/glob (default: the shared data, else a phantom)")
     p.add_argument("--cornucopia-python", default=None,
                    help="an interpreter that has cornucopia (e.g. a throwaway venv)")
-    p.add_argument("--worker", choices=["ours", "torchio", "cornucopia"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "synthseg", "torchio", "cornucopia"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--worker-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--labels-npy", help=argparse.SUPPRESS)
     return p
@@ -270,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in ("torchio", "cornucopia"):
             if ours and row.get(f"{c}_samples_per_s"):
                 row[f"ratio_vs_{c}"] = round(ours / row[f"{c}_samples_per_s"], 2)
+        if ours and row.get("synthseg_samples_per_s"):
+            row["synthseg_vs_ours"] = round(row["synthseg_samples_per_s"] / ours, 3)
         peaks = [v for k, v in row.items() if k.endswith("_peak_rss_mb")]
         row["peak_rss_mb"] = max(peaks) if peaks else None
         print(json.dumps(row), flush=True)

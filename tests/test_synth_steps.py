@@ -162,3 +162,12 @@ def test_point_spread_function_of_kept_axes():
     assert torch.allclose(alone, on[1:2], atol=1e-6)
     with pytest.raises(ValueError, match="psf_sigma_vox"):
         SynthConfig(resolution=ResolutionConfig(psf_sigma_vox=-0.5))
+
+
+def test_synthseg_preset_file_turns_every_step_on():
+    from benchmarks.generator import _synthseg_config
+
+    cfg = _synthseg_config(16)  # conf/synth/synthseg.yaml over the defaults, as synth=synthseg
+    assert cfg.resolution.psf_sigma_vox == 0.5 and cfg.resolution.iso_prob == 0.1
+    assert cfg.bias.prob == 0.95 and cfg.gmm.background_low_prob == 0.25
+    assert SynthConfig().resolution.psf_sigma_vox == 0.0  # off by default: earlier runs' images

@@ -73,28 +73,31 @@ def blur_native_axes(image: torch.Tensor, sigma_vox: torch.Tensor) -> torch.Tens
         sigma_vox: (B, 3) standard deviations in voxels; 0 leaves that axis of that sample as it is.
 
     Returns:
-        (B, C, X, Y, Z), borders replicated (one grouped 1D convolution per axis, no loop over
-        samples).
+        (B, C, X, Y, Z), borders replicated (per axis, a weighted sum of shifted copies with
+        per-sample weights).
     """
-    B, C = image.shape[:2]
+    B = image.shape[0]
     top = float(sigma_vox.max()) if sigma_vox.numel() else 0.0
     if top <= 0:
         return image
     radius = max(1, math.ceil(3 * top))
     taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-    out = image.reshape(1, B * C, *image.shape[2:])
+    out = image
     for ax in range(3):
-        sigma = sigma_vox[:, ax].to(image.dtype).clamp(min=1e-3).repeat_interleave(C)  # (B*C,)
         if not bool((sigma_vox[:, ax] > 0).any()):
             continue
+        sigma = sigma_vox[:, ax].to(image.dtype).clamp(min=1e-3)
         kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
-        kernel = kernel / kernel.sum(1, keepdim=True)  # sigma 0 -> a unit impulse
-        shape = [B * C, 1, 1, 1, 1]
-        shape[2 + ax] = 2 * radius + 1
+        kernel = kernel / kernel.sum(1, keepdim=True)  # (B, taps); sigma 0 -> a unit impulse
         pad = [0] * 6
         pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = radius  # F.pad lists the last axis first
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=B * C)
-    return out.reshape(image.shape)
+        padded = F.pad(out, pad, mode="replicate")
+        n = out.shape[2 + ax]
+        acc = torch.zeros_like(out)
+        for k in range(2 * radius + 1):  # a weighted sum of shifted copies: no loop over samples
+            acc.add_(padded.narrow(2 + ax, k, n) * kernel[:, k].view(B, 1, 1, 1, 1))
+        out = acc
+    return out
 
 
 def simulate_resolution(image: torch.Tensor, axis: torch.Tensor, spacing_mm: torch.Tensor,
