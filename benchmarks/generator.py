@@ -70,15 +70,13 @@ def _sync(device) -> None:
 
 
 def _synthseg_config(size: int):
-    """``synth=synthseg``: the defaults with conf/synth/synthseg.yaml's values on top."""
+    """The generator settings of ``train.py synth=synthseg`` (Hydra-composed) at a ``size`` cube."""
     from omegaconf import OmegaConf
 
-    from synthseg_lite.synth import SynthConfig
+    from benchmarks.gpu_steps import _compose
 
-    preset = OmegaConf.load(ROOT / "synthseg_lite" / "conf" / "synth" / "synthseg.yaml")
-    preset.pop("defaults", None)
-    merged = OmegaConf.merge(OmegaConf.structured(SynthConfig(patch_shape=[size] * 3)), preset)
-    return OmegaConf.to_object(merged)
+    cfg = _compose(["synth=synthseg", f"synth.patch_shape=[{size},{size},{size}]"])
+    return OmegaConf.to_object(cfg.synth)
 
 
 def _run_ours(labels, table, size: int, device, batch: int, warmup: int, iters: int,

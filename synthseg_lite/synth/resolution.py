@@ -84,8 +84,6 @@ def blur_native_axes(image: torch.Tensor, sigma_vox: torch.Tensor) -> torch.Tens
     taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
     out = image
     for ax in range(3):
-        if not bool((sigma_vox[:, ax] > 0).any()):
-            continue
         sigma = sigma_vox[:, ax].to(image.dtype).clamp(min=1e-3)
         kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
         kernel = kernel / kernel.sum(1, keepdim=True)  # (B, taps); sigma 0 -> a unit impulse
