@@ -3,6 +3,7 @@ and schedule) or a model file whose network starts a new run (``init_weights``, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from synthseg_lite.model.artifact import load_model
 from synthseg_lite.safety import load_torch_file
 
 __all__ = ["check_resume_compatible", "config_differences", "init_weights", "read_resume"]
+
+log = logging.getLogger(__name__)
 
 
 def read_resume(path: str | Path) -> dict[str, Any]:
@@ -93,16 +96,60 @@ def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
             f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
             f"configured target is {want[:4]}... (data.target must match the model's)"
         )
+    state = net.state_dict()
     have = {k: tuple(v.shape) for k, v in module.net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
     if have != got:
         bad = sorted(k for k in set(have) | set(got) if have.get(k) != got.get(k))
-        raise ValueError(
-            f"init_weights={path}: another network ({bad[0]} is {got.get(bad[0])} there, "
-            f"{have.get(bad[0])} here); set model.unet and model.slices as the model was trained"
+        wide = _widen_context(state, have, bad, int(meta.slices.get("context", 0)))
+        if wide is None:
+            raise ValueError(
+                f"init_weights={path}: another network ({bad[0]} is {got.get(bad[0])} there, "
+                f"{have.get(bad[0])} here); set model.unet and model.slices as the model was "
+                "trained"
+            )
+        state = wide
+        log.info(
+            "init_weights: slice context %d -> %d (%s: the new outer slices start at weight 0, "
+            "so the network starts as the file's)",
+            got[bad[0]][1],
+            have[bad[0]][1],
+            bad[0],
         )
-    module.net.load_state_dict(net.state_dict())
+    module.net.load_state_dict(state)
     return dict(meta.extra)
+
+
+def _widen_context(
+    state: dict[str, torch.Tensor],
+    have: Mapping[str, tuple[int, ...]],
+    bad: list[str],
+    context: int,
+) -> dict[str, torch.Tensor] | None:
+    """A 2.5D network's weights for a wider slice context, or None where that is not the change.
+
+    The only difference allowed is the input channels of the first convolution (slices given as
+    channels, ``model.slices.context``; MONAI's DynUNet lists that module under two names), from
+    the file's odd ``context`` to a larger odd number. The file's weights go to the centre
+    channels and the new outer slices get weight 0: the widened network computes exactly what the
+    file's does, and training then learns what the outer slices add (FastSurfer's 7-slice context
+    from a 3-slice network).
+    """
+    if not bad or context < 1 or context % 2 == 0:
+        return None
+    out = dict(state)
+    for key in bad:
+        w, want = state.get(key), have.get(key)
+        if w is None or want is None or w.ndim != len(want) or w.ndim < 3:
+            return None
+        if w.shape[1] != context or w.shape[0] != want[0] or tuple(w.shape[2:]) != want[2:]:
+            return None
+        extra = want[1] - context
+        if extra <= 0 or extra % 2:
+            return None
+        out[key] = w.new_zeros(want)
+        out[key][:, extra // 2 : extra // 2 + context] = w
+    return out
 
 
 def config_differences(
