@@ -92,8 +92,14 @@ def test_class_first_sampling_finds_a_small_structure() -> None:
     def share(class_prob: float) -> float:
         g = torch.Generator().manual_seed(0)
         a, b, s = sample_slices(target, 400, [0, 1, 2], 0.02, g, class_prob)
-        return float(np.mean([(bb == 1 and (aa, ss) in hits) for aa, bb, ss in
-                              zip(a.tolist(), b.tolist(), s.tolist())]))
+        return float(
+            np.mean(
+                [
+                    (bb == 1 and (aa, ss) in hits)
+                    for aa, bb, ss in zip(a.tolist(), b.tolist(), s.tolist())
+                ]
+            )
+        )
 
     assert share(0.0) < 0.05
     assert 0.15 < share(0.5) < 0.4  # half the slices class-first, half of those for class 2
@@ -145,15 +151,17 @@ def test_a_volume_smaller_than_the_network_is_padded_to_its_coarsest_level() -> 
     from synthseg_lite.model.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
-    cfg = UNetConfig(n_stages=4, base_features=4, max_features=8, deep_supervision=False,
-                     spatial_dims=2)
+    cfg = UNetConfig(
+        n_stages=4, base_features=4, max_features=8, deep_supervision=False, spatial_dims=2
+    )
     net = build_unet(cfg, 3).eval()
     image = torch.rand(1, 1, 6, 8, 20)
     probs = predict_slicewise(net, image, [0, 1, 2], batch_size=4, divisor=cfg.divisor)
     assert probs.shape == (1, 3, 6, 8, 20)
     assert torch.allclose(probs.sum(1), torch.ones(1, 6, 8, 20))
-    out = accumulate_slicewise(net, image, torch.zeros(3, 6, 8, 20), [0, 1, 2], batch_size=4,
-                               divisor=cfg.divisor)
+    out = accumulate_slicewise(
+        net, image, torch.zeros(3, 6, 8, 20), [0, 1, 2], batch_size=4, divisor=cfg.divisor
+    )
     assert torch.allclose(out / 3, probs[0], atol=1e-5)
 
 
@@ -234,6 +242,48 @@ def test_2d_model_file_and_predictor(toy_maps: str, tmp_path: Path) -> None:
     probs = pred(torch.rand(1, 1, 16, 20, 12))
     assert probs.shape == (1, 4, 16, 20, 12)
     assert torch.allclose(probs.sum(1), torch.ones(1, 16, 20, 12), atol=1e-5)
+
+
+def test_init_weights_widens_the_slice_context_without_changing_predictions(
+    toy_maps: str, tmp_path: Path
+) -> None:
+    """A 3-slice network fine-tuned with 7 slices starts as the file's network: the outer
+    slices' weights are 0, so any input gives the 3-slice network's logits on the centre three."""
+    from helpers import compose
+
+    from synthseg_lite.commands import train as train_command
+    from synthseg_lite.training.start import init_weights
+
+    three = [
+        *SMOKE_2D,
+        f"data.label_maps={toy_maps}",
+        "model.unet.in_channels=3",
+        "model.slices.context=3",
+    ]
+    _run(three, tmp_path / "a")
+    net3, meta3 = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    pt = save_model(tmp_path / "m3.pt", net3, meta3, precision="float32")
+
+    def build(context: int):
+        over = [
+            *SMOKE_2D,
+            f"data.label_maps={toy_maps}",
+            f"model.unet.in_channels={context}",
+            f"model.slices.context={context}",
+            f"paths.output_dir={tmp_path / str(context)}",
+            "logger=none",
+        ]
+        return train_command.build(compose(over))[1]
+
+    wide = build(7)
+    init_weights(wide, pt)
+    w = wide.net.state_dict()["input_block.conv1.conv.weight"]
+    assert w.shape[1] == 7 and not w[:, [0, 1, 5, 6]].any()
+    x = torch.randn(3, 7, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(wide.net.eval()(x), net3(x[:, 2:5]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="init_weights=.*another network"):  # narrower: refused
+        init_weights(build(1), pt)
 
 
 def test_2d_needs_a_cubic_patch_and_matching_channels(toy_maps: str, tmp_path: Path) -> None:
