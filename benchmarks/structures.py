@@ -12,7 +12,11 @@ Every number comes from the project's command-line tools, run as subprocesses as
 
 * ``python -m synthseg_lite.commands.degrade`` derives OASIS' degraded versions (same grid, so the aseg
   stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
-  ``benchmarks/real_scans.py``), and ``thick3_head``, a **proxy** for "a 3 mm scan with skull, no
+  ``benchmarks/real_scans.py``), ``flair`` and ``pd``: FLAIR-like (CSF dark, GM brighter than WM)
+  and PD-like (CSF close to GM, WM darkest) contrast, the T1's intensities through a piecewise
+  linear curve whose knots are its own three tissue modes (``degrade --contrast``; what no
+  monotone map of a T1, such as the inversion, can give; a CSF/WM partial-volume voxel takes GM's
+  value), and ``thick3_head``, a **proxy** for "a 3 mm scan with skull, no
   mask": ``../shared/data`` holds no real scan with a skull (OASIS and IBSR are skull-stripped), so
   the OASIS brain is padded by 16 mm and wrapped in a synthetic head (:func:`head_proxy`: shells
   at distances from the brain mask of 0-2 mm CSF, 2-7 mm skull, 7-12 mm scalp, T1-like
@@ -67,9 +71,17 @@ from synthseg_lite.evaluation.structure_metrics import check_structure_labels
 
 log = logging.getLogger("structures")
 
-#: OASIS conditions: real_scans' and the head proxy (3 mm slabs of OASIS in a synthetic head).
+#: OASIS conditions: real_scans', FLAIR- and PD-like contrast (the T1 through a non-monotonic
+#: curve, ``degrade --contrast``) and the head proxy (3 mm slabs of OASIS in a synthetic head).
 HEAD_PROXY = "thick3_head"
-OASIS_CONDITIONS = {**CONDITIONS, HEAD_PROXY: CONDITIONS["thick3"]}
+OASIS_CONDITIONS = {
+    "original": CONDITIONS["original"],
+    "inverted": CONDITIONS["inverted"],
+    "flair": ["--contrast", "flair"],
+    "pd": ["--contrast", "pd"],
+    **CONDITIONS,
+    HEAD_PROXY: CONDITIONS["thick3"],
+}
 #: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
 VOLUME_TOLERANCE, VOLUME_CHECK_MM3 = 0.35, 1000.0
 

@@ -14,7 +14,8 @@ import pytest
 
 from synthseg_lite.commands.degrade import main
 from synthseg_lite.evaluation.degrade import (
-    invert_contrast, slab_size, thick_slab_grid, thick_slices, through_plane_axis)
+    CONTRASTS, degrade_scans, invert_contrast, remap_contrast, slab_size, thick_slab_grid,
+    thick_slices, through_plane_axis, tissue_modes)
 from synthseg_lite.evaluation.metrics import labels_on_grid
 from synthseg_lite.io import Volume
 
@@ -182,7 +183,46 @@ def _exit_code(argv: list[str], capsys) -> tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", [[], ["--invert", "--slice-mm", "3"]])
+def test_tissue_modes_finds_the_three_tissues_of_a_t1():
+    tissue, image = _t1_phantom()
+    csf, gm, wm = tissue_modes(image[tissue > 0])
+    assert abs(csf - 40) < 2 and abs(gm - 100) < 2 and abs(wm - 150) < 2
+    with pytest.raises(ValueError, match="no tissue contrast"):
+        tissue_modes(np.ones(100))
+
+
+@pytest.mark.parametrize("contrast", sorted(CONTRASTS))
+def test_remap_contrast_puts_each_tissue_at_its_level_and_keeps_the_background(contrast):
+    tissue, image = _t1_phantom()
+    out = remap_contrast(image, contrast)
+    assert out.dtype == np.float32 and np.array_equal(out > 0, image > 0)
+    hi = np.percentile(image[image > 0], 99.5)
+    medians = [np.median(out[tissue == t]) / hi for t in (3, 1, 2)]  # CSF, GM, WM
+    np.testing.assert_allclose(medians, CONTRASTS[contrast], atol=0.03)
+    # not a monotone map of the T1: GM is brighter than both CSF and WM in both contrasts
+    assert medians[1] > medians[0] and medians[1] > medians[2]
+    # the texture within a tissue is kept (the end segments go on), not flattened
+    assert out[tissue == 2].std() > 0.5 * image[tissue == 2].std() * abs(
+        (CONTRASTS[contrast][2] - CONTRASTS[contrast][1]) * hi / 50)
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        remap_contrast(image, "t2star")
+
+
+def test_cli_contrast_writes_the_remapped_scan(tmp_path, capsys):
+    scan = tmp_path / "scan.nii.gz"
+    _, image = _t1_phantom()
+    nib.save(nib.Nifti1Image(image.astype(np.float32), LIA), scan)
+    assert main([str(scan), "--output", str(tmp_path / "out"), "--contrast", "flair"]) == 0
+    img = nib.load(tmp_path / "out" / "scan.nii.gz")
+    np.testing.assert_allclose(img.affine, LIA, atol=1e-6)
+    np.testing.assert_allclose(img.get_fdata(), remap_contrast(image, "flair"), rtol=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        degrade_scans([scan], tmp_path / "x", invert=True, contrast="pd")
+    code, _ = _exit_code([str(scan), "--output", str(tmp_path / "y"), "--contrast", "t2"], capsys)
+    assert code == 2 and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["--invert", "--slice-mm", "3"], ["--invert", "--contrast", "pd"]])
 def test_cli_needs_exactly_one_transform(tmp_path, capsys, mode):
     scan = tmp_path / "scan.nii.gz"
     _write_scan(scan)

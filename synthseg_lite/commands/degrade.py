@@ -1,10 +1,12 @@
 """``python -m synthseg_lite.commands.degrade``: degraded copies of real scans (inverted contrast
-inside the brain, or thick slices), on the same grid so their references still apply.
+inside the brain, FLAIR- or PD-like contrast, or thick slices), on the same grid so their
+references still apply.
 
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
     python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output flair --contrast flair
 
 The work is :func:`synthseg_lite.evaluation.degrade.degrade_scans`.
 """
@@ -16,7 +18,7 @@ import logging
 import sys
 
 from synthseg_lite.commands.common import user_errors
-from synthseg_lite.evaluation.degrade import degrade_scans
+from synthseg_lite.evaluation.degrade import CONTRASTS, degrade_scans
 
 __all__ = ["main"]
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="mirror intensities inside the brain (T2-like)")
     kind.add_argument("--slice-mm", type=float, metavar="MM",
                       help="simulate slices this thick (mm)")
+    kind.add_argument("--contrast", choices=sorted(CONTRASTS),
+                      help="remap a skull-stripped T1 to a FLAIR- or PD-like contrast "
+                           "(non-monotonic, through its three tissue modes)")
     parser.add_argument("--axis", type=int, metavar="N",
                         help="voxel axis of the thick slices (default: largest spacing)")
     parser.add_argument("--slab-grid", action="store_true",
@@ -42,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
                                       slice_mm=args.slice_mm, axis=args.axis,
-                                      slab_grid=args.slab_grid, overwrite=args.overwrite))
+                                      slab_grid=args.slab_grid, overwrite=args.overwrite,
+                                      contrast=args.contrast))
     return 0
 
 

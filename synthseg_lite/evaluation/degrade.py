@@ -4,6 +4,9 @@ Each transform keeps the voxel grid (shape, voxel order, affine), so the ORIGINA
 segmentation still scores a prediction made on the degraded scan:
 
 * :func:`invert_contrast`: a T2-like check from a skull-stripped T1 (CSF bright, WM dark);
+* :func:`remap_contrast`: FLAIR-like (CSF dark, GM brighter than WM) or PD-like (little contrast,
+  GM brightest) checks: the T1's intensities through a non-monotonic curve whose knots are its own
+  three tissue modes, so no mirror of the T1 can stand in for them;
 * :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
   interpolated back to the original grid).
 
@@ -36,8 +39,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from synthseg_lite.io import read_image, save_volume
 
-__all__ = ["degrade_scans", "invert_contrast", "slab_size", "thick_slab_grid", "thick_slices",
-           "through_plane_axis"]
+__all__ = ["CONTRASTS", "degrade_scans", "invert_contrast", "remap_contrast", "slab_size",
+           "thick_slab_grid", "thick_slices", "through_plane_axis", "tissue_modes"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,14 @@ MIRROR_PERCENTILES = (0.5, 99.5)
 
 #: Relative tolerance under which two voxel sizes count as equal in :func:`through_plane_axis`.
 SPACING_RTOL = 1e-3
+
+#: Target levels (CSF, GM, WM), as fractions of the T1's 99.5th percentile, of
+#: :func:`remap_contrast`: typical ratios of 3 T FLAIR (CSF nulled, GM/WM about 1.3) and
+#: proton-density images (GM/WM about 1.3, CSF close to GM).
+CONTRASTS: dict[str, tuple[float, float, float]] = {
+    "flair": (0.10, 0.80, 0.60),
+    "pd": (0.90, 1.00, 0.75),
+}
 
 
 def _mirror_range(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float, float]:
@@ -96,6 +107,73 @@ def _invert(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, floa
     out = np.zeros(data.shape, np.float32)
     out[mask] = np.clip(lo + hi - data[mask].astype(np.float64), lo, hi)
     return out, lo, hi
+
+
+def tissue_modes(values: np.ndarray, iterations: int = 50) -> tuple[float, float, float]:
+    """The three tissue intensities of a skull-stripped T1 (CSF < GM < WM), by 1-D k-means.
+
+    Deterministic: the centres start at the 10th, 50th and 90th percentiles of ``values``.
+
+    Args:
+        values: (N,) intensities of the brain's voxels.
+        iterations: k-means rounds (it converges in a few on brain histograms).
+
+    Raises:
+        ValueError: fewer than 3 distinct values (no tissue contrast to remap).
+    """
+    v = np.sort(np.asarray(values, np.float64).ravel())
+    if np.unique(v[:: max(1, v.size // 100_000)]).size < 3:
+        raise ValueError("the brain holds fewer than 3 distinct intensities: no tissue contrast")
+    centres = np.percentile(v, [10, 50, 90])
+    for _ in range(iterations):
+        bounds = (centres[:-1] + centres[1:]) / 2
+        parts = np.split(v, np.searchsorted(v, bounds))
+        new = np.array([p.mean() if p.size else c for p, c in zip(parts, centres)])
+        if np.allclose(new, centres):
+            break
+        centres = np.sort(new)
+    return float(centres[0]), float(centres[1]), float(centres[2])
+
+
+def remap_contrast(
+    data: np.ndarray, contrast: str, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Another contrast from a skull-stripped T1: its intensities through a non-monotonic curve.
+
+    The curve is piecewise linear through the T1's three tissue modes (:func:`tissue_modes` of the
+    masked voxels: CSF, GM, WM), which go to ``CONTRASTS[contrast]`` times the 99.5th percentile;
+    its end segments go on beyond the CSF and WM modes (so the texture within a tissue is kept),
+    down to a quarter of the lowest level (so ``out > 0`` is the mask). Real anatomy, noise, bias and partial volume are kept; what a T1 cannot
+    give is kept too: a CSF/WM partial-volume voxel has GM's T1 intensity and takes GM's new value
+    (a thin rim at the ventricle walls that a real FLAIR shows only in places).
+
+    Args:
+        data: (X, Y, Z) intensities, any scale and dtype.
+        contrast: a key of :data:`CONTRASTS` (``flair``, ``pd``).
+        mask: (X, Y, Z) brain mask (non-zero = brain); default ``data > 0``.
+
+    Returns:
+        (X, Y, Z) float32, 0 outside the mask.
+
+    Raises:
+        ValueError: unknown contrast, mask of another shape, empty mask, NaN/Inf inside it, or
+            no tissue contrast.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {sorted(CONTRASTS)}, got {contrast!r}")
+    data = np.asarray(data)
+    mask, _, hi = _mirror_range(data, mask)
+    values = data[mask].astype(np.float64)
+    x = np.array(tissue_modes(values))
+    y = hi * np.array(CONTRASTS[contrast])
+    lo_slope, hi_slope = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
+    out = np.zeros(data.shape, np.float32)
+    mapped = np.interp(values, x, y)
+    below, above = values < x[0], values > x[2]  # the end segments go on: texture is kept
+    mapped[below] = y[0] + lo_slope * (values[below] - x[0])
+    mapped[above] = y[2] + hi_slope * (values[above] - x[2])
+    out[mask] = np.maximum(mapped, 0.25 * y.min())  # above 0: the brain mask is kept
+    return out
 
 
 def _check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
@@ -292,7 +370,8 @@ def _plan(scans: Sequence[str | Path], output: Path, overwrite: bool) -> list[tu
 
 def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bool = False,
                   slice_mm: float | None = None, axis: int | None = None,
-                  slab_grid: bool = False, overwrite: bool = False) -> list[Path]:
+                  slab_grid: bool = False, overwrite: bool = False,
+                  contrast: str | None = None) -> list[Path]:
     """Write a degraded copy of each scan to ``output/<same file name>``.
 
     Scans are read as stored (no reorientation; a trailing singleton 4th axis is dropped) and
@@ -309,17 +388,21 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
             low-resolution file, whose references no longer share its grid) instead of
             interpolated back to the scan's.
         overwrite: replace existing output files.
+        contrast: apply :func:`remap_contrast` with this key of :data:`CONTRASTS` (mask:
+            intensity > 0).
 
     Returns:
         The written paths.
 
     Raises:
-        ValueError: not exactly one of ``invert`` / ``slice_mm``; ``axis`` without ``slice_mm``;
+        ValueError: not exactly one of ``invert`` / ``slice_mm`` / ``contrast``; ``axis`` without ``slice_mm``;
             colliding names; an output that is an input or exists without ``overwrite``; a scan
             that is missing, unreadable, not 3D or not finite.
     """
-    if invert == (slice_mm is not None):
-        raise ValueError("give exactly one of --invert or --slice-mm")
+    if invert + (slice_mm is not None) + (contrast is not None) != 1:
+        raise ValueError("give exactly one of --invert, --slice-mm or --contrast")
+    if contrast is not None and contrast not in CONTRASTS:
+        raise ValueError(f"--contrast must be one of {sorted(CONTRASTS)}, got {contrast!r}")
     if slice_mm is not None:
         slab_size((1.0, 1.0, 1.0), slice_mm, 0)  # validates slice_mm
     if axis is not None:
@@ -340,6 +423,10 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
             if invert:
                 out, lo, hi = _invert(data, None)
                 what = f"inverted contrast inside intensity > 0, mirrored in [{lo:.4g}, {hi:.4g}]"
+            elif contrast is not None:
+                out = remap_contrast(data, contrast)
+                what = (f"{contrast}-like contrast inside intensity > 0 (tissue modes "
+                        f"{', '.join(f'{m:.4g}' for m in tissue_modes(data[data > 0]))})")
             else:
                 spacing = _spacing(affine)
                 ax = through_plane_axis(spacing) if axis is None else axis
