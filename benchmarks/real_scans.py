@@ -9,8 +9,10 @@ user would run them (the commands are logged and stored in the JSON):
 
 * ``python -m synthseg_lite.commands.degrade`` derives the degraded scans (same voxel grid, so the original
   references stay valid): ``inverted`` (intensities mirrored inside the brain: CSF bright, WM
-  dark) and ``thick3`` / ``thick5`` (3 / 5 mm slabs along the acquisition's slice axis, the axis
-  with the largest voxel spacing, interpolated back to the original grid);
+  dark), ``flair`` / ``pd`` (FLAIR- and PD-like: the T1's intensities through a non-monotonic
+  curve whose knots are its own three tissue modes) and ``thick3`` / ``thick5`` (3 / 5 mm slabs
+  along the acquisition's slice axis, the axis with the largest voxel spacing, interpolated back
+  to the original grid);
 * ``python infer.py`` segments them with the model (default TTA), ``python -m
   synthseg_lite.evaluation.baseline`` with the 3-class Gaussian mixture;
 * ``python evaluate.py`` scores both against the references (IBSR manual labels; FreeSurfer aseg
@@ -40,6 +42,8 @@ log = logging.getLogger("real_scans")
 CONDITIONS = {
     "original": [],
     "inverted": ["--invert"],
+    "flair": ["--contrast", "flair"],
+    "pd": ["--contrast", "pd"],
     "thick3": ["--slice-mm", "3"],
     "thick5": ["--slice-mm", "5"],
 }

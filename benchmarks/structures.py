@@ -71,17 +71,9 @@ from synthseg_lite.evaluation.structure_metrics import check_structure_labels
 
 log = logging.getLogger("structures")
 
-#: OASIS conditions: real_scans', FLAIR- and PD-like contrast (the T1 through a non-monotonic
-#: curve, ``degrade --contrast``) and the head proxy (3 mm slabs of OASIS in a synthetic head).
+#: OASIS conditions: real_scans' and the head proxy (3 mm slabs of OASIS in a synthetic head).
 HEAD_PROXY = "thick3_head"
-OASIS_CONDITIONS = {
-    "original": CONDITIONS["original"],
-    "inverted": CONDITIONS["inverted"],
-    "flair": ["--contrast", "flair"],
-    "pd": ["--contrast", "pd"],
-    **CONDITIONS,
-    HEAD_PROXY: CONDITIONS["thick3"],
-}
+OASIS_CONDITIONS = {**CONDITIONS, HEAD_PROXY: CONDITIONS["thick3"]}
 #: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
 VOLUME_TOLERANCE, VOLUME_CHECK_MM3 = 0.35, 1000.0
 
