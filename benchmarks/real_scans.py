@@ -14,7 +14,7 @@ user would run them (the commands are logged and stored in the JSON):
   along the acquisition's slice axis, the axis with the largest voxel spacing, interpolated back
   to the original grid);
 * ``python infer.py`` segments them with the model (default TTA), ``python -m
-  synthseg_lite.evaluation.baseline`` with the 3-class Gaussian mixture;
+  synthseg_lite.commands.baseline`` with the 3-class Gaussian mixture;
 * ``python evaluate.py`` scores both against the references (IBSR manual labels; FreeSurfer aseg
   for OASIS with ``ref_labels=aseg_ventricular``: CSF = ventricles), Dice per class.
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         py,
                         "-m",
-                        "synthseg_lite.evaluation.baseline",
+                        "synthseg_lite.commands.baseline",
                         *scans,
                         "--output",
                         str(methods["baseline"]),

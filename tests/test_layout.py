@@ -88,3 +88,35 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from synthseg_lite.inference.segment import segment_volume\n")
     assert _layer("synthseg_lite.data.bad") < max(_layer(t) for t in _imports(bad))
+
+
+def _run_as_main(text: str) -> set[str]:
+    """Module names a text runs with ``python -m``: in a shell line or a subprocess list."""
+    import re
+
+    shell = re.findall(r"-m\s+(synthseg_lite(?:\.\w+)+)(?![.<\w])", text)  # not a <name>
+    listed = re.findall(r"""["']-m["'],\s*["'](synthseg_lite(?:\.\w+)+)["']""", text)
+    return set(shell) | set(listed)
+
+
+def test_every_module_run_with_python_m_has_a_main() -> None:
+    """``python -m`` on a module without a ``__main__`` block exits 0 and does nothing: a renamed
+    command left behind in a benchmark or the docs would then skip its step without a word."""
+    texts = [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("*.md"), *ROOT.glob("benchmarks/*.md"),
+             *ROOT.glob("benchmarks/*.sh"), *PACKAGE.rglob("*.py")]
+    named = {m: p for p in texts for m in _run_as_main(p.read_text())}
+    assert "synthseg_lite.commands.degrade" in named  # the scan sees both forms
+    modules = _modules()
+    for module, where in sorted(named.items()):
+        path = modules.get(module)
+        assert path is not None, f"{where.name}: python -m {module}: no such module"
+        assert '__name__ == "__main__"' in path.read_text(), (
+            f"{where.name}: python -m {module}: the module has no __main__ block"
+        )
+
+
+def test_the_main_checker_sees_a_module_without_one() -> None:
+    assert _run_as_main('run(["-m", "synthseg_lite.evaluation.baseline"])') == {
+        "synthseg_lite.evaluation.baseline"
+    }
+    assert '__name__ == "__main__"' not in _modules()["synthseg_lite.evaluation.baseline"].read_text()
