@@ -4,6 +4,7 @@ modules, no module grows past 450 lines, and no test or benchmark edits ``sys.pa
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,6 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
 
 def _run_as_main(text: str) -> set[str]:
     """Module names a text runs with ``python -m``: in a shell line or a subprocess list."""
-    import re
-
     shell = re.findall(r"-m\s+(synthseg_lite(?:\.\w+)+)(?![.<\w])", text)  # not a <name>
     listed = re.findall(r"""["']-m["'],\s*["'](synthseg_lite(?:\.\w+)+)["']""", text)
     return set(shell) | set(listed)

@@ -3,10 +3,9 @@
 Each transform keeps the voxel grid (shape, voxel order, affine), so the ORIGINAL reference
 segmentation still scores a prediction made on the degraded scan:
 
-* :func:`invert_contrast`: a T2-like check from a skull-stripped T1 (CSF bright, WM dark);
-* :func:`remap_contrast`: FLAIR-like (CSF dark, GM brighter than WM) or PD-like (little contrast,
-  GM brightest) checks: the T1's intensities through a non-monotonic curve whose knots are its own
-  three tissue modes, so no mirror of the T1 can stand in for them;
+* :func:`invert_contrast` and :func:`remap_contrast` (:mod:`.contrast`): a T2-like check from a
+  skull-stripped T1 (CSF bright, WM dark), and FLAIR- or PD-like ones (a non-monotonic curve
+  through the T1's own tissue modes);
 * :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
   interpolated back to the original grid).
 
@@ -37,6 +36,14 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from synthseg_lite.evaluation.contrast import (
+    CONTRASTS,
+    _invert,
+    _remap,
+    invert_contrast,
+    remap_contrast,
+    tissue_modes,
+)
 from synthseg_lite.io import read_image, save_volume
 
 __all__ = ["CONTRASTS", "degrade_scans", "invert_contrast", "remap_contrast", "slab_size",
@@ -44,136 +51,8 @@ __all__ = ["CONTRASTS", "degrade_scans", "invert_contrast", "remap_contrast", "s
 
 log = logging.getLogger(__name__)
 
-#: Percentiles of the masked intensities between which :func:`invert_contrast` mirrors.
-MIRROR_PERCENTILES = (0.5, 99.5)
-
 #: Relative tolerance under which two voxel sizes count as equal in :func:`through_plane_axis`.
 SPACING_RTOL = 1e-3
-
-#: Target levels (CSF, GM, WM), as fractions of the T1's 99.5th percentile, of
-#: :func:`remap_contrast`: typical ratios of 3 T FLAIR (CSF nulled, GM/WM about 1.3) and
-#: proton-density images (GM/WM about 1.3, CSF close to GM).
-CONTRASTS: dict[str, tuple[float, float, float]] = {
-    "flair": (0.10, 0.80, 0.60),
-    "pd": (0.90, 1.00, 0.75),
-}
-
-
-def _mirror_range(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float, float]:
-    """Boolean mask (default ``data > 0``) and the (lo, hi) percentiles of the masked voxels."""
-    data = np.asarray(data)
-    if mask is None:
-        mask = data > 0
-    else:
-        mask = np.asarray(mask)
-        if mask.shape != data.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from data shape {data.shape}")
-        mask = mask.astype(bool)
-    values = data[mask].astype(np.float64)
-    if values.size == 0:
-        raise ValueError("the mask selects no voxels "
-                         "(expected a skull-stripped scan with a zero background)")
-    if not np.isfinite(values).all():
-        raise ValueError("data contains NaN or Inf inside the mask")
-    lo, hi = np.percentile(values, MIRROR_PERCENTILES)
-    return mask, float(lo), float(hi)
-
-
-def invert_contrast(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Mirror intensities inside a brain mask: a T2-like check from a skull-stripped T1.
-
-    With ``lo``, ``hi`` the 0.5 and 99.5 percentiles of the masked voxels, a masked voxel becomes
-    ``clip(lo + hi - data, lo, hi)`` (bright WM turns dark, dark CSF bright); every voxel outside
-    the mask is 0. For a positive-valued brain (``lo > 0``) the default mask is therefore preserved:
-    ``out > 0`` equals ``data > 0``.
-
-    Args:
-        data: (X, Y, Z) intensities, any scale and dtype.
-        mask: (X, Y, Z) brain mask, any dtype (non-zero = brain); default ``data > 0``.
-
-    Returns:
-        (X, Y, Z) float32, values in ``[lo, hi]`` inside the mask and 0 outside.
-
-    Raises:
-        ValueError: mask of another shape, empty mask, NaN/Inf inside the mask.
-    """
-    return _invert(data, mask)[0]
-
-
-def _invert(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float, float]:
-    """:func:`invert_contrast` and the (lo, hi) it mirrored between."""
-    data = np.asarray(data)
-    mask, lo, hi = _mirror_range(data, mask)
-    out = np.zeros(data.shape, np.float32)
-    out[mask] = np.clip(lo + hi - data[mask].astype(np.float64), lo, hi)
-    return out, lo, hi
-
-
-def tissue_modes(values: np.ndarray, iterations: int = 50) -> tuple[float, float, float]:
-    """The three tissue intensities of a skull-stripped T1 (CSF < GM < WM), by 1-D k-means.
-
-    Deterministic: the centres start at the 10th, 50th and 90th percentiles of ``values``.
-
-    Args:
-        values: (N,) intensities of the brain's voxels.
-        iterations: k-means rounds (it converges in a few on brain histograms).
-
-    Raises:
-        ValueError: fewer than 3 distinct values (no tissue contrast to remap).
-    """
-    v = np.sort(np.asarray(values, np.float64).ravel())
-    if np.unique(v[:: max(1, v.size // 100_000)]).size < 3:
-        raise ValueError("the brain holds fewer than 3 distinct intensities: no tissue contrast")
-    centres = np.percentile(v, [10, 50, 90])
-    for _ in range(iterations):
-        bounds = (centres[:-1] + centres[1:]) / 2
-        parts = np.split(v, np.searchsorted(v, bounds))
-        new = np.array([p.mean() if p.size else c for p, c in zip(parts, centres)])
-        if np.allclose(new, centres):
-            break
-        centres = np.sort(new)
-    return float(centres[0]), float(centres[1]), float(centres[2])
-
-
-def remap_contrast(
-    data: np.ndarray, contrast: str, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Another contrast from a skull-stripped T1: its intensities through a non-monotonic curve.
-
-    The curve is piecewise linear through the T1's three tissue modes (:func:`tissue_modes` of the
-    masked voxels: CSF, GM, WM), which go to ``CONTRASTS[contrast]`` times the 99.5th percentile;
-    its end segments go on beyond the CSF and WM modes (so the texture within a tissue is kept),
-    down to a quarter of the lowest level (so ``out > 0`` is the mask). Real anatomy, noise, bias and partial volume are kept; what a T1 cannot
-    give is kept too: a CSF/WM partial-volume voxel has GM's T1 intensity and takes GM's new value
-    (a thin rim at the ventricle walls that a real FLAIR shows only in places).
-
-    Args:
-        data: (X, Y, Z) intensities, any scale and dtype.
-        contrast: a key of :data:`CONTRASTS` (``flair``, ``pd``).
-        mask: (X, Y, Z) brain mask (non-zero = brain); default ``data > 0``.
-
-    Returns:
-        (X, Y, Z) float32, 0 outside the mask.
-
-    Raises:
-        ValueError: unknown contrast, mask of another shape, empty mask, NaN/Inf inside it, or
-            no tissue contrast.
-    """
-    if contrast not in CONTRASTS:
-        raise ValueError(f"contrast must be one of {sorted(CONTRASTS)}, got {contrast!r}")
-    data = np.asarray(data)
-    mask, _, hi = _mirror_range(data, mask)
-    values = data[mask].astype(np.float64)
-    x = np.array(tissue_modes(values))
-    y = hi * np.array(CONTRASTS[contrast])
-    lo_slope, hi_slope = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
-    out = np.zeros(data.shape, np.float32)
-    mapped = np.interp(values, x, y)
-    below, above = values < x[0], values > x[2]  # the end segments go on: texture is kept
-    mapped[below] = y[0] + lo_slope * (values[below] - x[0])
-    mapped[above] = y[2] + hi_slope * (values[above] - x[2])
-    out[mask] = np.maximum(mapped, 0.25 * y.min())  # above 0: the brain mask is kept
-    return out
 
 
 def _check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
@@ -424,9 +303,9 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
                 out, lo, hi = _invert(data, None)
                 what = f"inverted contrast inside intensity > 0, mirrored in [{lo:.4g}, {hi:.4g}]"
             elif contrast is not None:
-                out = remap_contrast(data, contrast)
+                out, modes = _remap(data, contrast, None)
                 what = (f"{contrast}-like contrast inside intensity > 0 (tissue modes "
-                        f"{', '.join(f'{m:.4g}' for m in tissue_modes(data[data > 0]))})")
+                        f"{', '.join(f'{m:.4g}' for m in modes)})")
             else:
                 spacing = _spacing(affine)
                 ax = through_plane_axis(spacing) if axis is None else axis
