@@ -397,6 +397,20 @@ def test_output_mm_must_be_a_voxel_size(bad):
         InferenceOptions(output_mm=bad)
 
 
+def test_field_of_view_too_large_for_the_network_grid_is_refused_before_resampling():
+    """A header claiming 40 mm voxels (a wrong unit: a 1.3 m head) resamples to a grid far larger
+    than the scan: one ValueError naming the file and max_voxels, not an out-of-memory kill."""
+    predictor = Predictor([ThresholdNet()], _meta(), tta="none")
+    data = _phantom()
+    affine = np.diag([40.0, 40.0, 40.0, 1.0])
+    opts = InferenceOptions(max_voxels=50 * data.size)
+    with pytest.raises(ValueError, match=r"huge\.nii\.gz: its field of view .* max_voxels"):
+        segment_volume(data, affine, predictor, opts, torch.device("cpu"), name="huge.nii.gz")
+    # the same scan at its real voxel size is segmented
+    pred = segment_volume(data, np.eye(4), predictor, opts, torch.device("cpu"))
+    assert pred.labels.shape == data.shape
+
+
 def test_output_mm_grid_larger_than_max_voxels_is_refused():
     predictor = Predictor([ThresholdNet()], _meta(), tta="none")
     opts = InferenceOptions(output_mm=0.05, max_voxels=10**6)

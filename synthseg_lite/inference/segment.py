@@ -317,10 +317,18 @@ def segment_volume(
         (:func:`~synthseg_lite.inference.postprocess.qc_scores` over :func:`qc_groups`).
 
     Raises:
-        ValueError: empty or constant image; an ``output_mm`` grid of more than
-            ``opts.max_voxels`` voxels.
+        ValueError: empty or constant image; a network grid (the field of view at the model's
+            voxel size) or an ``output_mm`` grid of more than ``opts.max_voxels`` voxels.
     """
     meta = predictor.meta
+    grid, _, _ = grid_for(data.shape, np.asarray(affine, dtype=np.float64), meta.spacing_mm)
+    if math.prod(grid) > opts.max_voxels:  # resampled before it is cropped: refuse, not OOM
+        fov = np.asarray(data.shape[:3]) * np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+        raise ValueError(
+            f"{name or 'scan'}: its field of view ({' x '.join(f'{f:.0f}' for f in fov)} mm) "
+            f"makes a {'x'.join(map(str, grid))} grid at the model's {meta.spacing_mm:g} mm, "
+            f"more than max_voxels={opts.max_voxels}: check the voxel sizes in its header"
+        )
     if opts.output_mm is not None:
         shape, _, _ = grid_for(data.shape, np.asarray(affine, dtype=np.float64), opts.output_mm)
         if math.prod(shape) > opts.max_voxels:
