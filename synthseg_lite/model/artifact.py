@@ -31,6 +31,7 @@ __all__ = [
     "QC_THRESHOLD_KEY",
     "ModelMeta",
     "ensemble_qc_threshold",
+    "interpolate_weights",
     "load_model",
     "model_qc_threshold",
     "read_meta",
@@ -147,6 +148,34 @@ def save_model(
         buf,
     )
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def interpolate_weights(base: nn.Module, tuned: nn.Module, weight: float) -> nn.Module:
+    """WiSE-FT (Wortsman et al., 2022): ``tuned`` with its weights set to
+    ``(1 - weight) * base + weight * tuned``, for a network fine-tuned from ``base``.
+
+    The blend of a model and its own fine-tuning keeps most of what the fine-tuning gained on the
+    new conditions (here: contrast) and most of the base's accuracy where the fine-tuning lost.
+
+    Args:
+        base: the network the fine-tuning started from (float32, any precision it was stored in).
+        tuned: the fine-tuned network: same topology; changed in place and returned.
+        weight: in [0, 1]; 0 gives ``base``'s weights, 1 leaves ``tuned`` as it is.
+
+    Raises:
+        ValueError: ``weight`` outside [0, 1], or two different networks.
+    """
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"the interpolation weight must be in [0, 1], got {weight}")
+    a, b = base.state_dict(), tuned.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise ValueError("interpolation needs two versions of the same network (other weights)")
+    w = float(weight)
+    tuned.load_state_dict(
+        {k: (1 - w) * a[k].float() + w * b[k].float() if a[k].is_floating_point() else a[k]
+         for k in a}
+    )
+    return tuned
 
 
 def load_model(
