@@ -47,12 +47,15 @@ def build(cfg: DictConfig):
     from synthseg_lite.training import (
         AtomicCheckpointIO,
         check_accelerator,
+        check_optimizer,
         check_trainer_args,
         plan_guard,
     )
 
     check_accelerator(cfg.trainer.accelerator)
     check_trainer_args(cfg.trainer)
+    optimizer = instantiate(cfg.model.optimizer)
+    check_optimizer(optimizer)
     if cfg.trainer.accelerator == "cpu" and str(cfg.trainer.precision).startswith("16"):
         log.warning("fp16 mixed precision is CUDA-only: training in float32 on the CPU")
         cfg.trainer.precision = "32-true"
@@ -92,7 +95,7 @@ def build(cfg: DictConfig):
         model_cfg,
         table,
         synth_cfg,
-        optimizer=instantiate(cfg.model.optimizer),
+        optimizer=optimizer,
         scheduler=instantiate(sched) if sched is not None else None,
         seed=int(cfg.seed),
         real_val_names=[s.name for s in data_cfg.real_val],
@@ -135,7 +138,7 @@ def plan_for(cfg: DictConfig, table, map_shape) -> tuple:
     from synthseg_lite.training.memory import StepJob
     from synthseg_lite.training.plan_measure import plan_measured
     from synthseg_lite.model.unet import UNetConfig
-    from synthseg_lite.training import plan_sizes
+    from synthseg_lite.training import check_optimizer, plan_sizes
 
     synth_cfg, model_cfg = OmegaConf.to_object(cfg.synth), OmegaConf.to_object(cfg.model)
     unet = UNetConfig(**OmegaConf.to_container(cfg.model.unet))
@@ -144,8 +147,10 @@ def plan_for(cfg: DictConfig, table, map_shape) -> tuple:
         return plan_sizes(None, *args, tuple(map_shape), synth_cfg.voxel_mm), None
     acc = str(cfg.trainer.accelerator).lower()
     cuda = acc in ("gpu", "cuda") or (acc == "auto" and __import__("torch").cuda.is_available())
+    optimizer = instantiate(cfg.model.optimizer)
+    check_optimizer(optimizer)
     job = StepJob(unet, table.target.n_classes, synth_cfg, table, tuple(map_shape),
-                  model_cfg.loss, instantiate(cfg.model.optimizer), str(cfg.trainer.precision),
+                  model_cfg.loss, optimizer, str(cfg.trainer.precision),
                   cfg.trainer.get("gradient_clip_val"), "cuda" if cuda else "cpu")
     plan, record = plan_measured(float(cfg.gpu_memory_gb), job, list(synth_cfg.patch_shape),
                                  cfg.data.batch_size)

@@ -321,20 +321,19 @@ def segment_volume(
             voxel size) or an ``output_mm`` grid of more than ``opts.max_voxels`` voxels.
     """
     meta = predictor.meta
-    grid, _, _ = grid_for(data.shape, np.asarray(affine, dtype=np.float64), meta.spacing_mm)
-    if math.prod(grid) > opts.max_voxels:  # resampled before it is cropped: refuse, not OOM
-        fov = np.asarray(data.shape[:3]) * np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-        raise ValueError(
-            f"{name or 'scan'}: its field of view ({' x '.join(f'{f:.0f}' for f in fov)} mm) "
-            f"makes a {'x'.join(map(str, grid))} grid at the model's {meta.spacing_mm:g} mm, "
-            f"more than max_voxels={opts.max_voxels}: check the voxel sizes in its header"
-        )
+    affine64 = np.asarray(affine, dtype=np.float64)
+    # both grids are resampled over the whole field of view: too large is refused, not an OOM kill
+    grids = [(meta.spacing_mm, "at the model's", "check the voxel sizes in its header")]
     if opts.output_mm is not None:
-        shape, _, _ = grid_for(data.shape, np.asarray(affine, dtype=np.float64), opts.output_mm)
-        if math.prod(shape) > opts.max_voxels:
+        grids.append((opts.output_mm, "at output_mm =", "choose a larger output_mm"))
+    for mm, at, fix in grids:
+        grid, _, _ = grid_for(data.shape, affine64, mm)
+        if math.prod(grid) > opts.max_voxels:
+            fov = np.asarray(data.shape[:3]) * np.sqrt((affine64[:3, :3] ** 2).sum(0))
             raise ValueError(
-                f"output_mm={opts.output_mm} makes a {'x'.join(map(str, shape))} grid for this "
-                f"scan, more than max_voxels={opts.max_voxels}; choose a larger output_mm"
+                f"{name or 'scan'}: its field of view ({' x '.join(f'{f:.0f}' for f in fov)} mm) "
+                f"makes a {'x'.join(map(str, grid))} grid {at} {mm:g} mm, more than "
+                f"max_voxels={opts.max_voxels}: {fix}"
             )
 
     @torch.inference_mode()

@@ -165,12 +165,12 @@ def interpolate_weights(base: nn.Module, tuned: nn.Module, weight: float) -> nn.
     Raises:
         ValueError: ``weight`` outside [0, 1], or two different networks.
     """
-    if not 0.0 <= float(weight) <= 1.0:
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
         raise ValueError(f"the interpolation weight must be in [0, 1], got {weight}")
     a, b = base.state_dict(), tuned.state_dict()
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         raise ValueError("interpolation needs two versions of the same network (other weights)")
-    w = float(weight)
     tuned.load_state_dict(
         {k: (1 - w) * a[k].float() + w * b[k].float() if a[k].is_floating_point() else a[k]
          for k in a}

@@ -136,15 +136,6 @@ class SynthSegModule(pl.LightningModule):
                 )
         elif unet.spatial_dims != 3:
             raise ValueError(f"model.unet.spatial_dims must be 2 or 3, got {unet.spatial_dims}")
-        for key, value in getattr(optimizer, "keywords", {}).items():
-            if key in ("lr", "weight_decay", "momentum", "eps") and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
-                raise ValueError(f"model.optimizer.{key} must be a number, got {value!r}")
-        try:  # a bad setting (lr=-1) fails here with one line, not at the first step
-            optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"model.optimizer: {exc}") from None
         self.slices = slices
         self.cfg, self.unet_cfg, self.table, self.synth_cfg = cfg, unet, table, synth
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler

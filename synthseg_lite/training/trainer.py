@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import json
 import logging
 import math
@@ -102,6 +103,35 @@ def check_trainer_args(trainer: Mapping[str, Any]) -> None:
             raise ValueError(f"trainer.{key} must be {names}, got {v!r}")
         if v < 0 and not (key in ("max_epochs", "max_steps") and v == -1):
             raise ValueError(f"trainer.{key} must not be negative, got {v}")
+
+
+def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer]) -> None:
+    """Fail in one line on a bad optimiser setting (``model.optimizer.lr=fast``, ``lr=-1``), before
+    planning or training build the optimiser: a keyword whose default in the optimiser's signature
+    is a number must be one, and the optimiser must accept the settings on one parameter.
+
+    Args:
+        optimizer: Hydra ``_partial_`` of ``model.optimizer`` (``optimizer(params=...)``).
+
+    Raises:
+        ValueError: the first bad ``model.optimizer.*`` value.
+    """
+    try:
+        params = inspect.signature(optimizer.func).parameters
+    except (AttributeError, TypeError, ValueError):  # not a partial of an inspectable class
+        params = {}
+    for key, value in getattr(optimizer, "keywords", {}).items():
+        default = params[key].default if key in params else None
+        if _is_number(default) and not _is_number(value):
+            raise ValueError(f"model.optimizer.{key} must be a number, got {value!r}")
+    try:
+        optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model.optimizer: {exc}") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def plan_sizes(
