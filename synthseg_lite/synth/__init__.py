@@ -4,7 +4,7 @@ Billot et al., "SynthSeg: Segmentation of brain MRI scans of any contrast and re
 retraining", Medical Image Analysis 86 (2023). Random parameters are drawn first
 (:func:`~synthseg_lite.synth.params.sample_params`, one explicit ``torch.Generator``); every stage
 is then a pure batched function (:mod:`spatial`, :mod:`morphology`, :mod:`lesions`, :mod:`gmm`,
-:mod:`intensity`, :mod:`resolution`).
+:mod:`rim`, :mod:`intensity`, :mod:`resolution`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from synthseg_lite.synth.lesions import lesion_lut, paint_lesions
 from synthseg_lite.synth.morphology import morph_lut, resize_structures
 from synthseg_lite.synth.params import SynthParams, make_generator, sample_params
 from synthseg_lite.synth.resolution import simulate_resolution
+from synthseg_lite.synth.rim import fluid_rim
 from synthseg_lite.synth.spatial import label_luts, remap_labels, sampling_grid, warp_labels
 
 __all__ = ["SynthConfig", "SynthGenerator", "SynthBatch", "SynthParams", "make_generator", "brain_bbox"]
@@ -118,6 +119,11 @@ class SynthGenerator(nn.Module):
             morph = morph_lut(table.n_labels, [_indices(table, g, "morph") for g in cfg.morph.groups],
                               [i for i, b in enumerate(brain) if b])
         self.register_buffer("morph_lut", morph, persistent=False)
+        rim = None  # (L,) fluid 1 / rim may lie in 0 / -1; None: the stage is off
+        if cfg.rim.prob > 0:
+            rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")],
+                            [i for i, b in enumerate(brain) if b])
+        self.register_buffer("rim_lut", rim, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
@@ -139,6 +145,9 @@ class SynthGenerator(nn.Module):
         if self.lesion_lut is not None:
             warped = paint_lesions(warped, p.lesion_field, p.lesion_threshold, self.lesion_lut)
         image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)
+        if self.rim_lut is not None:
+            image = fluid_rim(image, warped, self.rim_lut, p.rim_fraction, p.rim_field, self.classes,
+                              p.means, p.stds, p.gmm_noise)
         if f > 1:  # partial volume: average the fine grid, labels at the fine voxel nearest the centre
             image = F.avg_pool3d(image, f)
             warped = warped[:, :, f // 2::f, f // 2::f, f // 2::f]

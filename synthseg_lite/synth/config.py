@@ -219,6 +219,27 @@ class MorphConfig:
 
 
 @dataclass
+class RimConfig:
+    """Brain voxels beside the ventricles take part of the fluid's intensity, label unchanged: a
+    rater's partial-volume convention (:mod:`synthseg_lite.synth.rim`; beyond SynthSeg, off by
+    default).
+
+    Attributes:
+        prob: probability that a sample gets the rim (0 = off, the default: the random stream of
+            existing settings is unchanged).
+        labels: the fluid label values (default: the lateral ventricles, inferior horns, 3rd and
+            4th ventricle; not the extra-cerebral CSF, whose border with the cortex showed no
+            excess).
+        fraction: [low, high] range of the per-sample maximum fluid fraction ``a``; each rim
+            voxel takes ``a * u`` of the fluid's intensity, ``u ~ U(0, 1)``.
+    """
+
+    prob: float = 0.0
+    labels: list[int] = field(default_factory=lambda: [4, 5, 14, 15, 43, 44])
+    fraction: list[float] = field(default_factory=lambda: [0.0, 0.8])
+
+
+@dataclass
 class SynthConfig:
     """Everything the generator does.
 
@@ -242,6 +263,7 @@ class SynthConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     lesion: LesionConfig = field(default_factory=LesionConfig)
     morph: MorphConfig = field(default_factory=MorphConfig)
+    rim: RimConfig = field(default_factory=RimConfig)
 
     def __post_init__(self) -> None:
         if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
@@ -263,14 +285,16 @@ class SynthConfig:
                           ("gmm.background_low_std", self.gmm.background_low_std),
                           ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm),
                           ("lesion.threshold", self.lesion.threshold),
-                          ("morph.steps", self.morph.steps)):
+                          ("morph.steps", self.morph.steps),
+                          ("rim.fraction", self.rim.fraction)):
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
         for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
                            ("bias.prob", self.bias.prob),
                            ("resolution.iso_prob", self.resolution.iso_prob),
                            ("lesion.prob", self.lesion.prob),
-                           ("morph.prob", self.morph.prob)):
+                           ("morph.prob", self.morph.prob),
+                           ("rim.prob", self.rim.prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
         for name, prob in (("flip.prob", self.flip.prob),
@@ -320,6 +344,10 @@ class SynthConfig:
             raise ValueError(f"synth.morph.groups: a label is in two groups ({self.morph.groups})")
         if any(int(v) != v for v in self.morph.steps):
             raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
+        if not self.rim.labels:
+            raise ValueError("synth.rim.labels must be a non-empty list of fluid label values")
+        if not 0.0 <= self.rim.fraction[0] <= self.rim.fraction[1] <= 1.0:
+            raise ValueError(f"synth.rim.fraction must lie in [0, 1], got {list(self.rim.fraction)}")
         if self.gmm.background_zero_prob + self.gmm.background_low_prob > 1.0:
             raise ValueError("synth.gmm.background_zero_prob + background_low_prob must be <= 1, got "
                              f"{self.gmm.background_zero_prob} + {self.gmm.background_low_prob}")

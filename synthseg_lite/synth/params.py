@@ -58,6 +58,9 @@ class SynthParams:
             lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
         morph_steps: (B, G) int64 rounds of erosion (< 0) or dilation (> 0) of each of the
             structure-size stage's G groups, 0 for groups not resized (all 0 when it is off).
+        rim_fraction: (B,) maximum fluid fraction of the partial-volume rim stage, 0 for samples
+            without (all 0 when it is off); rim_field: (B, 1, *Pf) per-voxel U(0, 1) factor of
+            that fraction (empty when the stage is off).
     """
 
     matrix: torch.Tensor
@@ -82,6 +85,8 @@ class SynthParams:
     lesion_field: torch.Tensor
     lesion_threshold: torch.Tensor
     morph_steps: torch.Tensor
+    rim_fraction: torch.Tensor
+    rim_field: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -110,6 +115,7 @@ class SynthParams:
             "noise_std": self.noise_std,
             "lesions": torch.isfinite(self.lesion_threshold).float(),
             "morph_steps": self.morph_steps.float().mean(1),
+            "rim_fraction": self.rim_fraction,
         }
 
 
@@ -290,6 +296,16 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         drawn = torch.randint(lo, hi + 1, (B, G), generator=g, device=dev)
         morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
 
+    # -- partial-volume rim (drawn only when on, after every other draw)
+    rim = cfg.rim
+    rim_fraction = torch.zeros(B, device=dev)
+    rim_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
+    if rim.prob > 0:
+        on = _bernoulli(g, B, rim.prob)
+        rim_fraction = torch.where(on, _uniform(g, (B,), *rim.fraction), 0.0)
+        rim_field = torch.rand((B, 1, *[p * f for p in P]), generator=g, device=dev)
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
-                       noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps)
+                       noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps,
+                       rim_fraction, rim_field)
