@@ -189,7 +189,8 @@ def test_tissue_lut_and_overlay() -> None:
 
 @pytest.mark.parametrize(
     "experiment",
-    ["default", "cpu", "structures", "structures_gpu", "structures_sagittal", "structures_context7"],
+    ["default", "cpu", "structures", "structures_gpu", "structures_sagittal", "structures_context7",
+     "structures_rim"],
 )
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
