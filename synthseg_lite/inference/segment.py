@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 #: real T1 scans 0.80-0.84; degraded versions of IBSR_01 that keep Dice >= 0.74 (inverted, noisy,
 #: 5 mm) 0.77-0.81; a blurred one (GM Dice 0.54) 0.68; random intensities in a brain mask
 #: 0.30-0.43. The shipped models carry their own (with ``refine=gmm``: tissue 0.78, structures
-#: 0.70); calibrate a model of your own the same way.
+#: 0.68); calibrate a model of your own the same way.
 QC_THRESHOLD = 0.70
 
 
