@@ -63,6 +63,23 @@ def two_hemisphere_head(size: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndar
     return lab, x, r
 
 
+def ventricle_maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
+    """``b`` copies of a two-hemisphere head (generation indices, (b, 1, 40, 40, 40)) and its
+    ``synthseg`` table: cortex shell, WM, a lateral ventricle with an inferior horn per side,
+    a 3rd ventricle between them."""
+    table = LabelTable.create("synthseg")
+    lab, x, _ = two_hemisphere_head(40)
+    y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")[1:]
+    left = x < 20
+    vent = (np.abs(np.abs(x - 19.5) - 6) < 3) & (np.abs(y - 19.5) < 6) & (np.abs(z - 19.5) < 4)
+    lab[vent] = np.where(left, 4, 43)[vent]
+    horn = (np.abs(np.abs(x - 19.5) - 6) < 2) & (np.abs(y - 28) < 2) & (np.abs(z - 19.5) < 1)
+    lab[horn] = np.where(left, 5, 44)[horn]
+    lab[(np.abs(x - 19.5) < 1) & (np.abs(y - 19.5) < 5) & (np.abs(z - 19.5) < 5)] = 14
+    idx = torch.from_numpy(table.encode(lab)).view(1, 1, 40, 40, 40).repeat(b, 1, 1, 1, 1)
+    return table, idx
+
+
 def run_in_process(command: str, args: list[str]) -> int:
     """``main()`` of ``synthseg_lite.commands.<command>`` with ``sys.argv`` set; the exit code.
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,25 +14,9 @@ from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 from synthseg_lite.synth.config import MorphConfig, SpatialConfig
 from synthseg_lite.synth.morphology import morph_lut, resize_structures
 from synthseg_lite.synth.params import sample_params
-from helpers import two_hemisphere_head
+from helpers import ventricle_maps as _maps
 
 LEFT, RIGHT = (2, 3, 4, 5), (41, 42, 43, 44)
-
-
-def _maps(b: int = 4) -> tuple[LabelTable, torch.Tensor]:
-    """A two-hemisphere head: cortex shell, WM, a lateral ventricle with an inferior horn per side,
-    a 3rd ventricle between them."""
-    table = LabelTable.create("synthseg")
-    lab, x, _ = two_hemisphere_head(40)
-    y, z = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")[1:]
-    left = x < 20
-    vent = (np.abs(np.abs(x - 19.5) - 6) < 3) & (np.abs(y - 19.5) < 6) & (np.abs(z - 19.5) < 4)
-    lab[vent] = np.where(left, 4, 43)[vent]
-    horn = (np.abs(np.abs(x - 19.5) - 6) < 2) & (np.abs(y - 28) < 2) & (np.abs(z - 19.5) < 1)
-    lab[horn] = np.where(left, 5, 44)[horn]
-    lab[(np.abs(x - 19.5) < 1) & (np.abs(y - 19.5) < 5) & (np.abs(z - 19.5) < 5)] = 14
-    idx = torch.from_numpy(table.encode(lab)).view(1, 1, 40, 40, 40).repeat(b, 1, 1, 1, 1)
-    return table, idx
 
 
 def _lut(table: LabelTable, groups: tuple[tuple[int, ...], ...] = ((4, 5, 14, 43, 44),)) -> torch.Tensor:

@@ -16,7 +16,7 @@ from synthseg_lite.synth.gmm import gmm_image
 from synthseg_lite.synth.morphology import morph_lut
 from synthseg_lite.synth.params import sample_params
 from synthseg_lite.synth.rim import fluid_rim
-from test_morphology import _maps
+from helpers import ventricle_maps as _maps
 
 FLUID = (4, 5, 14, 43, 44)
 FACES = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
@@ -56,7 +56,7 @@ def test_fraction_zero_is_identity():
 
 
 def test_only_the_rim_moves_towards_the_fluid():
-    table, maps, lut, classes, means, stds, noise, image = _rim_inputs()
+    _, maps, lut, classes, means, stds, noise, image = _rim_inputs()
     fraction = torch.tensor([0.0, 0.5, 1.0])
     out = fluid_rim(image, maps, lut, fraction, torch.ones(maps.shape), classes, means, stds, noise)
     kind = lut[maps.long()]

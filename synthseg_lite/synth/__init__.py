@@ -114,15 +114,15 @@ class SynthGenerator(nn.Module):
             lesions = lesion_lut(table.n_labels, _indices(table, cfg.lesion.hosts, "lesion"),
                                  _indices(table, cfg.lesion.labels, "lesion"))
         self.register_buffer("lesion_lut", lesions, persistent=False)
+        brain_indices = [i for i, b in enumerate(brain) if b]  # what resized labels may grow into
         morph = None  # (L,) group + 1 / 0 growable / -1 fixed; None: the stage is off
         if cfg.morph.prob > 0:
             morph = morph_lut(table.n_labels, [_indices(table, g, "morph") for g in cfg.morph.groups],
-                              [i for i, b in enumerate(brain) if b])
+                              brain_indices)
         self.register_buffer("morph_lut", morph, persistent=False)
         rim = None  # (L,) fluid 1 / rim may lie in 0 / -1; None: the stage is off
         if cfg.rim.prob > 0:
-            rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")],
-                            [i for i, b in enumerate(brain) if b])
+            rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")], brain_indices)
         self.register_buffer("rim_lut", rim, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
