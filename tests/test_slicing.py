@@ -11,6 +11,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from helpers import read_digests, write_toy_maps
+from helpers import run_training as _run
+
 from synthseg_lite.data import LabelMapStream, load_fixed_set
 from synthseg_lite.data.export import ExportConfig, export_dataset
 from synthseg_lite.inference import Predictor
@@ -25,7 +28,6 @@ from synthseg_lite.model.slicing import (
     sample_slices,
 )
 from synthseg_lite.synth import SynthConfig
-from helpers import read_digests, write_toy_maps, run_training as _run
 
 SMOKE_2D = [
     "experiment=smoke",
@@ -248,7 +250,8 @@ def test_init_weights_widens_the_slice_context_without_changing_predictions(
     toy_maps: str, tmp_path: Path
 ) -> None:
     """A 3-slice network fine-tuned with 7 slices starts as the file's network: the outer
-    slices' weights are 0, so any input gives the 3-slice network's logits on the centre three."""
+    slices' weights are 0, so any input gives the 3-slice network's logits on the centre three.
+    Wider stages as well (Net2WiderNet) still give the same logits."""
     from helpers import compose
 
     from synthseg_lite.commands import train as train_command
@@ -264,7 +267,7 @@ def test_init_weights_widens_the_slice_context_without_changing_predictions(
     net3, meta3 = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt")
     pt = save_model(tmp_path / "m3.pt", net3, meta3, precision="float32")
 
-    def build(context: int):
+    def build(context: int, *more: str):
         over = [
             *SMOKE_2D,
             f"data.label_maps={toy_maps}",
@@ -272,6 +275,7 @@ def test_init_weights_widens_the_slice_context_without_changing_predictions(
             f"model.slices.context={context}",
             f"paths.output_dir={tmp_path / str(context)}",
             "logger=none",
+            *more,
         ]
         return train_command.build(compose(over))[1]
 
@@ -284,6 +288,15 @@ def test_init_weights_widens_the_slice_context_without_changing_predictions(
         torch.testing.assert_close(wide.net.eval()(x), net3(x[:, 2:5]), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="init_weights=.*another network"):  # narrower: refused
         init_weights(build(1), pt)
+
+    # wider stages and a wider context at once (Net2WiderNet, then the context): same logits
+    wider = build(7, "model.unet.base_features=6", "model.unet.max_features=20")
+    init_weights(wider, pt, seed=5)
+    assert wider.net.state_dict()["downsamples.0.conv1.conv.weight"].shape[:2] == (12, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(wider.net.eval()(x), net3(x[:, 2:5]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="init_weights=.*cannot widen stages"):
+        init_weights(build(3, "model.unet.base_features=2"), pt)
 
 
 def test_2d_needs_a_cubic_patch_and_matching_channels(toy_maps: str, tmp_path: Path) -> None:

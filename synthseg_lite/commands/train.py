@@ -207,7 +207,7 @@ def run(cfg: DictConfig) -> float | None:
             raise ValueError("init_weights and resume exclude each other: resume continues a run")
         from synthseg_lite.inference.predictor import resolve_model
 
-        extra = init_weights(module, resolve_model(str(cfg.init_weights)))
+        extra = init_weights(module, resolve_model(str(cfg.init_weights)), seed=int(cfg.seed))
         log.info("init_weights: network from %s (step %s)", cfg.init_weights,
                  extra.get("global_step", extra.get("step", "?")))
     if cfg.resume:

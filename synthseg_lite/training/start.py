@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from synthseg_lite.model.artifact import load_model
+from synthseg_lite.model.widen import stage_widths, widen_state
 from synthseg_lite.safety import load_torch_file
 
 __all__ = ["check_resume_compatible", "config_differences", "init_weights", "read_resume"]
@@ -72,13 +73,19 @@ def check_resume_compatible(module: torch.nn.Module, info: Mapping[str, Any], pa
         )
 
 
-def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> dict[str, Any]:
     """Start ``module.net`` from the network weights of a model file (fine-tuning).
+
+    Two changes of network start exactly as the file's network (same logits): a wider slice
+    context (``model.slices.context``, the new outer slices at weight 0) and wider stages
+    (``model.unet.base_features`` / ``max_features``: Net2WiderNet,
+    :mod:`synthseg_lite.model.widen`).
 
     Args:
         module: the LightningModule built from the current configuration (``.net``,
             ``.table``).
         path: a ``.pt`` model file or a training ``.ckpt`` (read with ``weights_only=True``).
+        seed: seeds which channels a wider network's new channels copy.
 
     Returns:
         The file's recorded ``extra`` metadata (step, config), for the run's log.
@@ -99,6 +106,18 @@ def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     state = net.state_dict()
     have = {k: tuple(v.shape) for k, v in module.net.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
+    if have != got and set(have) == set(got) and stage_widths(got) != stage_widths(have):
+        try:
+            state = _widen_features(state, module.net.state_dict(), seed)
+        except ValueError as exc:
+            raise ValueError(f"init_weights={path}: {exc}") from exc
+        log.info(
+            "init_weights: stage features %s -> %s (Net2WiderNet: the new channels copy "
+            "existing ones, so the network starts as the file's)",
+            stage_widths(got),
+            stage_widths(have),
+        )
+        got = {k: tuple(v.shape) for k, v in state.items()}
     if have != got:
         bad = sorted(k for k in set(have) | set(got) if have.get(k) != got.get(k))
         wide = _widen_context(state, have, bad, int(meta.slices.get("context", 0)))
@@ -118,6 +137,18 @@ def init_weights(module: torch.nn.Module, path: str | Path) -> dict[str, Any]:
         )
     module.net.load_state_dict(state)
     return dict(meta.extra)
+
+
+def _widen_features(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """:func:`widen_state` that keeps the file's slice context (the input convolution, listed
+    twice by DynUNet), so that :func:`_widen_context` can widen that afterwards."""
+    first = ("input_block.conv1.conv.weight", "skip_layers.downsample.conv1.conv.weight")
+    like = {
+        k: v[:, : state[k].shape[1]] if k in first and k in state else v for k, v in target.items()
+    }
+    return widen_state(state, like, torch.Generator().manual_seed(seed))
 
 
 def _widen_context(
