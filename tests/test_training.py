@@ -391,9 +391,18 @@ def test_init_weights_starts_from_a_model_file_and_refuses_another_network(
     init_weights(fresh, pt)
     for k, v in trained.state_dict().items():  # float16 storage: equal to its rounding
         torch.testing.assert_close(fresh.net.state_dict()[k], v, atol=1e-2, rtol=1e-3)
-    wider = compose([f"paths.output_dir={tmp_path / 'c'}", *tiny, "model.unet.base_features=8"])
+    # wider stages start from the file's function (Net2WiderNet); another depth is refused
+    wider = train_script.build(
+        compose([f"paths.output_dir={tmp_path / 'c'}", *tiny, "model.unet.base_features=8"])
+    )[1]
+    init_weights(wider, pt)
+    channels = fresh.net.state_dict()["input_block.conv1.conv.weight"].shape[1]
+    x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))  # 2D slices
+    with torch.no_grad():
+        torch.testing.assert_close(wider.net.eval()(x), fresh.net.eval()(x), atol=1e-4, rtol=1e-4)
+    deeper = compose([f"paths.output_dir={tmp_path / 'e'}", *tiny, "model.unet.n_stages=4"])
     with pytest.raises(ValueError, match="init_weights=.*another network"):
-        init_weights(train_script.build(wider)[1], pt)
+        init_weights(train_script.build(deeper)[1], pt)
     other = compose([f"paths.output_dir={tmp_path / 'd'}", *tiny, "data.target=synthseg"])
     with pytest.raises(ValueError, match="init_weights=.*data.target must match"):
         init_weights(train_script.build(other)[1], pt)
