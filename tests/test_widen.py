@@ -86,3 +86,12 @@ def test_refuses_narrower_stages_and_other_networks() -> None:
         widen_state(_net(2, 4, 16).state_dict(), _net(3, 6, 16).state_dict(), g)
     with pytest.raises(ValueError, match="not a U-Net"):
         stage_widths({"conv.weight": torch.zeros(2, 2)})
+
+
+def test_refuses_deep_supervision_heads() -> None:
+    def net(base: int):
+        cfg = UNetConfig(n_stages=4, base_features=base, max_features=16, deep_supr_num=1)
+        return build_unet(cfg, 3).state_dict()
+
+    with pytest.raises(ValueError, match="deep-supervision"):
+        widen_state(net(4), net(6), torch.Generator())

@@ -136,7 +136,10 @@ def _widen_tensor(
             _remap(w, stage, reads, old, maps, generator) if w.ndim > 1 else w[maps[stage]].clone()
         )
     if block not in roles:
-        raise ValueError(f"cannot widen {key}: not a layer of build_unet's U-Net")
+        raise ValueError(
+            f"cannot widen {key}: only the encoder, decoder and output layers of build_unet's "
+            "U-Net are widened (no deep-supervision heads)"
+        )
     stage, reads = roles[block]
     if w.ndim == 1:  # InstanceNorm scale / shift, convolution bias
         return w[maps[stage]].clone()
