@@ -11,9 +11,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from helpers import read_digests, write_toy_maps
-from helpers import run_training as _run
-
 from synthseg_lite.data import LabelMapStream, load_fixed_set
 from synthseg_lite.data.export import ExportConfig, export_dataset
 from synthseg_lite.inference import Predictor
@@ -28,6 +25,7 @@ from synthseg_lite.model.slicing import (
     sample_slices,
 )
 from synthseg_lite.synth import SynthConfig
+from helpers import read_digests, write_toy_maps, run_training as _run
 
 SMOKE_2D = [
     "experiment=smoke",

@@ -79,17 +79,20 @@ def widen_state(
         odd = min(set(state) ^ set(target))
         raise ValueError(f"the networks differ in more than width ({odd})")
     maps = [_copy_map(o, n, generator) for o, n in zip(old, new, strict=True)]
-    last = len(old) - 1
     # DynUNet lists each module twice (``skip_layers...`` aliases the same tensors)
     canonical = {w.data_ptr(): k for k, w in state.items() if not k.startswith("skip_layers.")}
-    roles: dict[str, tuple[int | None, list | None]] = {"input_block": (0, None)}
-    roles.update({f"downsamples.{j}": (j + 1, [j]) for j in range(last - 1)})
-    roles["bottleneck"] = (last, [last - 1])
     out: dict[str, torch.Tensor] = {}
-    for key, w in state.items():
-        if key.startswith("skip_layers."):
-            continue
-        out[key] = _widen_tensor(key, w, old, maps, roles, last, generator)
+    for key in canonical.values():
+        writes, reads, transposed = _role(key, len(old) - 1)
+        w = state[key]
+        if w.ndim == 1:  # InstanceNorm scale / shift, convolution bias
+            out[key] = w.clone() if writes is None else w[maps[writes]].clone()
+        elif transposed:  # ConvTranspose weight: (in, out, *k)
+            out[key] = _remap(w.transpose(0, 1), writes, reads, old, maps, generator).transpose(
+                0, 1
+            )
+        else:
+            out[key] = _remap(w, writes, reads, old, maps, generator)
     for key, w in state.items():
         if key.startswith("skip_layers."):
             if w.data_ptr() not in canonical:
@@ -110,42 +113,34 @@ def _copy_map(old: int, new: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(old), extra])
 
 
-def _widen_tensor(
-    key: str,
-    w: torch.Tensor,
-    old: list[int],
-    maps: list[torch.Tensor],
-    roles: dict[str, tuple[int | None, list | None]],
-    last: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
+def _role(key: str, last: int) -> tuple[int | None, list[int] | None, bool]:
+    """The stage a layer writes (None: the classes), the stages it reads in order (None: the
+    image) and whether its weight is a transposed convolution's, from its DynUNet name."""
     block, _, rest = key.partition(".")
-    if block in ("downsamples", "upsamples"):
-        index, _, rest = rest.partition(".")
-        block = f"{block}.{index}"
     if block == "output_block":  # 1x1 convolution: reads stage 0, writes the classes
-        return _remap(w, None, [0], old, maps, generator) if w.ndim > 1 else w.clone()
-    if block.startswith("upsamples."):
-        stage = last - 1 - int(block.split(".")[1])
-        if rest.startswith("transp_conv."):  # ConvTranspose weight: (in, out, *k)
-            return _remap(w.transpose(0, 1), stage, [stage + 1], old, maps, generator).transpose(
-                0, 1
-            )
-        reads = [stage, stage] if rest.startswith("conv_block.conv1.") else [stage]
-        return (
-            _remap(w, stage, reads, old, maps, generator) if w.ndim > 1 else w[maps[stage]].clone()
-        )
-    if block not in roles:
+        return None, [0], False
+    index, _, rest = (
+        rest.partition(".") if block in ("downsamples", "upsamples") else ("", "", rest)
+    )
+    if block == "upsamples":  # decoder: upsample from the stage below, then read [up, skip]
+        stage = last - 1 - int(index)
+        if rest.startswith("transp_conv."):
+            return stage, [stage + 1], True
+        return stage, [stage, stage] if rest.startswith("conv_block.conv1.") else [stage], False
+    if block == "input_block":
+        stage = 0
+    elif block == "downsamples":
+        stage = int(index) + 1
+    elif block == "bottleneck":
+        stage = last
+    else:
         raise ValueError(
             f"cannot widen {key}: only the encoder, decoder and output layers of build_unet's "
             "U-Net are widened (no deep-supervision heads)"
         )
-    stage, reads = roles[block]
-    if w.ndim == 1:  # InstanceNorm scale / shift, convolution bias
-        return w[maps[stage]].clone()
-    if rest.startswith("conv2."):
-        reads = [stage]
-    return _remap(w, stage, reads, old, maps, generator)
+    if rest.startswith("conv1."):  # a block's first convolution reads the stage above
+        return stage, None if stage == 0 else [stage - 1], False
+    return stage, [stage], False
 
 
 def _remap(

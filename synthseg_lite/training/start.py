@@ -103,12 +103,12 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
             f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
             f"configured target is {want[:4]}... (data.target must match the model's)"
         )
-    state = net.state_dict()
-    have = {k: tuple(v.shape) for k, v in module.net.state_dict().items()}
+    state, target = net.state_dict(), module.net.state_dict()
+    have = {k: tuple(v.shape) for k, v in target.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if have != got and set(have) == set(got) and stage_widths(got) != stage_widths(have):
         try:
-            state = _widen_features(state, module.net.state_dict(), seed)
+            state = _widen_features(state, target, seed)
         except ValueError as exc:
             raise ValueError(f"init_weights={path}: {exc}") from exc
         log.info(
@@ -145,9 +145,7 @@ def _widen_features(
     """:func:`widen_state` that keeps the file's slice context (the input convolution, listed
     twice by DynUNet), so that :func:`_widen_context` can widen that afterwards."""
     first = ("input_block.conv1.conv.weight", "skip_layers.downsample.conv1.conv.weight")
-    like = {
-        k: v[:, : state[k].shape[1]] if k in first and k in state else v for k, v in target.items()
-    }
+    like = {k: v[:, : state[k].shape[1]] if k in first else v for k, v in target.items()}
     return widen_state(state, like, torch.Generator().manual_seed(seed))
 
 
