@@ -67,7 +67,7 @@ from benchmarks.real_scans import CLASSES, CONDITIONS, run
 from synthseg_lite.commands.common import fail
 from synthseg_lite.labels import STRUCTURE_GROUPS
 from synthseg_lite.evaluation.pairing import find_cases
-from synthseg_lite.evaluation.structure_metrics import check_structure_labels
+from synthseg_lite.evaluation.structure_metrics import check_structure_labels, describe_errors
 
 log = logging.getLogger("structures")
 
@@ -104,6 +104,8 @@ def read_structures(summary_path: Path) -> dict:
         if not np.isnan(m["Dice"])
     }
     worst = min(dice, key=dice.get)
+    value = next(int(v) for v, name in s["structures"].items() if name == worst)
+    errors = s.get("errors", {})
     volumes = {}
     for v, m in s["mean"].items():
         pred, ref = float(m["pred_volume_mm3"]), float(m["ref_volume_mm3"])
@@ -129,6 +131,9 @@ def read_structures(summary_path: Path) -> dict:
         "structure_mean": round(s["structure_mean"]["Dice"], 4),
         "groups": {g: round(m["Dice"], 4) for g, m in s["group_mean"].items()},
         "weakest": [worst, dice[worst]],
+        "weakest_errors": (
+            describe_errors({value: errors[str(value)]}, value) if str(value) in errors else None
+        ),
         "not_scored": s["not_scored"],
         "csf_24": None if s["csf"] is None else round(s["csf"]["Dice"], 4),
     }
@@ -369,6 +374,10 @@ def markdown(record: dict) -> str:
                 "{n_within}/{n_checked}".format(**oasis[c]["volume_check"]) for c in conds
             ) + " |"
         )
+        lines.append("")
+        for c in conds:
+            if oasis[c].get("weakest_errors"):
+                lines.append(f"- {c}: {oasis[c]['weakest'][0]} {oasis[c]['weakest_errors']}")
         lines.append("")
         first = conds[0]
         lines += [f"Volumes on OASIS ({first}): predicted vs reference (mm³)", "",

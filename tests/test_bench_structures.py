@@ -81,6 +81,7 @@ def test_structures_benchmark_tables(tmp_path, monkeypatch, bench):
     assert r["structures"]["Left-Thalamus"] == pytest.approx(0.75)
     assert r["structures"]["Left-Hippocampus"] == 1.0
     assert r["weakest"] == ["Left-Thalamus", 0.75]
+    assert r["weakest_errors"].startswith("missed 36 mm³ (as background 36), extra 36 mm³")
     assert r["groups"]["deep GM"] == pytest.approx(0.75)
     assert len(r["structures"]) == 4  # WM, cortex, thalamus, hippocampus: the others not scored
     assert r["structure_mean"] == pytest.approx(np.mean(list(r["structures"].values())), abs=1e-4)
@@ -89,6 +90,7 @@ def test_structures_benchmark_tables(tmp_path, monkeypatch, bench):
     assert (out / "scans" / "thick3" / "oasis" / "t1.nii.gz").is_file()  # degraded for real
     table = (out / "results.md").read_text()
     assert "| Left-Thalamus | 0.750 | 0.750 |" in table and "**mean (31)**" in table
+    assert "- original: Left-Thalamus missed 36 mm³" in table
 
 
 def test_structures_benchmark_head_proxy_volumes_and_tissue_model(tmp_path, monkeypatch, bench):

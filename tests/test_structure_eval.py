@@ -16,6 +16,7 @@ from synthseg_lite.evaluation.pairing import find_cases, pair_cases
 from synthseg_lite.evaluation.plots import box_plots
 from synthseg_lite.evaluation.structure_metrics import (
     STRUCTURES,
+    describe_errors,
     evaluate_structures,
     write_structure_report,
 )
@@ -241,3 +242,57 @@ def test_box_plots_label_cases(tmp_path, n_cases):
     }
     path = box_plots(values, tmp_path / "b.png", cases=[f"case{i}" for i in range(n_cases)])
     assert path.stat().st_size > 10_000
+
+
+def test_errors_say_where_a_structure_went(tmp_path):
+    """A horn whose upper half the prediction calls lateral ventricle, and which reaches into the
+    amygdala: its missed volume is the ventricle's, its extra volume the amygdala's, in mm³."""
+    ref = np.zeros((30, 30, 30), np.int32)
+    _box(ref, (4, 4, 4), (8, 8, 8), 4)  # Left-Lateral-Ventricle
+    _box(ref, (12, 4, 4), (6, 8, 8), 5)  # Left-Inf-Lat-Vent
+    _box(ref, (18, 4, 4), (6, 8, 8), 18)  # Left-Amygdala
+    pred = ref.copy()
+    pred[12:15, 4:12, 4:12] = 4  # the horn's first 3 slices called ventricle: 192 voxels
+    pred[18:20, 4:12, 4:12] = 5  # 2 amygdala slices called horn: 128 voxels
+    pairs = [("c", _save(tmp_path / "p.nii.gz", pred), _save(tmp_path / "r.nii.gz", ref))]
+    s = evaluate_structures(pairs, surface=False)
+    voxel = float(np.prod(SPACING))
+    horn = s["errors"][5]
+    assert horn["missed_mm3"] == pytest.approx(192 * voxel)
+    assert [(d["label"], d["mm3"]) for d in horn["missed_as"]] == [(4, pytest.approx(192 * voxel))]
+    assert horn["extra_from"][0]["name"] == "Left-Amygdala"
+    assert horn["extra_mm3"] == pytest.approx(128 * voxel)
+    assert s["errors"][4]["missed_mm3"] == 0 and s["errors"][4]["extra_from"][0]["label"] == 5
+    cm = np.asarray(s["confusion"]["mm3"])
+    labels = s["confusion"]["labels"]
+    assert labels[0] == 0 and labels[-1] == 24 and len(labels) == len(STRUCTURES) + 2
+    for v, n in ((4, 512), (5, 384), (18, 384)):  # rows are the reference volumes
+        assert cm[labels.index(v)].sum() == pytest.approx(n * voxel)
+    assert cm[:, labels.index(4)].sum() == pytest.approx((512 + 192) * voxel)  # columns: predicted
+    assert "missed 288 mm³ (as Left-Lateral-Ventricle 288)" in describe_errors(s["errors"], 5)
+
+    files = write_structure_report(s, tmp_path / "out")
+    rows = files["confusion_csv"].read_text().splitlines()
+    assert rows[0] == ("reference_label,reference_name,predicted_label,predicted_name,mm3,"
+                       "fraction_of_reference")
+    assert "5,Left-Inf-Lat-Vent,4,Left-Lateral-Ventricle,288,0.5" in rows
+    assert files["confusion"].stat().st_size > 10_000
+
+
+def test_errors_sum_over_cases_in_mm3(tmp_path):
+    """Two cases with different voxel sizes add up in mm³, not voxels."""
+    ref = np.zeros((20, 20, 20), np.int32)
+    _box(ref, (2, 2, 2), (6, 6, 6), 10)
+    pred = ref.copy()
+    pred[2:4, 2:8, 2:8] = 49  # 72 voxels of Left-Thalamus called Right-Thalamus
+    pairs = []
+    for case, zoom in (("a", 1.0), ("b", 2.0)):
+        aff = np.diag([zoom, 1.0, 1.0, 1.0])
+        for side, data in (("p", pred), ("r", ref)):
+            path = tmp_path / f"{case}_{side}.nii.gz"
+            nib.save(nib.Nifti1Image(data, aff), str(path))
+        pairs.append((case, tmp_path / f"{case}_p.nii.gz", tmp_path / f"{case}_r.nii.gz"))
+    s = evaluate_structures(pairs, surface=False)
+    assert s["errors"][10]["missed_as"] == [
+        {"label": 49, "name": "Right-Thalamus", "mm3": pytest.approx(72 * 3.0)}
+    ]

@@ -8,8 +8,9 @@
 Segmentation mode writes ``summary.json`` (per case, per-class mean, foreground mean: nnU-Net's
 layout, see :mod:`synthseg_lite.evaluation.metrics` for the empty-class policy), ``metrics.csv``,
 ``boxplots.png`` and ``confusion.png``; structures mode (FreeSurfer aseg values on both sides,
-per structure, :mod:`synthseg_lite.evaluation.structure_metrics`) ``summary.json``, ``metrics.csv`` and
-``structures_boxplot.png``; quality mode writes ``quality_summary.json``,
+per structure, :mod:`synthseg_lite.evaluation.structure_metrics`) ``summary.json``, ``metrics.csv``,
+``confusion.csv``, ``structures_boxplot.png`` and ``structures_confusion.png`` (and logs where the
+weakest structures' errors went); quality mode writes ``quality_summary.json``,
 ``quality.csv`` and ``histograms.png`` (:mod:`synthseg_lite.evaluation.quality`). Hydra's log and config go
 to ``output`` too. Exit codes: 0 done, 1 some cases skipped, 2 bad arguments.
 """
@@ -21,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -29,9 +31,16 @@ from synthseg_lite.commands.common import option_rows, register_help, with_versi
 from synthseg_lite.evaluation.metrics import evaluate_pairs, label_mapping, write_report
 from synthseg_lite.evaluation.pairing import DEFAULT_PATTERN, pair_cases
 from synthseg_lite.evaluation.quality import evaluate_quality
-from synthseg_lite.evaluation.structure_metrics import evaluate_structures, write_structure_report
+from synthseg_lite.evaluation.structure_metrics import (
+    describe_errors,
+    evaluate_structures,
+    write_structure_report,
+)
 
 log = logging.getLogger("evaluate")
+
+#: Structures mode logs where the errors of this many lowest-Dice structures went.
+WORST_LOGGED = 3
 
 
 @dataclass
@@ -124,6 +133,10 @@ def run(cfg: EvaluateConfig) -> int:
             m["HD95"],
             m["ASSD"],
         )
+        scored = {v: m["Dice"] for v, m in summary["mean"].items() if not np.isnan(m["Dice"])}
+        for v in sorted(scored, key=scored.get)[:WORST_LOGGED]:
+            log.info("weakest: %s Dice %.3f: %s", summary["structures"][v], scored[v],
+                     describe_errors(summary["errors"], v))
         if summary["not_scored"]:
             log.warning(
                 "not in any reference (not averaged): %s", ", ".join(summary["not_scored"])

@@ -1,5 +1,5 @@
 """PNG figures of evaluation summaries (matplotlib, Agg backend): per-class box plots, the
-confusion matrix, per-structure box plots and intensity histograms.
+confusion matrix, per-structure box plots and confusion, and intensity histograms.
 
 Slices are drawn from RAS arrays in the neurological convention: the subject's left on the left
 of the screen, anterior / superior at the top; each panel is labelled with its directions, and
@@ -26,6 +26,7 @@ __all__ = [
     "histogram_plot",
     "structure_box_plot",
     "structure_colors",
+    "structure_confusion_plot",
 ]
 
 
@@ -218,6 +219,58 @@ def confusion_plot(
     ax.set_ylabel("reference")
     ax.set_title(title or "confusion (row-normalised; voxel counts)")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def structure_confusion_plot(
+    confusion_mm3: np.ndarray, labels: Sequence[int], path: str | Path, title: str = ""
+) -> Path:
+    """Where each structure's voxels went: the off-diagonal of a structure confusion, each row as
+    a fraction of that reference structure's volume, on a log colour scale (0.1 % to 100 %);
+    the diagonal (agreement) is shown apart as the row's recall, in the right-hand column.
+
+    Args:
+        confusion_mm3: (K, K) volumes, rows reference, columns prediction.
+        labels: FreeSurfer value of each row / column (0 for background).
+        path: PNG to write.
+    """
+    from matplotlib.colors import LogNorm
+
+    from synthseg_lite.labels import FREESURFER_NAMES
+
+    cm = np.asarray(confusion_mm3, dtype=float)
+    rate = cm / np.maximum(cm.sum(1, keepdims=True), 1e-12)
+    recall = np.diag(rate).copy()
+    off = rate.copy()
+    np.fill_diagonal(off, np.nan)
+    off[off <= 0] = np.nan
+    names = [FREESURFER_NAMES.get(int(v), str(v)) for v in labels]
+    n = len(names)
+    fig, (ax, axr, cax) = plt.subplots(
+        1, 3, figsize=(0.3 * n + 4.5, 0.3 * n + 2.5),
+        gridspec_kw={"width_ratios": [n, 2.5, 0.5]},
+    )
+    im = ax.imshow(off, cmap="magma_r", norm=LogNorm(vmin=1e-3, vmax=1.0), aspect="auto",
+                   interpolation="none")
+    ax.set_facecolor("0.95")
+    for i in range(n):  # agreement cells, not coloured: outlined
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="0.6", lw=0.6))
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("reference")
+    axr.barh(range(n), recall, color=structure_colors([int(v) for v in labels]), height=0.8,
+             edgecolor="0.3", linewidth=0.5)
+    for i, r in enumerate(recall):
+        axr.text(1.02, i, f"{r:.2f}", va="center", fontsize=6)
+    axr.set_ylim(n - 0.5, -0.5)
+    axr.set_xlim(0, 1)
+    axr.set_yticks([])
+    axr.set_xlabel("kept (recall)", fontsize=8)
+    axr.grid(axis="x", alpha=0.3)
+    fig.colorbar(im, cax=cax, label="fraction of the reference volume")
+    fig.suptitle(title or "where each structure's voxels went")
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -22,6 +22,13 @@ Aggregates: the per-structure mean over cases, the **structure mean** (mean over
 scored in at least one case of their per-structure means; NaN skipped, inf kept), the mean per
 structure group (:data:`synthseg_lite.labels.STRUCTURE_GROUPS`), and the same per case. CSF (24) is
 reported apart, over the cases where both sides have it.
+
+Where the errors go: the confusion of the folded labels (background, the 31 structures, CSF) in
+mm^3 summed over cases, and per structure the volume it missed and the labels the prediction gave
+it (``missed_as``), the volume it took in excess and whose it was in the reference
+(``extra_from``), largest first. A structure that scores low because the prediction draws its
+boundary with a neighbour elsewhere (an inferior horn called lateral ventricle where the two
+meet) reads differently from one that is missed or misplaced.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from synthseg_lite.evaluation.metrics import METRICS, case_metrics, jsonable, lo
 __all__ = [
     "STRUCTURES",
     "check_structure_labels",
+    "confusion_labels",
+    "describe_errors",
+    "error_summary",
     "evaluate_structures",
     "structure_mapping",
     "write_structure_report",
@@ -61,6 +71,62 @@ SUMMARY_METRICS = ("Dice", "HD95", "ASSD", "volume_diff_mm3", "volume_diff_pct")
 def structure_mapping() -> dict[int, int]:
     """FreeSurfer value -> class index: the ``synthseg`` preset's folding, plus CSF (24) -> 32."""
     return dict(TARGET_PRESETS["synthseg"].mapping) | {CSF_LABEL: _CSF_CLASS}
+
+
+def confusion_labels() -> list[int]:
+    """FreeSurfer value of each row / column of the structure confusion: 0 (background), the 31
+    :data:`STRUCTURES`, CSF (24)."""
+    return [0, *STRUCTURES, CSF_LABEL]
+
+
+def error_summary(confusion_mm3: np.ndarray, top: int = 3) -> dict[int, dict]:
+    """Where each structure's errors went, from a structure confusion.
+
+    Args:
+        confusion_mm3: (33, 33) volumes in mm^3, rows reference, columns prediction, in the order
+            of :func:`confusion_labels`.
+        top: how many labels to list on each side.
+
+    Returns:
+        Structure value -> ``missed_mm3`` (reference volume predicted as anything else),
+        ``missed_as`` (up to ``top`` ``{"label", "name", "mm3"}``, largest first, zeros left out),
+        ``extra_mm3`` and ``extra_from`` (the same for predicted volume the reference gives to
+        other labels).
+    """
+    labels = confusion_labels()
+    off = np.asarray(confusion_mm3, dtype=float).copy()
+    np.fill_diagonal(off, 0.0)
+
+    def ranked(row: np.ndarray) -> list[dict]:
+        order = [j for j in np.argsort(-row, kind="stable")[:top] if row[j] > 0]
+        return [
+            {"label": labels[j], "name": FREESURFER_NAMES[labels[j]], "mm3": float(row[j])}
+            for j in order
+        ]
+
+    return {
+        v: {
+            "missed_mm3": float(off[i].sum()),
+            "missed_as": ranked(off[i]),
+            "extra_mm3": float(off[:, i].sum()),
+            "extra_from": ranked(off[:, i]),
+        }
+        for i, v in enumerate(labels)
+        if v in STRUCTURES
+    }
+
+
+def describe_errors(errors: dict, value: int) -> str:
+    """One line: ``missed 124 mm³ (as Left-Lateral-Ventricle 66, ...), extra 150 mm³ (from ...)``."""
+    e = errors[value]
+
+    def part(items: list[dict]) -> str:
+        return ", ".join(f"{d['name']} {d['mm3']:.0f}" for d in items)
+
+    return (
+        f"missed {e['missed_mm3']:.0f} mm³ (as {part(e['missed_as']) or '-'}), "
+        f"extra {e['extra_mm3']:.0f} mm³ (from {part(e['extra_from']) or '-'})"
+    )
 
 
 def check_structure_labels(data: np.ndarray, source: str, max_unknown: float = 0.01) -> None:
@@ -119,7 +185,9 @@ def evaluate_structures(
         ``metric_per_case`` (per case: ``metrics`` and ``status`` per structure value,
         ``structure_mean``, ``group_mean``, ``csf``), ``mean`` (per structure value),
         ``structure_mean``, ``group_mean``, ``n_structures_scored``, ``csf``, ``absent`` and
-        ``not_scored`` (structures without any scored case), ``skipped``.
+        ``not_scored`` (structures without any scored case), ``skipped``, ``confusion``
+        (``labels``: :func:`confusion_labels`; ``mm3``: (33, 33) summed over cases, rows
+        reference) and ``errors`` (:func:`error_summary`).
 
     Raises:
         ValueError: no case could be evaluated; a tissue segmentation on either side.
@@ -127,12 +195,13 @@ def evaluate_structures(
     mapping = structure_mapping()
     cls = {v: mapping[v] for v in STRUCTURES}
     per_case, skipped, absent, csf_cases = [], [], [], []
+    confusion_mm3 = np.zeros((_CSF_CLASS + 1,) * 2)
     for case, pred_path, ref_path in pairs:
         try:
             pred, ref = load_pair(pred_path, ref_path, resample_pred)
             check_structure_labels(pred.data, str(pred_path))
             check_structure_labels(ref.data, str(ref_path))
-            raw, _ = case_metrics(
+            raw, cm = case_metrics(
                 map_labels(pred.data, mapping, str(pred_path)),
                 map_labels(ref.data, mapping, str(ref_path)),
                 ref.spacing,
@@ -145,6 +214,7 @@ def evaluate_structures(
             skipped.append({"case": case, "reason": str(exc).splitlines()[0]})
             log.warning("skipped %s: %s", case, skipped[-1]["reason"])
             continue
+        confusion_mm3 += cm * float(np.prod(ref.spacing))
         metrics, status = {}, {}
         for v, k in cls.items():
             m = dict(raw[k])
@@ -211,16 +281,21 @@ def evaluate_structures(
         "absent": absent,
         "not_scored": [FREESURFER_NAMES[v] for v in STRUCTURES if v not in scored],
         "skipped": list(skipped),
+        "confusion": {"labels": confusion_labels(), "mm3": confusion_mm3},
+        "errors": error_summary(confusion_mm3),
     }
 
 
 def write_structure_report(
     summary: dict, output_dir: str | Path, plots: bool = True
 ) -> dict[str, Path]:
-    """Write ``summary.json``, ``metrics.csv`` and (``plots``) ``structures_boxplot.png``.
+    """Write ``summary.json``, ``metrics.csv``, ``confusion.csv`` and (``plots``)
+    ``structures_boxplot.png`` and ``structures_confusion.png``.
 
     ``metrics.csv`` has one row per case and structure (``case, label, name, group, status`` and
-    every metric) and a ``CSF`` row per case where both sides have label 24.
+    every metric) and a ``CSF`` row per case where both sides have label 24. ``confusion.csv`` has
+    one row per non-empty cell of the confusion summed over cases (``reference_label,
+    reference_name, predicted_label, predicted_name, mm3, fraction_of_reference``).
 
     Returns:
         Written files by kind.
@@ -242,8 +317,20 @@ def write_structure_report(
     files["csv"] = atomic_write(
         out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue())
     )
+    labels, cm = summary["confusion"]["labels"], np.asarray(summary["confusion"]["mm3"], float)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["reference_label", "reference_name", "predicted_label", "predicted_name",
+                     "mm3", "fraction_of_reference"])
+    for i, j in zip(*np.nonzero(cm)):
+        writer.writerow([labels[i], FREESURFER_NAMES[labels[i]], labels[j],
+                         FREESURFER_NAMES[labels[j]], f"{cm[i, j]:.6g}",
+                         f"{cm[i, j] / cm[i].sum():.6g}"])
+    files["confusion_csv"] = atomic_write(
+        out / "confusion.csv", lambda tmp: Path(tmp).write_text(buf.getvalue())
+    )
     if plots:
-        from synthseg_lite.evaluation.plots import structure_box_plot
+        from synthseg_lite.evaluation.plots import structure_box_plot, structure_confusion_plot
 
         cases = [c["case"] for c in summary["metric_per_case"]]
         values = {
@@ -264,5 +351,9 @@ def write_structure_report(
             out / "structures_boxplot.png",
             title=f"{len(cases)} case(s); mean Dice over {summary['n_structures_scored']} "
             f"structures {mean:.3f}",
+        )
+        files["confusion"] = structure_confusion_plot(
+            cm, labels, out / "structures_confusion.png",
+            title=f"{len(cases)} case(s): where each structure's reference voxels went",
         )
     return files
