@@ -104,8 +104,8 @@ def read_structures(summary_path: Path) -> dict:
         if not np.isnan(m["Dice"])
     }
     worst = min(dice, key=dice.get)
-    value = next(int(v) for v, name in s["structures"].items() if name == worst)
-    errors = s.get("errors", {})
+    value = next(v for v, name in s["structures"].items() if name == worst)
+    errors = s.get("errors", {})  # absent from summaries written before it
     volumes = {}
     for v, m in s["mean"].items():
         pred, ref = float(m["pred_volume_mm3"]), float(m["ref_volume_mm3"])
@@ -131,9 +131,7 @@ def read_structures(summary_path: Path) -> dict:
         "structure_mean": round(s["structure_mean"]["Dice"], 4),
         "groups": {g: round(m["Dice"], 4) for g, m in s["group_mean"].items()},
         "weakest": [worst, dice[worst]],
-        "weakest_errors": (
-            describe_errors({value: errors[str(value)]}, value) if str(value) in errors else None
-        ),
+        "weakest_errors": describe_errors(errors[value]) if value in errors else None,
         "not_scored": s["not_scored"],
         "csf_24": None if s["csf"] is None else round(s["csf"]["Dice"], 4),
     }

@@ -269,7 +269,7 @@ def test_errors_say_where_a_structure_went(tmp_path):
     for v, n in ((4, 512), (5, 384), (18, 384)):  # rows are the reference volumes
         assert cm[labels.index(v)].sum() == pytest.approx(n * voxel)
     assert cm[:, labels.index(4)].sum() == pytest.approx((512 + 192) * voxel)  # columns: predicted
-    assert "missed 288 mm³ (as Left-Lateral-Ventricle 288)" in describe_errors(s["errors"], 5)
+    assert "missed 288 mm³ (as Left-Lateral-Ventricle 288)" in describe_errors(s["errors"][5])
 
     files = write_structure_report(s, tmp_path / "out")
     rows = files["confusion_csv"].read_text().splitlines()

@@ -136,7 +136,7 @@ def run(cfg: EvaluateConfig) -> int:
         scored = {v: m["Dice"] for v, m in summary["mean"].items() if not np.isnan(m["Dice"])}
         for v in sorted(scored, key=scored.get)[:WORST_LOGGED]:
             log.info("weakest: %s Dice %.3f: %s", summary["structures"][v], scored[v],
-                     describe_errors(summary["errors"], v))
+                     describe_errors(summary["errors"][v]))
         if summary["not_scored"]:
             log.warning(
                 "not in any reference (not averaged): %s", ", ".join(summary["not_scored"])

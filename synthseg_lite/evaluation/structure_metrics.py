@@ -116,9 +116,9 @@ def error_summary(confusion_mm3: np.ndarray, top: int = 3) -> dict[int, dict]:
     }
 
 
-def describe_errors(errors: dict, value: int) -> str:
-    """One line: ``missed 124 mm³ (as Left-Lateral-Ventricle 66, ...), extra 150 mm³ (from ...)``."""
-    e = errors[value]
+def describe_errors(e: dict) -> str:
+    """One structure's entry of :func:`error_summary` as a line: ``missed 124 mm³ (as
+    Left-Lateral-Ventricle 66, ...), extra 150 mm³ (from ...)``."""
 
     def part(items: list[dict]) -> str:
         return ", ".join(f"{d['name']} {d['mm3']:.0f}" for d in items)
@@ -322,10 +322,11 @@ def write_structure_report(
     writer = csv.writer(buf)
     writer.writerow(["reference_label", "reference_name", "predicted_label", "predicted_name",
                      "mm3", "fraction_of_reference"])
+    rows = cm.sum(1)
     for i, j in zip(*np.nonzero(cm)):
         writer.writerow([labels[i], FREESURFER_NAMES[labels[i]], labels[j],
                          FREESURFER_NAMES[labels[j]], f"{cm[i, j]:.6g}",
-                         f"{cm[i, j] / cm[i].sum():.6g}"])
+                         f"{cm[i, j] / rows[i]:.6g}"])
     files["confusion_csv"] = atomic_write(
         out / "confusion.csv", lambda tmp: Path(tmp).write_text(buf.getvalue())
     )
