@@ -124,12 +124,22 @@ class SynthGenerator(nn.Module):
         if cfg.rim.prob > 0:
             rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")], brain_indices)
         self.register_buffer("rim_lut", rim, persistent=False)
+        ties = None  # (C,) tie group of each class, -1 none; None: ties are off
+        if cfg.gmm.tie_prob > 0:
+            ties = torch.full((table.n_classes,), -1, dtype=torch.long)
+            for k, group in enumerate(cfg.gmm.tie_groups):
+                cls = self.classes[_indices(table, group, "gmm.tie_groups")]
+                if (ties[cls] >= 0).any():
+                    raise ValueError(f"synth.gmm.tie_groups: group {list(group)} shares a Gaussian "
+                                     "class (e.g. a left/right twin) with another group")
+                ties[cls] = k
+        self.register_buffer("class_ties", ties, persistent=False)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> SynthParams:
         """Draw the parameters for a batch of label maps (B, 1, X, Y, Z)."""
         return sample_params(self.cfg, labels.shape[0], tuple(labels.shape[2:]), self.table.n_classes,
                              generator, brain_bbox(labels, self.brain), self.class_tissue,
-                             self.class_priors)
+                             self.class_priors, self.class_ties)
 
     def apply(self, labels: torch.Tensor, p: SynthParams) -> SynthBatch:
         """Deterministic synthesis from label maps (B, 1, X, Y, Z) (uint8/int16) and parameters."""

@@ -85,6 +85,17 @@ class GMMConfig:
             means (SynthSeg's informative priors mixed with random ones; 0 = off, the default).
             The prior below is T1-like: GM ~ U(prior_gm), WM = GM + U(prior_wm_minus_gm),
             CSF ~ U(prior_csf), each class then jittered by U(-prior_jitter, prior_jitter).
+        tie_prob: probability, per sample and per group of ``tie_groups``, that the group's labels
+            share one Gaussian (the mean and std of its first class) instead of each drawing its
+            own. In a real scan the fluid of a lateral ventricle, its inferior horn, the 3rd and 4th
+            ventricles and the cisterns is one fluid, and cerebral and cerebellar white matter one
+            tissue: a network that has only seen them apart can learn to find their borders by a
+            contrast no scan has. Tied samples leave it only the anatomy. 0 = off, the default
+            (the random stream of existing settings is unchanged). Beyond SynthSeg.
+        tie_groups: label values tied together, one list per group; labels a table lacks raise
+            when ``tie_prob > 0``. Default: the fluids (4, 5, 14, 15, 24, 43, 44), white matter
+            (2, 7, 41, 46) and cortical grey matter (cortex, cerebellar cortex, hippocampus,
+            amygdala: 3, 8, 17, 18, 42, 47, 53, 54).
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0, 255.0])
@@ -98,6 +109,9 @@ class GMMConfig:
     prior_wm_minus_gm: list[float] = field(default_factory=lambda: [25.0, 85.0])
     prior_csf: list[float] = field(default_factory=lambda: [5.0, 65.0])
     prior_jitter: float = 15.0
+    tie_prob: float = 0.0
+    tie_groups: list[list[int]] = field(default_factory=lambda: [
+        [4, 5, 14, 15, 24, 43, 44], [2, 7, 41, 46], [3, 8, 17, 18, 42, 47, 53, 54]])
 
 
 @dataclass
@@ -294,7 +308,8 @@ class SynthConfig:
                            ("resolution.iso_prob", self.resolution.iso_prob),
                            ("lesion.prob", self.lesion.prob),
                            ("morph.prob", self.morph.prob),
-                           ("rim.prob", self.rim.prob)):
+                           ("rim.prob", self.rim.prob),
+                           ("gmm.tie_prob", self.gmm.tie_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
         for name, prob in (("flip.prob", self.flip.prob),
@@ -344,6 +359,12 @@ class SynthConfig:
             raise ValueError(f"synth.morph.groups: a label is in two groups ({self.morph.groups})")
         if any(int(v) != v for v in self.morph.steps):
             raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
+        tie_values = [v for group in self.gmm.tie_groups for v in group]
+        if not self.gmm.tie_groups or not all(self.gmm.tie_groups) or 0 in tie_values:
+            raise ValueError("synth.gmm.tie_groups must be non-empty lists of non-background label "
+                             f"values, got {self.gmm.tie_groups}")
+        if len(set(tie_values)) != len(tie_values):
+            raise ValueError(f"synth.gmm.tie_groups: a label is in two groups ({self.gmm.tie_groups})")
         if not self.rim.labels:
             raise ValueError("synth.rim.labels must be a non-empty list of fluid label values")
         if not 0.0 <= self.rim.fraction[0] <= self.rim.fraction[1] <= 1.0:

@@ -161,6 +161,27 @@ def _tissue_prior(cfg: SynthConfig, means: torch.Tensor, class_tissue: torch.Ten
     return torch.where(use.view(B, 1) & (class_tissue > 0).view(1, C), prior.clamp(0, 255), means)
 
 
+def _tie_classes(means: torch.Tensor, stds: torch.Tensor, class_ties: torch.Tensor, prob: float,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give the classes of each tied group the mean and std of the group's first class.
+
+    Args:
+        means, stds: (B, C) drawn class means and standard deviations.
+        class_ties: (C,) int64 tie group of each class, -1 for classes in none.
+        prob: probability that a group is tied in a sample (one draw per sample and group).
+    """
+    B, C = means.shape
+    member = class_ties >= 0
+    group = class_ties.clamp(min=0)
+    G = int(class_ties.max()) + 1
+    index = torch.arange(C, device=means.device)
+    first = torch.full((G,), C, device=means.device).scatter_reduce(
+        0, group[member], index[member], "amin")
+    source = torch.where(member, first[group], index)  # (C,) the class each one copies when tied
+    tied = _bernoulli(g, (B, G), prob)[:, group] & member  # (B, C)
+    return torch.where(tied, means[:, source], means), torch.where(tied, stds[:, source], stds)
+
+
 def control_grid(extent_mm: float, spacing_mm: float) -> int:
     """Number of control points covering ``extent_mm`` at ``spacing_mm`` (at least 2)."""
     return max(2, math.ceil(extent_mm / spacing_mm) + 1)
@@ -169,7 +190,8 @@ def control_grid(extent_mm: float, spacing_mm: float) -> int:
 def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], n_classes: int,
                   g: torch.Generator, bbox: torch.Tensor | None = None,
                   class_tissue: torch.Tensor | None = None,
-                  class_priors: torch.Tensor | None = None) -> SynthParams:
+                  class_priors: torch.Tensor | None = None,
+                  class_ties: torch.Tensor | None = None) -> SynthParams:
     """Draw the parameters of ``batch`` samples.
 
     Args:
@@ -185,6 +207,8 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         class_priors: (C, 4) float per-class uniform ranges (mean low, mean high, std low, std
             high; NaN: ``cfg.gmm.mean``/``cfg.gmm.std``), from the label table; None: every class
             uses the global ranges (the same draws as before priors existed).
+        class_ties: (C,) int64 group of ``cfg.gmm.tie_groups`` of each class (-1: none), needed
+            when ``cfg.gmm.tie_prob > 0``.
     """
     dev, B = g.device, batch
     P = [int(p) for p in cfg.patch_shape]
@@ -304,6 +328,12 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         on = _bernoulli(g, B, rim.prob)
         rim_fraction = torch.where(on, _uniform(g, (B,), *rim.fraction), 0.0)
         rim_field = torch.rand((B, 1, *[p * f for p in P]), generator=g, device=dev)
+
+    # -- tied Gaussians (drawn only when on, after every other draw)
+    if cfg.gmm.tie_prob > 0:
+        if class_ties is None:
+            raise ValueError("gmm.tie_prob > 0 needs the tie group of each generation class")
+        means, stds = _tie_classes(means, stds, class_ties.to(dev), cfg.gmm.tie_prob, g)
 
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
