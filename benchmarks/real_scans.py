@@ -67,6 +67,16 @@ def datasets(data: Path) -> dict[str, dict]:
     }
 
 
+def new_output(folder: Path) -> Path:
+    """``folder`` resolved, after checking it is absent or empty (a benchmark never mixes its
+    results with an earlier run's); set up the log format."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = folder.resolve()
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty")
+    return out
+
+
 def run(cmd: list[str], commands: list[str]) -> None:
     line = shlex.join(cmd)
     commands.append(line)
@@ -88,10 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated")
     parser.add_argument("--no-baseline", action="store_true", help="score the model only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.output.resolve()
-    if out.exists() and any(out.iterdir()):
-        fail(f"{out} is not empty")
+    out = new_output(args.output)
     conditions = [c for c in args.conditions.split(",") if c]
     if unknown := set(conditions) - set(CONDITIONS):
         fail(f"unknown conditions {sorted(unknown)}; choose from {list(CONDITIONS)}")

@@ -63,7 +63,7 @@ import nibabel as nib
 import numpy as np
 
 from benchmarks.head_proxy import head_proxy
-from benchmarks.real_scans import CLASSES, CONDITIONS, run
+from benchmarks.real_scans import CLASSES, CONDITIONS, new_output, run
 from synthseg_lite.commands.common import fail
 from synthseg_lite.labels import STRUCTURE_GROUPS
 from synthseg_lite.evaluation.pairing import find_cases
@@ -424,10 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="learning_curve.json files (e.g. one per checkpoint, evaluated "
                              "while training ran): merge their points by step and re-plot")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.output.resolve()
-    if out.exists() and any(out.iterdir()):
-        fail(f"{out} is not empty")
+    out = new_output(args.output)
     if args.merge_curves:
         merged = merge_curves(args.merge_curves)
         out.mkdir(parents=True, exist_ok=True)

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from benchmarks.real_scans import run
+from benchmarks.real_scans import new_output, run
 from synthseg_lite.commands.common import fail
 from synthseg_lite.labels import TARGET_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("synthetic_volumes")
 
 #: A structure counts in a sample when its exported label has at least this many voxels.
 MIN_VOXELS = 200
@@ -93,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="more export.py overrides (e.g. synth.rim.prob=1.0)")
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.output.resolve()
-    if out.exists() and any(out.iterdir()):
-        fail(f"{out} is not empty")
+    out = new_output(args.output)
     if args.n < 1:
         fail(f"--n must be >= 1, got {args.n}")
     commands: list[str] = []

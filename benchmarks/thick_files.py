@@ -26,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmarks.real_scans import run
+from benchmarks.real_scans import new_output, run
 from benchmarks.structures import read_structures
 from synthseg_lite.commands.common import fail
 
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="slice thicknesses (mm)")
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.output.resolve()
-    if out.exists() and any(out.iterdir()):
-        fail(f"{out} is not empty")
+    out = new_output(args.output)
     t1, aseg = args.data / "oasis_vxm" / "t1.nii.gz", args.data / "oasis_vxm" / "aseg.nii.gz"
     if not t1.is_file() or not aseg.is_file():
         fail(f"the OASIS scan and aseg are not under {args.data} (--data)")

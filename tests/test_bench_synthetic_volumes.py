@@ -3,24 +3,11 @@ prediction a ratio above 1, and structures too small in a sample do not count th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_synthetic_volumes", ROOT / "benchmarks" / "synthetic_volumes.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import synthetic_volumes as bench
 
 
 def _truth() -> np.ndarray:
@@ -31,7 +18,7 @@ def _truth() -> np.ndarray:
     return truth
 
 
-def test_exact_prediction_scores_one(bench) -> None:
+def test_exact_prediction_scores_one() -> None:
     truth = _truth()
     out = bench.score([(truth, truth)], {2: "WM", 15: "4th", 5: "horn"}, min_voxels=10)
     assert out["structures"]["4th"] == {"ratio": 1.0, "dice": 1.0, "samples": 1}
@@ -40,7 +27,7 @@ def test_exact_prediction_scores_one(bench) -> None:
     assert out["structure_mean"] == 1.0
 
 
-def test_dilated_structure_is_over_and_its_neighbour_under(bench) -> None:
+def test_dilated_structure_is_over_and_its_neighbour_under() -> None:
     truth = _truth()
     pred = truth.copy()
     pred[ndimage.binary_dilation(truth == 15)] = 15
