@@ -21,6 +21,7 @@ default ``../shared/data/label_maps``).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     out = new_output(args.output)
     if args.n < 1:
         fail(f"--n must be >= 1, got {args.n}")
+    maps = Path(args.label_maps)
+    if not (maps.is_dir() or glob.glob(args.label_maps)):
+        fail(f"no label maps at {args.label_maps} (--label-maps)")
     commands: list[str] = []
     py = sys.executable
     data = out / "synthetic"
