@@ -7,9 +7,9 @@ truth is exact, to tell a model's bias apart from the gap between training maps 
 ``python export.py`` synthesises ``--n`` images from the label maps (1 mm, 160^3 crops, every
 sample at native resolution and skull-stripped, no partial-volume rim unless ``--synth`` sets one:
 the clean end of the training distribution), ``python infer.py model=<model>`` segments them with
-``refine=gmm`` (the default) and ``refine=none``, and every structure's predicted volume is divided
-by its exported label's volume (samples where the structure has >= ``MIN_VOXELS`` voxels; a crop
-can cut a structure). A model whose volumes are near 1x here but not on a real scan is not biased
+``refine=gmm`` (the default) and ``refine=none``, ``python evaluate.py mode=structures`` scores
+them against the exported labels, and every structure's predicted volume is divided by its label's
+volume (samples where the label has >= ``MIN_MM3``; a crop can cut a structure). A model whose volumes are near 1x here but not on a real scan is not biased
 by its loss or network but by what separates the real scan from the training maps (their
 population, the reference's partial-volume convention).
 
@@ -26,17 +26,16 @@ import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from benchmarks.real_scans import new_output, run
 from synthseg_lite.commands.common import fail
-from synthseg_lite.labels import TARGET_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: A structure counts in a sample when its exported label has at least this many voxels.
-MIN_VOXELS = 200
+#: A structure counts in a sample when its exported label has at least this volume (mm^3; 1 mm
+#: voxels).
+MIN_MM3 = 200.0
 #: Generator settings of the exported images (besides ``--synth``): the CPU recipe's generator at
 #: 1 mm, native resolution, skull-stripped, no rim.
 EXPORT = ("synth=cpu", "synth.voxel_mm=1.0", "synth.patch_shape=[160,160,160]",
@@ -45,38 +44,28 @@ EXPORT = ("synth=cpu", "synth.voxel_mm=1.0", "synth.patch_shape=[160,160,160]",
 REFINES = ("gmm", "none")
 
 
-def score(pairs: list[tuple[np.ndarray, np.ndarray]], values: dict[int, str],
-          min_voxels: int = MIN_VOXELS) -> dict[str, object]:
+def score(summary: dict, min_mm3: float = MIN_MM3) -> dict[str, object]:
     """Volume ratio and Dice of each structure, averaged over the samples where it is present.
 
     Args:
-        pairs: (prediction, truth) integer label volumes (FreeSurfer values), one pair a sample.
-        values: label value -> structure name.
-        min_voxels: a structure counts in a sample with at least this many true voxels.
+        summary: ``evaluate.py mode=structures``'s ``summary.json`` (per case, per structure value:
+            ``Dice``, ``pred_volume_mm3``, ``ref_volume_mm3``).
+        min_mm3: a structure counts in a sample with at least this reference volume.
 
     Returns:
         ``{"structures": {name: {"ratio", "dice", "samples"}}, "structure_mean": mean Dice}``.
     """
     out: dict[str, dict[str, float]] = {}
-    for value, name in values.items():
-        ratios, dices = [], []
-        for pred, truth in pairs:
-            t, p = truth == value, pred == value
-            n_t = int(t.sum())
-            if n_t < min_voxels:
-                continue
-            n_p = int(p.sum())
-            ratios.append(n_p / n_t)
-            dices.append(2.0 * int((t & p).sum()) / (n_t + n_p))
-        if ratios:
+    for value, name in summary["structures"].items():
+        cases = [c["metrics"][value] for c in summary["metric_per_case"]]
+        kept = [m for m in cases if m["ref_volume_mm3"] >= min_mm3]
+        if kept:
+            ratios = [m["pred_volume_mm3"] / m["ref_volume_mm3"] for m in kept]
             out[name] = {"ratio": round(float(np.mean(ratios)), 3),
-                         "dice": round(float(np.mean(dices)), 3), "samples": len(ratios)}
+                         "dice": round(float(np.mean([m["Dice"] for m in kept])), 3),
+                         "samples": len(kept)}
     mean = float(np.mean([r["dice"] for r in out.values()])) if out else float("nan")
     return {"structures": out, "structure_mean": round(mean, 4)}
-
-
-def _read(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj).astype(np.int64)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,9 +92,6 @@ def main(argv: list[str] | None = None) -> None:
     data = out / "synthetic"
     run([py, "export.py", *EXPORT, *args.synth, f"label_maps='{args.label_maps}'",
          f"n={args.n}", f"seed={args.seed}", f"output={data}"], commands)
-    target = TARGET_PRESETS["synthseg_fs"]
-    values = {v: n for v, n in zip(target.values, target.names) if v}
-    truths = sorted((data / "labels").glob("*.nii.gz"))
     results: dict[str, object] = {"model": args.model, "n": args.n, "seed": args.seed,
                                   "export": [*EXPORT, *args.synth]}
     threads = [f"threads={args.threads}"] if args.threads else []
@@ -113,14 +99,17 @@ def main(argv: list[str] | None = None) -> None:
         seg = out / f"seg_{refine}"
         run([py, "infer.py", f"input={data / 'images'}", f"output={seg}", f"model={args.model}",
              f"refine={refine}", *threads], commands)
-        pairs = [(_read(seg / t.name.replace(".nii.gz", "_seg.nii.gz")), _read(t)) for t in truths]
-        results[refine] = score(pairs, values)
+        run([py, "evaluate.py", "mode=structures", f"pred={seg}", f"ref={data / 'labels'}",
+             f"output={out / f'eval_{refine}'}", "surface=false"], commands)
+        summary = json.loads((out / f"eval_{refine}" / "summary.json").read_text())
+        results[refine] = score(summary)
+        names = list(summary["structures"].values())
     results["commands"] = commands
     (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [f"# {args.model} on {args.n} generator images (seed {args.seed})", "",
              "| structure | " + " | ".join(f"ratio ({r}) | Dice ({r})" for r in REFINES) + " |",
              "|---|" + "---|---|" * len(REFINES)]
-    for name in values.values():
+    for name in names:
         cells = []
         for r in REFINES:
             s = results[r]["structures"].get(name)  # type: ignore[index]
