@@ -9,9 +9,10 @@ sample at native resolution and skull-stripped, no partial-volume rim unless ``-
 the clean end of the training distribution), ``python infer.py model=<model>`` segments them with
 ``refine=gmm`` (the default) and ``refine=none``, ``python evaluate.py mode=structures`` scores
 them against the exported labels, and every structure's predicted volume is divided by its label's
-volume (samples where the label has >= ``MIN_MM3``; a crop can cut a structure). A model whose volumes are near 1x here but not on a real scan is not biased
-by its loss or network but by what separates the real scan from the training maps (their
-population, the reference's partial-volume convention).
+volume (samples where the label has >= ``MIN_MM3``; a crop can cut a structure). A model whose
+volumes are near 1x here but not on a real scan is not biased by its loss or network but by what
+separates the real scan from the training maps (their population, the reference's partial-volume
+convention).
 
 Output: ``results.json`` (per refine mode: per structure mean ratio and Dice over samples, the
 structure mean Dice; the commands) and ``results.md``. Needs the label maps (``--label-maps``,
