@@ -24,6 +24,10 @@ Every number comes from the project's command-line tools, run as subprocesses as
   no brain mask (its foreground box is the whole head). A synthetic head is not a real one (no
   eyes, neck, fat-suppression or coil shading): read it as a check of what extra-cerebral tissue
   does to the model, not as a real-scan figure;
+* opt-in (``--conditions``): ``axial5`` and ``coronal5``, 5 mm slices in that anatomical plane
+  (``degrade --plane``; ``thick5`` slices an isotropic scan along its first voxel axis, on OASIS
+  sagittally), and the clinical-style ``inverted_axial5``, ``flair_axial5`` and ``pd_axial5``: a
+  contrast, then 5 mm axial slices;
 * ``python infer.py model=<model>`` segments them (default options), and IBSR's 10 scans
   (``--ibsr-conditions``, default ``original``);
 * ``python evaluate.py mode=structures`` scores OASIS per structure against its FreeSurfer aseg
@@ -74,6 +78,15 @@ log = logging.getLogger("structures")
 #: OASIS conditions: real_scans' and the head proxy (3 mm slabs of OASIS in a synthetic head).
 HEAD_PROXY = "thick3_head"
 OASIS_CONDITIONS = {**CONDITIONS, HEAD_PROXY: CONDITIONS["thick3"]}
+#: Opt-in OASIS conditions (``--conditions``, not run by default): 5 mm slices in a named
+#: anatomical plane (``thick5`` takes the first axis of an isotropic scan: sagittal on OASIS).
+PLANE_CONDITIONS = {
+    f"{plane}5": ["--slice-mm", "5", "--plane", plane] for plane in ("axial", "coronal")
+}
+#: Opt-in clinical-style OASIS conditions: a contrast, then 5 mm axial slices (degrade run twice).
+CHAINS = {f"{c}_axial5": (c, "axial5") for c in ("inverted", "flair", "pd")}
+#: Every OASIS condition ``--conditions`` accepts.
+ALL_OASIS_CONDITIONS = [*OASIS_CONDITIONS, *PLANE_CONDITIONS, *CHAINS]
 #: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
 VOLUME_TOLERANCE, VOLUME_CHECK_MM3 = 0.35, 1000.0
 
@@ -171,6 +184,10 @@ class Bench:
         return folder / "summary.json"
 
     def degraded(self, scans: list[str], cond: str, dataset: str) -> list[str]:
+        if cond in CHAINS:  # each step on the previous one's output
+            for step in CHAINS[cond]:
+                scans = self.degraded(scans, step, f"{dataset}_{cond}")
+            return scans
         if cond == HEAD_PROXY:  # OASIS only
             data = self.args.data / "oasis_vxm"
             t1, aseg = head_proxy(
@@ -179,12 +196,13 @@ class Bench:
             self.commands.append(f"benchmarks/head_proxy.py head_proxy() -> {t1}, {aseg}")
             self.refs[cond] = aseg
             scans = [str(t1)]
-        if not OASIS_CONDITIONS[cond]:
+        options = {**OASIS_CONDITIONS, **PLANE_CONDITIONS}[cond]
+        if not options:
             return scans
         folder = self.out / "scans" / cond / dataset
         run(
             [self.py, "-m", "synthseg_lite.commands.degrade", *scans, "--output", str(folder),
-             *OASIS_CONDITIONS[cond]],
+             *options],
             self.commands,
         )
         return [str(folder / Path(s).name) for s in scans]
@@ -407,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="infer.py's model=: 'structures', 'tissue', a file or a run folder")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--conditions", default=",".join(OASIS_CONDITIONS),
-                        help="OASIS conditions, comma-separated")
+                        help="OASIS conditions, comma-separated (opt-in too: "
+                             f"{', '.join([*PLANE_CONDITIONS, *CHAINS])})")
     parser.add_argument("--tissue-model", default="tissue",
                         help="tissue model segmented beside a structure model ('' for none)")
     parser.add_argument("--ibsr-conditions", default="original",
@@ -436,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
         fail(f"the OASIS scan is not under {args.data} (--data)")
     lists = {}
-    for opt, known in (("conditions", OASIS_CONDITIONS), ("ibsr_conditions", CONDITIONS)):
+    for opt, known in (("conditions", ALL_OASIS_CONDITIONS), ("ibsr_conditions", CONDITIONS)):
         lists[opt] = [c for c in getattr(args, opt).split(",") if c]
         if unknown := set(lists[opt]) - set(known):
             fail(f"unknown --{opt.replace('_', '-')} {sorted(unknown)}; choose from "

@@ -93,6 +93,37 @@ def test_structures_benchmark_tables(tmp_path, monkeypatch, bench):
     assert "- original: Left-Thalamus missed 36 mm³" in table
 
 
+def test_structures_benchmark_plane_and_clinical_conditions(tmp_path, monkeypatch, bench):
+    """``axial5`` slices the anatomical axial plane whatever the voxel order; ``pd_axial5``
+    chains the PD-like contrast and 5 mm axial slices (each step on the previous output)."""
+    from synthseg_lite.evaluation.degrade import remap_contrast, thick_slices
+
+    data, aseg = _data(tmp_path)
+    t1_path = data / "oasis_vxm" / "t1.nii.gz"
+    lia = np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+    for name in ("t1", "aseg"):  # the same arrays stored LIA: axial is voxel axis 1
+        path = data / "oasis_vxm" / f"{name}.nii.gz"
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), lia), str(path))
+    t1 = np.asarray(nib.load(t1_path).dataobj, dtype=np.float32)
+    _fake_tools(monkeypatch, bench, aseg)
+    out = tmp_path / "out"
+    bench.main(["--output", str(out), "--data", str(data), "--conditions", "axial5,pd_axial5",
+                "--ibsr-conditions", "", "--tissue-model", ""])
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["oasis"]) == {"axial5", "pd_axial5"}
+    axial = np.asarray(nib.load(out / "scans" / "axial5" / "oasis" / "t1.nii.gz").dataobj)
+    np.testing.assert_allclose(axial, thick_slices(t1, (1, 1, 1), 5, axis=1), atol=1e-6)
+    pd = np.asarray(nib.load(out / "scans" / "pd" / "oasis_pd_axial5" / "t1.nii.gz").dataobj)
+    np.testing.assert_allclose(pd, remap_contrast(t1, "pd"), atol=1e-5)
+    chained = out / "scans" / "axial5" / "oasis_pd_axial5" / "t1.nii.gz"
+    np.testing.assert_allclose(np.asarray(nib.load(chained).dataobj),
+                               thick_slices(pd, (1, 1, 1), 5, axis=1), atol=1e-6)
+    with pytest.raises(SystemExit):
+        bench.main(["--output", str(tmp_path / "o2"), "--data", str(data),
+                    "--conditions", "sagittal9"])
+
+
 def test_structures_benchmark_head_proxy_volumes_and_tissue_model(tmp_path, monkeypatch, bench):
     """The 3 mm head proxy (padded OASIS in a synthetic head, scored against the padded aseg),
     per-structure volumes with the +-35 % check, and the tissue model beside the tissue view."""

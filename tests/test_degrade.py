@@ -14,8 +14,8 @@ import pytest
 
 from synthseg_lite.commands.degrade import main
 from synthseg_lite.evaluation.degrade import (
-    CONTRASTS, degrade_scans, invert_contrast, remap_contrast, slab_size, thick_slab_grid,
-    thick_slices, through_plane_axis, tissue_modes)
+    CONTRASTS, degrade_scans, invert_contrast, plane_axis, remap_contrast, slab_size,
+    thick_slab_grid, thick_slices, through_plane_axis, tissue_modes)
 from synthseg_lite.evaluation.metrics import labels_on_grid
 from synthseg_lite.io import Volume
 
@@ -129,6 +129,39 @@ def test_through_plane_axis_picks_largest_spacing_first_on_ties():
     assert through_plane_axis((1.0, 1.0, 5.0)) == 2
     with pytest.raises(ValueError):
         through_plane_axis((1.0, 0.0, 1.0))
+
+
+def test_plane_axis_follows_the_affine_not_the_voxel_order():
+    ras = np.diag([1.0, 1.0, 1.0, 1.0])
+    assert [plane_axis(ras, p) for p in ("sagittal", "coronal", "axial")] == [0, 1, 2]
+    # LIA (FreeSurfer's conformed order): axial slices are stacked along voxel axis 1
+    assert [plane_axis(LIA, p) for p in ("sagittal", "coronal", "axial")] == [0, 2, 1]
+    # a coronal acquisition stored LSP-like (IBSR's order) and tilted 20 degrees about x
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    tilt = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    lsp = np.eye(4)
+    lsp[:3, :3] = tilt @ np.array([[-1.0, 0, 0], [0, 0, -1.5], [0, 1.0, 0]])
+    assert plane_axis(lsp, "coronal") == 2 and plane_axis(lsp, "axial") == 1
+    for bad, match in ((np.zeros((4, 4)), "singular"), (np.full((4, 4), np.nan), "singular")):
+        with pytest.raises(ValueError, match=match):
+            plane_axis(bad, "axial")
+    with pytest.raises(ValueError, match="plane must be"):
+        plane_axis(ras, "transverse")
+
+
+def test_cli_plane_picks_the_axial_axis_of_a_lia_scan(tmp_path, capsys):
+    scan = tmp_path / "in" / "scan.nii.gz"
+    data = _write_scan(scan)
+    out_dir = tmp_path / "out"
+    # axial on this LIA scan is voxel axis 1 (2 mm): slabs of 3 voxels for 6 mm slices
+    assert main([str(scan), "--output", str(out_dir), "--slice-mm", "6", "--plane", "axial"]) == 0
+    out = np.asanyarray(nib.load(out_dir / scan.name).dataobj)
+    np.testing.assert_allclose(out, thick_slices(data, (1.2, 2.0, 1.0), 6, axis=1))
+    assert main([str(scan), "--output", str(tmp_path / "cor"), "--slice-mm", "3",
+                 "--plane", "coronal"]) == 0
+    out = np.asanyarray(nib.load(tmp_path / "cor" / scan.name).dataobj)
+    np.testing.assert_allclose(out, thick_slices(data, (1.2, 2.0, 1.0), 3, axis=2))
+    assert not np.allclose(out, data)
 
 
 def _write_scan(path: Path, shape=(8, 6, 10)) -> np.ndarray:
@@ -247,6 +280,8 @@ def test_cli_refuses_bad_inputs_before_writing(tmp_path, capsys):
         ([str(scan), *out, "--invert", "--axis", "1"], "--axis"),
         ([str(scan), *out, "--slice-mm", "-1"], "positive"),
         ([str(scan), *out, "--slice-mm", "3", "--axis", "3"], "axis"),
+        ([str(scan), *out, "--slice-mm", "3", "--axis", "1", "--plane", "axial"], "not both"),
+        ([str(scan), *out, "--invert", "--plane", "axial"], "--plane only applies"),
         ([str(tmp_path / "missing.nii.gz"), *out, "--invert"], "no such file"),
     ]
     for argv, match in cases:

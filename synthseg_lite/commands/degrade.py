@@ -6,6 +6,7 @@ references still apply.
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
     python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output axial5 --slice-mm 5 --plane axial
     python -m synthseg_lite.commands.degrade t1.nii.gz --output flair --contrast flair
 
 The work is :func:`synthseg_lite.evaluation.degrade.degrade_scans`.
@@ -18,7 +19,7 @@ import logging
 import sys
 
 from synthseg_lite.commands.common import user_errors
-from synthseg_lite.evaluation.degrade import CONTRASTS, degrade_scans
+from synthseg_lite.evaluation.degrade import CONTRASTS, PLANES, degrade_scans
 
 __all__ = ["main"]
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                            "(non-monotonic, through its three tissue modes)")
     parser.add_argument("--axis", type=int, metavar="N",
                         help="voxel axis of the thick slices (default: largest spacing)")
+    parser.add_argument("--plane", choices=sorted(PLANES),
+                        help="instead of --axis: anatomical plane of the thick slices, whatever "
+                             "the scan's voxel order (axial: stacked inferior-superior)")
     parser.add_argument("--slab-grid", action="store_true",
                         help="with --slice-mm: write the slices on their own grid (a real "
                              "low-resolution file) instead of interpolated back")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
                                       slice_mm=args.slice_mm, axis=args.axis,
                                       slab_grid=args.slab_grid, overwrite=args.overwrite,
-                                      contrast=args.contrast))
+                                      contrast=args.contrast, plane=args.plane))
     return 0
 
 

@@ -7,7 +7,8 @@ segmentation still scores a prediction made on the degraded scan:
   skull-stripped T1 (CSF bright, WM dark), and FLAIR- or PD-like ones (a non-monotonic curve
   through the T1's own tissue modes);
 * :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
-  interpolated back to the original grid).
+  interpolated back to the original grid); the axis is the scan's coarsest, a given voxel axis or
+  the one nearest an anatomical plane's normal (:func:`plane_axis`: ``--plane axial``).
 
 One does not: :func:`thick_slab_grid` (``--slab-grid``) stores the slab averages on their own
 grid, a real low-resolution file as a scanner writes it; its reference is scored with
@@ -20,6 +21,7 @@ another folder, as float32, atomically::
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
         --slice-mm 5
     python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output axial5 --slice-mm 5 --plane axial
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ from synthseg_lite.evaluation.contrast import (
 )
 from synthseg_lite.io import read_image, save_volume
 
-__all__ = ["CONTRASTS", "degrade_scans", "invert_contrast", "remap_contrast", "slab_size",
-           "thick_slab_grid", "thick_slices", "through_plane_axis", "tissue_modes"]
+__all__ = ["CONTRASTS", "PLANES", "degrade_scans", "invert_contrast", "remap_contrast", "slab_size",
+           "plane_axis", "thick_slab_grid", "thick_slices", "through_plane_axis", "tissue_modes"]
 
 log = logging.getLogger(__name__)
+
+#: Anatomical planes of a slice -> the world (RAS) axis of the slice's normal.
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 #: Relative tolerance under which two voxel sizes count as equal in :func:`through_plane_axis`.
 SPACING_RTOL = 1e-3
@@ -201,6 +206,28 @@ def through_plane_axis(spacing_mm: Sequence[float]) -> int:
     return next(i for i, s in enumerate(spacing) if s >= top * (1 - SPACING_RTOL))
 
 
+def plane_axis(affine: np.ndarray, plane: str) -> int:
+    """Voxel axis whose direction is nearest the normal of an anatomical ``plane``.
+
+    ``axial`` slices are stacked along inferior-superior, ``coronal`` along posterior-anterior,
+    ``sagittal`` along left-right: the voxel axis of a (4, 4) voxel-to-world ``affine`` whose unit
+    direction has the largest component along that world axis (``nib.aff2axcodes``' choice; an
+    oblique scan gets its nearest axis).
+
+    Raises:
+        ValueError: unknown plane, or an affine whose 3x3 part is singular or not finite.
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {sorted(PLANES)}, got {plane!r}")
+    rot = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.sqrt((rot**2).sum(0))
+    if not np.isfinite(rot).all() or not (norms > 0).all() or abs(np.linalg.det(rot)) < 1e-12:
+        raise ValueError("the scan's affine is singular or not finite: no anatomical plane")
+    codes = nib.aff2axcodes(affine)
+    axis = next(i for i, c in enumerate(codes) if c in ("LR", "PA", "IS")[PLANES[plane]])
+    return int(axis)
+
+
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along each array axis of a (4, 4) affine."""
     norms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
@@ -250,7 +277,7 @@ def _plan(scans: Sequence[str | Path], output: Path, overwrite: bool) -> list[tu
 def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bool = False,
                   slice_mm: float | None = None, axis: int | None = None,
                   slab_grid: bool = False, overwrite: bool = False,
-                  contrast: str | None = None) -> list[Path]:
+                  contrast: str | None = None, plane: str | None = None) -> list[Path]:
     """Write a degraded copy of each scan to ``output/<same file name>``.
 
     Scans are read as stored (no reorientation; a trailing singleton 4th axis is dropped) and
@@ -263,6 +290,8 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         invert: apply :func:`invert_contrast` (mask: intensity > 0).
         slice_mm: apply :func:`thick_slices` with this slice thickness in mm.
         axis: voxel axis of the thick slices (default per scan: :func:`through_plane_axis`).
+        plane: instead of ``axis``, the anatomical plane of the thick slices (``axial``,
+            ``coronal``, ``sagittal``), resolved per scan from its affine (:func:`plane_axis`).
         slab_grid: write the thick slices on their own grid (:func:`thick_slab_grid`: a real
             low-resolution file, whose references no longer share its grid) instead of
             interpolated back to the scan's.
@@ -274,7 +303,8 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         The written paths.
 
     Raises:
-        ValueError: not exactly one of ``invert`` / ``slice_mm`` / ``contrast``; ``axis`` without ``slice_mm``;
+        ValueError: not exactly one of ``invert`` / ``slice_mm`` / ``contrast``; ``axis`` or
+            ``plane`` without ``slice_mm``, or both;
             colliding names; an output that is an input or exists without ``overwrite``; a scan
             that is missing, unreadable, not 3D or not finite.
     """
@@ -288,6 +318,13 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         if slice_mm is None:
             raise ValueError("--axis only applies with --slice-mm")
         axis = _check_axis(axis)
+    if plane is not None:
+        if slice_mm is None:
+            raise ValueError("--plane only applies with --slice-mm")
+        if axis is not None:
+            raise ValueError("give --axis or --plane, not both")
+        if plane not in PLANES:
+            raise ValueError(f"--plane must be one of {sorted(PLANES)}, got {plane!r}")
     if slab_grid and slice_mm is None:
         raise ValueError("--slab-grid only applies with --slice-mm")
     output = Path(output)
@@ -308,9 +345,12 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
                         f"{', '.join(f'{m:.4g}' for m in modes)})")
             else:
                 spacing = _spacing(affine)
-                ax = through_plane_axis(spacing) if axis is None else axis
+                if plane is not None:
+                    ax = plane_axis(affine, plane)
+                else:
+                    ax = through_plane_axis(spacing) if axis is None else axis
                 n = slab_size(spacing, slice_mm, ax)  # type: ignore[arg-type]
-                what = (f"{slice_mm:g} mm slices along voxel axis {ax} "
+                what = (f"{slice_mm:g} mm {plane + ' ' if plane else ''}slices along voxel axis {ax} "
                         f"({nib.aff2axcodes(affine)[ax]}, spacing {spacing[ax]:.4g} mm): "
                         f"slabs of {n} voxel(s)")
                 if slab_grid:
