@@ -24,10 +24,11 @@ Every number comes from the project's command-line tools, run as subprocesses as
   no brain mask (its foreground box is the whole head). A synthetic head is not a real one (no
   eyes, neck, fat-suppression or coil shading): read it as a check of what extra-cerebral tissue
   does to the model, not as a real-scan figure;
-* opt-in (``--conditions``): ``axial5`` and ``coronal5``, 5 mm slices in that anatomical plane
-  (``degrade --plane``; ``thick5`` slices an isotropic scan along its first voxel axis, on OASIS
-  sagittally), and the clinical-style ``inverted_axial5``, ``flair_axial5`` and ``pd_axial5``: a
-  contrast, then 5 mm axial slices;
+* opt-in (``--conditions``, and ``--ibsr-conditions`` too): ``axial5`` and ``coronal5``, 5 mm
+  slices in that anatomical plane (``degrade --plane``; ``thick5`` slices a scan along its coarsest
+  voxel axis, the first of an isotropic one: on OASIS sagittally, on IBSR coronally), and the
+  clinical-style ``inverted_axial5``, ``flair_axial5`` and ``pd_axial5``: a contrast, then 5 mm
+  axial slices;
 * ``python infer.py model=<model>`` segments them (default options), and IBSR's 10 scans
   (``--ibsr-conditions``, default ``original``);
 * ``python evaluate.py mode=structures`` scores OASIS per structure against its FreeSurfer aseg
@@ -430,7 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tissue-model", default="tissue",
                         help="tissue model segmented beside a structure model ('' for none)")
     parser.add_argument("--ibsr-conditions", default="original",
-                        help="IBSR conditions (tissue view), comma-separated; '' for none")
+                        help="IBSR conditions (tissue view), comma-separated, the OASIS ones but "
+                             f"{HEAD_PROXY}; '' for none")
     parser.add_argument("--kind", choices=("auto", "structures", "tissue"), default="auto",
                         help="what the model writes (auto: from its first output)")
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
@@ -455,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
         fail(f"the OASIS scan is not under {args.data} (--data)")
     lists = {}
-    for opt, known in (("conditions", ALL_OASIS_CONDITIONS), ("ibsr_conditions", CONDITIONS)):
+    ibsr_known = [*CONDITIONS, *PLANE_CONDITIONS, *CHAINS]
+    for opt, known in (("conditions", ALL_OASIS_CONDITIONS), ("ibsr_conditions", ibsr_known)):
         lists[opt] = [c for c in getattr(args, opt).split(",") if c]
         if unknown := set(lists[opt]) - set(known):
             fail(f"unknown --{opt.replace('_', '-')} {sorted(unknown)}; choose from "

@@ -124,6 +124,32 @@ def test_structures_benchmark_plane_and_clinical_conditions(tmp_path, monkeypatc
                     "--conditions", "sagittal9"])
 
 
+def test_structures_benchmark_ibsr_takes_the_plane_conditions(tmp_path, monkeypatch, bench):
+    """IBSR (tissue view) takes the opt-in plane and clinical-style conditions, not the OASIS-only
+    head proxy; its coronal acquisition (RAS, 1.5 mm voxel axis 1) is sliced axially on axis 2."""
+    from synthseg_lite.evaluation.degrade import thick_slices
+
+    data, aseg = _data(tmp_path)
+    folder = data / "ibsr" / "IBSR_01"
+    folder.mkdir(parents=True)
+    affine = np.diag([1.0, 1.5, 1.0, 1.0])
+    t1 = np.asarray(nib.load(data / "oasis_vxm" / "t1.nii.gz").dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(t1, affine), str(folder / "IBSR_01.nii.gz"))
+    ibsr = np.select([np.isin(aseg, (3, 10, 17)), aseg == 2], [2, 3], 0).astype(np.int16)
+    nib.save(nib.Nifti1Image(ibsr, affine), str(folder / "IBSR_01_seg.nii.gz"))
+    _fake_tools(monkeypatch, bench, aseg)
+    out = tmp_path / "out"
+    bench.main(["--output", str(out), "--data", str(data), "--conditions", "",
+                "--ibsr-conditions", "axial5", "--tissue-model", ""])
+    record = json.loads((out / "results.json").read_text())
+    assert record["ibsr"]["axial5"]["tissue"]["WM"] > 0.99
+    sliced = np.asarray(nib.load(out / "scans" / "axial5" / "ibsr" / "IBSR_01.nii.gz").dataobj)
+    np.testing.assert_allclose(sliced, thick_slices(t1, (1.0, 1.5, 1.0), 5, axis=2), atol=1e-6)
+    with pytest.raises(SystemExit):
+        bench.main(["--output", str(tmp_path / "o2"), "--data", str(data),
+                    "--ibsr-conditions", "thick3_head"])
+
+
 def test_structures_benchmark_head_proxy_volumes_and_tissue_model(tmp_path, monkeypatch, bench):
     """The 3 mm head proxy (padded OASIS in a synthetic head, scored against the padded aseg),
     per-structure volumes with the +-35 % check, and the tissue model beside the tissue view."""
