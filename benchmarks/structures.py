@@ -404,7 +404,7 @@ def markdown(record: dict) -> str:
             lines.append(f"| {name} | {r['pred_mm3']:,.0f} | {r['ref_mm3']:,.0f} | "
                          f"{r['ratio']:.2f} | {check} |")
         lines.append("")
-    view = "tissue view" if conds else "tissue"
+    view = "tissue view" if record.get("kind") == "structures" else "tissue"
     lines += ["| model | condition | dataset | " + " | ".join(CLASSES) + " |",
               "|---|---|---|" + "---|" * len(CLASSES)]
     for dataset in ("oasis", "ibsr"):

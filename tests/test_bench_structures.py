@@ -143,6 +143,7 @@ def test_structures_benchmark_ibsr_takes_the_plane_conditions(tmp_path, monkeypa
                 "--ibsr-conditions", "axial5", "--tissue-model", ""])
     record = json.loads((out / "results.json").read_text())
     assert record["ibsr"]["axial5"]["tissue"]["WM"] > 0.99
+    assert "| structures (tissue view) | axial5 | ibsr |" in (out / "results.md").read_text()
     sliced = np.asarray(nib.load(out / "scans" / "axial5" / "ibsr" / "IBSR_01.nii.gz").dataobj)
     np.testing.assert_allclose(sliced, thick_slices(t1, (1.0, 1.5, 1.0), 5, axis=2), atol=1e-6)
     with pytest.raises(SystemExit):
