@@ -86,8 +86,10 @@ PLANE_CONDITIONS = {
 }
 #: Opt-in clinical-style OASIS conditions: a contrast, then 5 mm axial slices (degrade run twice).
 CHAINS = {f"{c}_axial5": (c, "axial5") for c in ("inverted", "flair", "pd")}
+#: ``degrade`` options of every single-step condition.
+DEGRADE_OPTIONS = {**OASIS_CONDITIONS, **PLANE_CONDITIONS}
 #: Every OASIS condition ``--conditions`` accepts.
-ALL_OASIS_CONDITIONS = [*OASIS_CONDITIONS, *PLANE_CONDITIONS, *CHAINS]
+ALL_OASIS_CONDITIONS = [*DEGRADE_OPTIONS, *CHAINS]
 #: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
 VOLUME_TOLERANCE, VOLUME_CHECK_MM3 = 0.35, 1000.0
 
@@ -197,7 +199,7 @@ class Bench:
             self.commands.append(f"benchmarks/head_proxy.py head_proxy() -> {t1}, {aseg}")
             self.refs[cond] = aseg
             scans = [str(t1)]
-        options = {**OASIS_CONDITIONS, **PLANE_CONDITIONS}[cond]
+        options = DEGRADE_OPTIONS[cond]
         if not options:
             return scans
         folder = self.out / "scans" / cond / dataset

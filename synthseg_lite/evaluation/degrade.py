@@ -53,8 +53,8 @@ __all__ = ["CONTRASTS", "PLANES", "degrade_scans", "invert_contrast", "remap_con
 
 log = logging.getLogger(__name__)
 
-#: Anatomical planes of a slice -> the world (RAS) axis of the slice's normal.
-PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
+#: Anatomical planes of a slice -> the axis codes (``nib.aff2axcodes``) of the slice's normal.
+PLANES = {"sagittal": "LR", "coronal": "PA", "axial": "IS"}
 
 #: Relative tolerance under which two voxel sizes count as equal in :func:`through_plane_axis`.
 SPACING_RTOL = 1e-3
@@ -220,12 +220,9 @@ def plane_axis(affine: np.ndarray, plane: str) -> int:
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {sorted(PLANES)}, got {plane!r}")
     rot = np.asarray(affine, dtype=np.float64)[:3, :3]
-    norms = np.sqrt((rot**2).sum(0))
-    if not np.isfinite(rot).all() or not (norms > 0).all() or abs(np.linalg.det(rot)) < 1e-12:
+    if not np.isfinite(rot).all() or abs(np.linalg.det(rot)) < 1e-12:
         raise ValueError("the scan's affine is singular or not finite: no anatomical plane")
-    codes = nib.aff2axcodes(affine)
-    axis = next(i for i, c in enumerate(codes) if c in ("LR", "PA", "IS")[PLANES[plane]])
-    return int(axis)
+    return next(i for i, c in enumerate(nib.aff2axcodes(affine)) if c in PLANES[plane])
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
