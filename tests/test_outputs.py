@@ -288,6 +288,45 @@ def test_qc_figure_legend_lists_present_labels_and_grows_the_figure(tmp_path):
     assert heights[1] > heights[0] >= 1000  # 24 labels present: more legend rows, taller figure
 
 
+def test_save_resampled_writes_the_scan_on_the_segmentation_grid(monkeypatch, tmp_path):
+    """save_resampled=true (mri_synthseg --resample) with output_mm=1 on a 1.2 x 0.9 x 1.5 mm
+    LIA-like scan: the scan itself, float32, on the segmentation's RAS grid, its intensities
+    those of the scan at the same world points (nibabel's linear resampling as the reference),
+    listed in the sidecar; a rerun on the output folder takes it for no scan; the BIDS name."""
+    from nibabel.processing import resample_from_to
+
+    from synthseg_lite.inference.outputs import output_paths
+
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    lia = np.array([[-1.2, 0, 0, 20], [0, 0, 1.5, -30], [0, -0.9, 0, 25], [0, 0, 0, 1.0]])
+    scan = _write(tmp_path / "in" / "case1.nii.gz", affine=lia)
+    opts = InferenceOptions(**OPTS, save_qc=False, output_mm=1.0, save_resampled=True)
+    (res,) = segment_scans(scan, tmp_path / "out", model, opts)
+    assert res.error is None, res.error
+    seg, image = nib.load(res.outputs["seg"]), nib.load(res.outputs["resampled"])
+    assert res.outputs["resampled"] == tmp_path / "out" / "case1_resampled.nii.gz"
+    assert image.shape == seg.shape and np.allclose(image.affine, seg.affine)
+    assert nib.aff2axcodes(image.affine) == ("R", "A", "S") and image.get_data_dtype() == np.float32
+    data = np.asarray(image.dataobj)
+    ref = np.asarray(resample_from_to(nib.load(scan), image, order=1).dataobj)
+    inside = ref > 0.2 * ref.max()  # away from the field of view's edge
+    assert np.corrcoef(data[inside], ref[inside])[0, 1] > 0.95
+    assert abs(data[inside].mean() / ref[inside].mean() - 1) < 0.03
+    sidecar = json.loads(res.outputs["json"].read_text())
+    assert sidecar["outputs"]["resampled"] == "case1_resampled.nii.gz"
+    with pytest.raises(ValueError, match="no scans found"):  # the resampled scan is no input
+        find_scans(tmp_path / "out")
+    bids = find_scans(_bids(tmp_path / "ds")).scans[0]
+    assert output_paths(bids, tmp_path / "o")["resampled"].name == (
+        "sub-01_space-orig_desc-resampled_T1w.nii.gz")
+
+
+def test_save_resampled_needs_an_output_grid():
+    with pytest.raises(ValueError, match="output_mm=1"):
+        InferenceOptions(save_resampled=True)
+    assert InferenceOptions(save_resampled=True, output_mm=0.8).save_resampled
+
+
 def test_output_mm_writes_every_file_on_the_1mm_grid(monkeypatch, tmp_path):
     """infer.py output_mm=1 on a 1.2 x 0.9 x 1.5 mm scan: the segmentation, tissue view and
     posteriors share one 1 mm RAS grid, volumes.csv counts its voxels, the QC figure is drawn;

@@ -12,7 +12,7 @@ import pytest
 
 from synthseg_lite.labels import STRUCTURE_GROUPS, TARGET_PRESETS
 from synthseg_lite.evaluation.metrics import label_mapping, map_labels
-from synthseg_lite.evaluation.pairing import find_cases, pair_cases
+from synthseg_lite.evaluation.pairing import case_key, find_cases, pair_cases
 from synthseg_lite.evaluation.plots import box_plots
 from synthseg_lite.evaluation.structure_metrics import (
     STRUCTURES,
@@ -164,6 +164,7 @@ def test_pairing_seg_suffix_next_to_scans(tmp_path):
     for case in ("IBSR_01", "IBSR_02"):
         _touch(tmp_path / "pred" / f"{case}_seg.nii.gz")
         _touch(tmp_path / "pred" / f"{case}_posteriors.nii.gz")  # probabilities: skipped
+        _touch(tmp_path / "pred" / f"{case}_resampled.nii.gz")  # infer's scan on its grid: skipped
         _touch(tmp_path / "ref" / case / f"{case}.nii.gz")  # the scan: passed over
         _touch(tmp_path / "ref" / case / f"{case}_seg.nii.gz")
     _touch(tmp_path / "ref" / "IBSR_03" / "IBSR_03.nii.gz")  # a scan without reference: not one
@@ -172,6 +173,9 @@ def test_pairing_seg_suffix_next_to_scans(tmp_path):
         ("IBSR_01", "IBSR_01_seg.nii.gz", "IBSR_01_seg.nii.gz"),
         ("IBSR_02", "IBSR_02_seg.nii.gz", "IBSR_02_seg.nii.gz"),
     ]
+    pred = tmp_path / "pred"
+    assert case_key(pred / "IBSR_01_resampled.nii.gz", pred) is None
+    assert case_key(pred / "IBSR_01.nii.gz", pred) == ("IBSR_01", 0)  # a plain name is a case
 
 
 def test_pairing_freesurfer_subjects(tmp_path):

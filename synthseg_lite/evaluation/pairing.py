@@ -20,8 +20,9 @@ A segmentation-named file (``_seg``, ``_dseg``, ``aseg``, or any file in a ``lab
 ``labelsTs`` / ``labels`` folder) wins over a plain-named one with the same id, so
 ``ref/IBSR_01/IBSR_01.nii.gz`` (the scan) is passed over for ``IBSR_01_seg.nii.gz``; two files of
 the same rank with one id are an error; where a folder holds segmentation-named files, its
-plain-named files (scans) are left out. Probability maps (``_posteriors``, ``_probseg``) and
-nnU-Net's ``imagesTr`` / ``imagesTs`` folders are skipped.
+plain-named files (scans) are left out. Probability maps (``_posteriors``, ``_probseg``), scans
+resampled by ``infer.py save_resampled=true`` (``_resampled``) and nnU-Net's ``imagesTr`` /
+``imagesTs`` folders are skipped.
 
 With a pattern (``pred_pattern=`` / ``ref_pattern=``): a regular expression matched against the
 whole file name without its suffix; the id is its ``id`` group, else its first group, else the
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PATTERN = r"(?P<id>.+)_seg"
 
 _SEG_SUFFIX = re.compile(r"(?P<id>.+?)_d?seg$")
-_SKIP_SUFFIX = re.compile(r".*_(posteriors|probseg|qc)$")
+_SKIP_SUFFIX = re.compile(r".*_(posteriors|probseg|resampled|qc)$")
 _SKIP_FOLDERS = {"imagestr", "imagests", "imagesval"}
 _LABEL_FOLDERS = {"labelstr", "labelsts", "labels"}
 _BIDS = re.compile(r"sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?")

@@ -60,7 +60,7 @@ BIDS_SUFFIXES = ("T1w", "T2w", "FLAIR", "PD")
 #: Derivatives folder of this pipeline, below the output folder.
 DERIVATIVES = Path("derivatives") / "synthseg_lite"
 #: File-name endings of this tool's outputs: such files are not taken as scans in a folder search.
-OUTPUT_SUFFIXES = ("_seg", "_tissue", "_posteriors", "_dseg", "_probseg")
+OUTPUT_SUFFIXES = ("_seg", "_tissue", "_posteriors", "_resampled", "_dseg", "_probseg")
 
 _BIDS_NAME = re.compile(
     r"^(?P<entities>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_(?P<suffix>[A-Za-z0-9]+)$"
@@ -270,7 +270,7 @@ def output_paths(scan: Scan, output_dir: str | Path, desc: str = "aseg") -> dict
     Kinds: ``seg`` (the segmentation), ``lut`` (its FreeSurfer colour table), ``tsv`` (its BIDS
     dseg.tsv), ``json`` (provenance sidecar, written last: its presence marks the scan as done),
     ``tissue`` / ``tissue_lut`` / ``tissue_tsv`` (tissue view of a structure segmentation),
-    ``posteriors`` and ``qc`` (PNG).
+    ``posteriors``, ``resampled`` (the scan on the segmentation's grid) and ``qc`` (PNG).
 
     Args:
         scan: from :func:`find_scans`.
@@ -298,6 +298,7 @@ def output_paths(scan: Scan, output_dir: str | Path, desc: str = "aseg") -> dict
             "tissue_lut": Path(f"{tissue}_dseg_lut.txt"),
             "tissue_tsv": Path(f"{tissue}_dseg.tsv"),
             "posteriors": Path(f"{main}_probseg.nii.gz"),
+            "resampled": Path(f"{folder / head}_desc-resampled_{b['suffix']}.nii.gz"),
             "qc": Path(f"{main}_qc.png"),
         }
     ext = ".mgz" if scan.path.name.lower().endswith(".mgz") else ".nii.gz"
@@ -311,6 +312,7 @@ def output_paths(scan: Scan, output_dir: str | Path, desc: str = "aseg") -> dict
         "tissue_lut": Path(f"{base}_tissue_lut.txt"),
         "tissue_tsv": Path(f"{base}_tissue.tsv"),
         "posteriors": Path(f"{base}_posteriors{ext}"),
+        "resampled": Path(f"{base}_resampled{ext}"),
         "qc": Path(f"{base}_qc.png"),
     }
 

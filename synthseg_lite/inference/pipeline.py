@@ -2,7 +2,8 @@
 
 Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.labels.lut`), its
 FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
-CSF) with its own tables, optionally the posteriors, a QC PNG and a provenance JSON (written last:
+CSF) with its own tables, optionally the posteriors and the scan on the segmentation's grid
+(``save_resampled``, with ``output_mm``), a QC PNG and a provenance JSON (written last:
 a scan with one is done and skipped on the next run unless ``overwrite``). Every file is claimed
 in the output folder's record before it is written (:mod:`synthseg_lite.inference.record`), so a
 study stopped at any point resumes, and files the tool did not write are never changed. File names:
@@ -203,16 +204,17 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     if pred.posteriors is not None:
         save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]
+    if w.opts.output_mm is not None and (w.opts.save_qc or w.opts.save_resampled):
+        image, ras_affine = resample_to_grid(torch.as_tensor(vol.data), vol.affine, w.opts.output_mm)
+        ras_image = image.numpy()  # the scan on the segmentation's grid
+        if w.opts.save_resampled:
+            save_volume(ras_image, ras_affine, out["resampled"])
+            written["resampled"] = out["resampled"]
     if w.opts.save_qc:
         if w.opts.output_mm is None:
             ornt = nib.orientations.io_orientation(vol.affine)
             ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
             ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
-        else:  # the segmentation's grid
-            image, ras_affine = resample_to_grid(
-                torch.as_tensor(vol.data), vol.affine, w.opts.output_mm
-            )
-            ras_image = image.numpy()
         qc_figure(
             ras_image, pred.labels_ras, ras_affine, w.labels.names, out["qc"],
             title=f"{scan.case}   QC {qc['qc_score']:.2f}", colors=w.labels.colors,

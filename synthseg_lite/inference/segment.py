@@ -97,6 +97,10 @@ class InferenceOptions:
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
         save_posteriors: also write the class probabilities on the input grid.
+        save_resampled: also write the scan itself on the segmentation's grid (``<name>_resampled``,
+            its own intensities, linear and anti-aliased; ``mri_synthseg --resample``), to view a
+            thick-slice scan under its ``output_mm`` segmentation voxel for voxel; needs
+            ``output_mm`` (without it the segmentation is on the scan's own grid already).
         save_qc: write a QC PNG per scan.
         threads: CPU threads for torch (None: torch's default).
         progress: show a progress bar over scans.
@@ -134,6 +138,7 @@ class InferenceOptions:
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     crop_foreground: bool = True
     save_posteriors: bool = False
+    save_resampled: bool = False
     save_qc: bool = True
     threads: int | None = None
     progress: bool = True
@@ -185,6 +190,11 @@ class InferenceOptions:
             raise ValueError(
                 f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got "
                 f"{self.output_mm}"
+            )
+        if self.save_resampled and self.output_mm is None:
+            raise ValueError(
+                "save_resampled=true writes the scan on the segmentation's grid, which without "
+                "output_mm is the scan's own: add output_mm=1 (as mri_synthseg --resample)"
             )
 
 
