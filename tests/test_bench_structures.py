@@ -220,7 +220,9 @@ def test_learning_curve_of_model_files_counts_their_total_steps(tmp_path, monkey
     for name, extra in extras.items():
         meta = ModelMeta(cfg, LabelTable.create("tissue"), 2.0, (32,) * 3, extra)
         save_model(models / name, net, meta)
-    assert [bench.step_of(models / n) for n in extras] == [27000, 81000, 5000]
+    from benchmarks.structure_curves import step_of
+
+    assert [step_of(models / n) for n in extras] == [27000, 81000, 5000]
     out = tmp_path / "curves_models"
     bench.main(["--output", str(out), "--data", str(data), "--checkpoints",
                 str(models / "*.pt")])
