@@ -10,8 +10,8 @@ the tissue view on OASIS and IBSR, and per-group learning curves from a run's ch
 Every number comes from the project's command-line tools, run as subprocesses as a user would
 (the commands are logged and stored in the JSON):
 
-* ``python -m synthseg_lite.commands.degrade`` derives OASIS' degraded versions (same grid, so the aseg
-  stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
+* ``python -m synthseg_lite.commands.degrade`` derives OASIS' degraded versions (same grid, so the
+  aseg stays valid): ``inverted`` contrast and ``thick3`` / ``thick5`` slices (as
   ``benchmarks/real_scans.py``), ``flair`` and ``pd``: FLAIR-like (CSF dark, GM brighter than WM)
   and PD-like (CSF close to GM, WM darkest) contrast, the T1's intensities through a piecewise
   linear curve whose knots are its own three tissue modes (``degrade --contrast``; what no

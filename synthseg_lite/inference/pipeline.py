@@ -1,16 +1,17 @@
 """Segment scans end to end: read, preprocess, predict, post-process, write.
 
-Per scan the output folder receives the segmentation (values: see :mod:`synthseg_lite.labels.lut`), its
-FreeSurfer colour table and BIDS ``dseg.tsv``, for a structure model the tissue view (GM / WM /
-CSF) with its own tables, optionally the posteriors and the scan on the segmentation's grid
-(``save_resampled``, with ``output_mm``), a QC PNG and a provenance JSON (written last:
-a scan with one is done and skipped on the next run unless ``overwrite``). Every file is claimed
-in the output folder's record before it is written (:mod:`synthseg_lite.inference.record`), so a
-study stopped at any point resumes, and files the tool did not write are never changed. File names:
-:func:`synthseg_lite.inference.outputs.output_paths` (BIDS derivatives for BIDS datasets, the input tree
-mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs) and
-``report.html`` summarises the study. A scan that cannot be processed is skipped with a one-line
-reason; the others go on.
+Per scan the output folder receives the segmentation (values: see
+:mod:`synthseg_lite.labels.lut`), its FreeSurfer colour table and BIDS ``dseg.tsv``, for a
+structure model the tissue view (GM / WM / CSF) with its own tables, optionally the posteriors and
+the scan on the segmentation's grid (``save_resampled``, with ``output_mm``), a QC PNG and a
+provenance JSON (written last: a scan with one is done and skipped on the next run unless
+``overwrite``). Every file is claimed in the output folder's record before it is written
+(:mod:`synthseg_lite.inference.record`), so a study stopped at any point resumes, and files the
+tool did not write are never changed. File names:
+:func:`synthseg_lite.inference.outputs.output_paths` (BIDS derivatives for BIDS datasets, the
+input tree mirrored otherwise). ``volumes.csv`` gets one row per scan (merged with earlier runs)
+and ``report.html`` summarises the study. A scan that cannot be processed is skipped with a
+one-line reason; the others go on.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ class ScanResult:
 
     Attributes:
         input: the scan.
-        outputs: written files by kind (see :func:`~synthseg_lite.inference.outputs.output_paths`); for a
-            scan left as it was (``done``), its existing files.
+        outputs: written files by kind (see
+            :func:`~synthseg_lite.inference.outputs.output_paths`); for a scan left as it was
+            (``done``), its existing files.
         volumes_mm3: class name -> soft volume (mm^3).
         seconds: wall time for this scan.
         error: why the scan was skipped (one line), or None.
@@ -205,7 +207,9 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
         save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]
     if w.opts.output_mm is not None and (w.opts.save_qc or w.opts.save_resampled):
-        image, ras_affine = resample_to_grid(torch.as_tensor(vol.data), vol.affine, w.opts.output_mm)
+        image, ras_affine = resample_to_grid(
+            torch.as_tensor(vol.data), vol.affine, w.opts.output_mm
+        )
         ras_image = image.numpy()  # the scan on the segmentation's grid
         if w.opts.save_resampled:
             save_volume(ras_image, ras_affine, out["resampled"])

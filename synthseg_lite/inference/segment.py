@@ -186,7 +186,8 @@ class InferenceOptions:
             raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
         if self.max_voxels < 1:
             raise ValueError(f"max_voxels must be >= 1, got {self.max_voxels}")
-        if self.output_mm is not None and not (math.isfinite(self.output_mm) and self.output_mm > 0):
+        mm = self.output_mm
+        if mm is not None and not (math.isfinite(mm) and mm > 0):
             raise ValueError(
                 f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got "
                 f"{self.output_mm}"
