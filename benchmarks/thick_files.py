@@ -5,16 +5,18 @@ model's 1 mm and, by default, writes the result back on that coarse grid; ``outp
 it at 1 mm as SynthSeg does. This benchmark measures what the choice costs against a 1 mm
 reference, with the project's own tools run as subprocesses:
 
-1. ``python -m synthseg_lite.commands.degrade <OASIS T1> --slice-mm N --axis 1 --slab-grid``: the
-   OASIS T1 as an N mm axial file (slab means on their own grid);
+1. ``python -m synthseg_lite.commands.degrade <OASIS T1> --slice-mm N --plane P --slab-grid``:
+   the OASIS T1 as an N mm file of slices in plane P (``--planes``, default axial; slab means on
+   their own grid);
 2. ``python infer.py`` on it, as is and with ``output_mm=1``;
 3. ``python evaluate.py mode=structures resample_pred=true`` against the 1 mm aseg (both
    predictions taken onto the aseg's grid by nearest neighbour).
 
     python -m benchmarks.thick_files --output thick/ --threads 2
+    python -m benchmarks.thick_files --output planes/ --thickness 5 --planes sagittal coronal
 
 Output: ``<output>/results.json`` (mean Dice over the 31 structures, groups, weakest structure,
-the left hippocampus and the volume check per thickness and output grid) and
+the left hippocampus and the volume check per thickness, plane and output grid) and
 ``<output>/results.md``. Needs ``../shared/data/real/oasis_vxm`` (``--data``).
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from benchmarks.real_scans import new_output, run
 from benchmarks.structures import read_structures
 from synthseg_lite.commands.common import fail
+from synthseg_lite.evaluation.degrade import PLANES
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Output grids compared: folder -> (name in the table, infer.py options).
@@ -42,20 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="structures", help="infer.py's model=")
     parser.add_argument("--thickness", type=float, nargs="+", default=[3.0, 5.0],
                         help="slice thicknesses (mm)")
+    parser.add_argument("--planes", nargs="+", default=["axial"], choices=sorted(PLANES),
+                        help="anatomical planes of the slices (degrade --plane)")
     parser.add_argument("--threads", type=int, default=None, help="infer.py threads=")
     args = parser.parse_args(argv)
     out = new_output(args.output)
     t1, aseg = args.data / "oasis_vxm" / "t1.nii.gz", args.data / "oasis_vxm" / "aseg.nii.gz"
     if not t1.is_file() or not aseg.is_file():
         fail(f"the OASIS scan and aseg are not under {args.data} (--data)")
+    out.mkdir(parents=True, exist_ok=True)
     py, commands = sys.executable, []
     threads = [f"threads={args.threads}"] if args.threads else []
     record: dict = {"model": args.model, "results": {}}
-    for mm in args.thickness:
-        tag = f"{mm:g}mm"
+    for mm, plane in ((mm, plane) for mm in args.thickness for plane in args.planes):
+        tag = f"{mm:g}mm" if args.planes == ["axial"] else f"{mm:g}mm_{plane}"
         scans = out / "scans" / tag
         run([py, "-m", "synthseg_lite.commands.degrade", str(t1), "--output", str(scans),
-             "--slice-mm", str(mm), "--axis", "1", "--slab-grid"], commands)
+             "--slice-mm", str(mm), "--plane", plane, "--slab-grid"], commands)
         for name, (grid, options) in GRIDS.items():
             seg = out / "seg" / tag / name
             run([py, "infer.py", f"input={scans / t1.name}", f"output={seg}",

@@ -259,3 +259,33 @@ def test_thick_files_benchmark_refuses_a_non_empty_output_and_missing_data(tmp_p
             thick_main(argv)
         assert exc.value.code == 2 and says in capsys.readouterr().err
     assert (tmp_path / "out" / "x").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_thick_files_benchmark_slices_each_plane_on_its_own_grid(tmp_path, monkeypatch):
+    """--planes: one slab file per thickness and plane (degrade --plane P --slab-grid), each
+    segmented on its grid and at 1 mm and scored on the aseg's grid; one table row each."""
+    import benchmarks.thick_files as thick
+
+    data = tmp_path / "real" / "oasis_vxm"
+    data.mkdir(parents=True)
+    for name in ("t1.nii.gz", "aseg.nii.gz"):
+        (data / name).write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(thick, "run", lambda cmd, commands: calls.append(cmd))
+    canned = {"structure_mean": 0.8, "groups": dict.fromkeys(
+        ("ventricles", "deep GM", "hippocampus+amygdala"), 0.7), "weakest": ["x", 0.1],
+        "volume_check": {"n_within": 28, "n_checked": 29}, "structures": {"Left-Hippocampus": 0.8}}
+    monkeypatch.setattr(thick, "read_structures", lambda path: canned)
+    out = tmp_path / "out"
+    thick.main(["--output", str(out), "--data", str(tmp_path / "real"), "--thickness", "5",
+                "--planes", "sagittal", "coronal"])
+    degrade = [c for c in calls if "synthseg_lite.commands.degrade" in c]
+    assert [c[c.index("--plane") + 1] for c in degrade] == ["sagittal", "coronal"]
+    assert all("--slab-grid" in c for c in degrade)
+    infer = [c for c in calls if c[1] == "infer.py"]
+    assert sum("output_mm=1" in c for c in infer) == 2 and len(infer) == 4
+    assert all("resample_pred=true" in c for c in calls if c[1] == "evaluate.py")
+    rows = (out / "results.md").read_text().splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| 5mm_sagittal"] * 2 + ["| 5mm_coronal"] * 2
+    with pytest.raises(SystemExit):
+        thick.main(["--output", str(tmp_path / "o2"), "--planes", "oblique"])
