@@ -23,6 +23,7 @@ the left hippocampus and the volume check per thickness, plane and output grid) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     py, commands = sys.executable, []
     threads = [f"threads={args.threads}"] if args.threads else []
     record: dict = {"model": args.model, "results": {}}
-    for mm, plane in ((mm, plane) for mm in args.thickness for plane in args.planes):
-        tag = f"{mm:g}mm" if args.planes == ["axial"] else f"{mm:g}mm_{plane}"
+    for mm, plane in itertools.product(args.thickness, args.planes):
+        tag = f"{mm:g}mm_{plane}"
         scans = out / "scans" / tag
         run([py, "-m", "synthseg_lite.commands.degrade", str(t1), "--output", str(scans),
              "--slice-mm", str(mm), "--plane", plane, "--slab-grid"], commands)

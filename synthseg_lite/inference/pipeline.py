@@ -206,19 +206,20 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     if pred.posteriors is not None:
         save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]
+    # the scan on the segmentation's grid (RAS), for the resampled file and the QC figure
     if w.opts.output_mm is not None and (w.opts.save_qc or w.opts.save_resampled):
         image, ras_affine = resample_to_grid(
             torch.as_tensor(vol.data), vol.affine, w.opts.output_mm
         )
-        ras_image = image.numpy()  # the scan on the segmentation's grid
-        if w.opts.save_resampled:
-            save_volume(ras_image, ras_affine, out["resampled"])
-            written["resampled"] = out["resampled"]
+        ras_image = image.numpy()
+    elif w.opts.save_qc:
+        ornt = nib.orientations.io_orientation(vol.affine)
+        ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
+        ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
+    if w.opts.save_resampled:
+        save_volume(ras_image, ras_affine, out["resampled"])
+        written["resampled"] = out["resampled"]
     if w.opts.save_qc:
-        if w.opts.output_mm is None:
-            ornt = nib.orientations.io_orientation(vol.affine)
-            ras_image = to_ras(torch.as_tensor(vol.data), ornt).numpy()
-            ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
         qc_figure(
             ras_image, pred.labels_ras, ras_affine, w.labels.names, out["qc"],
             title=f"{scan.case}   QC {qc['qc_score']:.2f}", colors=w.labels.colors,

@@ -189,10 +189,9 @@ class InferenceOptions:
         mm = self.output_mm
         if mm is not None and not (math.isfinite(mm) and mm > 0):
             raise ValueError(
-                f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got "
-                f"{self.output_mm}"
+                f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got {mm}"
             )
-        if self.save_resampled and self.output_mm is None:
+        if self.save_resampled and mm is None:
             raise ValueError(
                 "save_resampled=true writes the scan on the segmentation's grid, which without "
                 "output_mm is the scan's own: add output_mm=1 (as mri_synthseg --resample)"
