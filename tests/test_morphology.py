@@ -1,6 +1,7 @@
-"""The structure-size stage (synth.morph): the ventricles eroded or dilated by whole voxels, the
-image and target following. Off by default (the random stream is unchanged), identity at 0
-rounds, only chosen and growable labels change, left stays left."""
+"""The structure-size stage (synth.morph): the ventricles (or the white matter against the cortex)
+eroded or dilated by whole voxels, the image and target following. Off by default (the random
+stream is unchanged), identity at 0 rounds, only chosen and growable labels change, a group grows
+only into its ``into`` labels, left stays left."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from synthseg_lite.labels import LabelTable
 from synthseg_lite.synth import SynthConfig, SynthGenerator, make_generator
 from synthseg_lite.synth.config import MorphConfig, SpatialConfig
-from synthseg_lite.synth.morphology import morph_lut, resize_structures
+from synthseg_lite.synth.morphology import morph_into, morph_lut, resize_structures
 from synthseg_lite.synth.params import sample_params
 from helpers import ventricle_maps as _maps
 
@@ -109,7 +110,12 @@ def test_generator_target_follows_and_seed_reproduces():
 
 
 @pytest.mark.parametrize("bad", [dict(prob=1.5), dict(steps=[1, -1]), dict(steps=[-1.5, 1]),
-                                 dict(groups=[]), dict(groups=[[4], []]), dict(groups=[[4, 5], [5]])])
+                                 dict(groups=[]), dict(groups=[[4], []]), dict(groups=[[4, 5], [5]]),
+                                 dict(groups=[[4], [2]], group_steps=[[-1, 1]]),
+                                 dict(groups=[[4]], group_steps=[[1, -1]]),
+                                 dict(groups=[[4]], group_steps=[[-1.5, 1]]),
+                                 dict(groups=[[4], [2]], into=[[3]]),
+                                 dict(groups=[[2, 41]], into=[[3, 41]])])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="synth.morph"):
         SynthConfig(morph=MorphConfig(**bad))
@@ -146,3 +152,61 @@ def test_groups_draw_their_own_rounds():
     assert p.morph_steps.shape == (64, 3)
     assert (p.morph_steps.min() >= -2) and (p.morph_steps.max() <= 1)
     assert not torch.equal(p.morph_steps[:, 0], p.morph_steps[:, 1])
+
+
+def test_white_matter_moves_only_against_the_cortex():
+    """The grey/white boundary moved: with ``into`` the cortex, eroded white matter becomes cortex
+    and dilated white matter takes cortex only, the ventricles it also touches keep every voxel;
+    without ``into`` the same erosion hands white matter to the ventricles too."""
+    table, maps = _maps(2)
+    index = {v: i for i, v in enumerate(table.generation_labels)}
+    wm, cortex, vent = (2, 41), (3, 42), (4, 5, 14, 43, 44)
+    lut = morph_lut(len(index), [[index[v] for v in wm]], [index[v] for v in cortex + vent])
+    into = morph_into(lut, [[index[v] for v in cortex]])
+    assert into.shape == (1, len(index)) and int(into.sum()) == 2
+    steps = _steps(-1, 1)
+    out = resize_structures(maps, steps, lut, into)
+    free = resize_structures(maps, steps, lut)
+    d_wm, d_cortex = (_count(out, table, v) - _count(maps, table, v) for v in (wm, cortex))
+    assert d_wm[0] < 0 and d_wm[1] > 0 and torch.equal(d_cortex, -d_wm)  # a swap, both ways
+    assert torch.equal(_count(out, table, vent), _count(maps, table, vent))
+    assert (_count(free, table, vent) != _count(maps, table, vent)).any()  # what into prevents
+    changed = out != maps
+    swap = torch.tensor([index[v] for v in wm + cortex])
+    assert changed.any() and torch.isin(maps[changed], swap).all()
+    assert torch.isin(out[changed], swap).all()
+    # left stays left: a left white-matter voxel becomes left cortex, never right
+    left = torch.tensor([index[v] for v in LEFT])
+    assert (torch.isin(maps[changed], left) == torch.isin(out[changed], left)).all()
+    # an empty list is "every growable label", the default
+    assert torch.equal(resize_structures(maps, steps, lut, morph_into(lut, [[]])), free)
+
+
+def test_group_steps_draw_each_groups_range():
+    cfg = SynthConfig(patch_shape=[16] * 3, morph=MorphConfig(
+        prob=1.0, groups=[[4], [5], [2, 41]], group_steps=[[-2, -2], [-2, 1], [-1, 1]]))
+    p = sample_params(cfg, 256, (40, 40, 40), 6, make_generator("cpu", 0, 1))
+    assert (p.morph_steps[:, 0] == -2).all()
+    for g, (lo, hi) in ((1, (-2, 1)), (2, (-1, 1))):  # every round of the range, nothing else
+        assert set(p.morph_steps[:, g].tolist()) == set(range(lo, hi + 1))
+    again = sample_params(cfg, 256, (40, 40, 40), 6, make_generator("cpu", 0, 1))
+    assert torch.equal(again.morph_steps, p.morph_steps)
+
+
+def test_white_matter_group_in_the_generator():
+    """``synth.morph`` with a white-matter group and ``into`` the cortex: the image's target has
+    the same ventricles and brain, and the cortex thickened (eroded white matter)."""
+    table, maps = _maps(2)
+    cfg = SynthConfig(patch_shape=[32, 32, 32],
+                      spatial=SpatialConfig(enabled=False, crop_jitter=False),
+                      morph=MorphConfig(prob=1.0, groups=[[2, 41]], group_steps=[[-1, -1]],
+                                        into=[[3, 42]]))
+    gen = SynthGenerator(cfg, table)
+    p = gen.sample(maps, make_generator("cpu", 0, 0))
+    thick = gen.apply(maps, p)
+    same = gen.apply(maps, dataclasses.replace(p, morph_steps=torch.zeros_like(p.morph_steps)))
+    for values, sign in (((2, 41), -1), ((3, 42), 1), ((4, 5, 14, 43, 44), 0)):
+        diff = _count(thick.labels, table, values) - _count(same.labels, table, values)
+        assert (torch.sign(diff) == sign).all(), values
+    with pytest.raises(ValueError, match="synth.morph.into"):
+        SynthGenerator(SynthConfig(morph=MorphConfig(prob=0.5, groups=[[2]], into=[[9999]])), table)

@@ -20,7 +20,7 @@ from synthseg_lite.synth.config import SynthConfig
 from synthseg_lite.synth.gmm import gmm_image
 from synthseg_lite.synth.intensity import add_noise, apply_bias, apply_gamma, rescale_minmax
 from synthseg_lite.synth.lesions import lesion_lut, paint_lesions
-from synthseg_lite.synth.morphology import morph_lut, resize_structures
+from synthseg_lite.synth.morphology import morph_into, morph_lut, resize_structures
 from synthseg_lite.synth.params import SynthParams, make_generator, sample_params
 from synthseg_lite.synth.resolution import simulate_resolution
 from synthseg_lite.synth.rim import fluid_rim
@@ -116,10 +116,14 @@ class SynthGenerator(nn.Module):
         self.register_buffer("lesion_lut", lesions, persistent=False)
         brain_indices = [i for i, b in enumerate(brain) if b]  # what resized labels may grow into
         morph = None  # (L,) group + 1 / 0 growable / -1 fixed; None: the stage is off
+        into = None  # (G, L) what each group may grow into; None: every growable label
         if cfg.morph.prob > 0:
             morph = morph_lut(table.n_labels, [_indices(table, g, "morph") for g in cfg.morph.groups],
                               brain_indices)
+            if cfg.morph.into:
+                into = morph_into(morph, [_indices(table, v, "morph.into") for v in cfg.morph.into])
         self.register_buffer("morph_lut", morph, persistent=False)
+        self.register_buffer("morph_allowed", into, persistent=False)
         rim = None  # (L,) fluid 1 / rim may lie in 0 / -1; None: the stage is off
         if cfg.rim.prob > 0:
             rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")], brain_indices)
@@ -151,7 +155,7 @@ class SynthGenerator(nn.Module):
         lut = label_luts(p.flip, p.strip, p.keep_csf, self.lr_swap, self.extracerebral, self.table.csf_index)
         warped = remap_labels(warp_labels(labels, grid), lut)
         if self.morph_lut is not None:
-            warped = resize_structures(warped, p.morph_steps, self.morph_lut)
+            warped = resize_structures(warped, p.morph_steps, self.morph_lut, self.morph_allowed)
         if self.lesion_lut is not None:
             warped = paint_lesions(warped, p.lesion_field, p.lesion_threshold, self.lesion_lut)
         image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)

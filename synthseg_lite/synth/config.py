@@ -210,8 +210,8 @@ class LesionConfig:
 
 @dataclass
 class MorphConfig:
-    """The ventricular system shrunk or grown by whole voxels on a fraction of the samples, the
-    image and target following (:mod:`synthseg_lite.synth.morphology`; beyond SynthSeg, off by
+    """Structures (by default the ventricular system) shrunk or grown by whole voxels on a
+    fraction of the samples, the image and target following (:mod:`synthseg_lite.synth.morphology`; beyond SynthSeg, off by
     default).
 
     Attributes:
@@ -224,12 +224,20 @@ class MorphConfig:
             with its extra labels) decouple the structures' sizes from each other.
         steps: [low, high] range of the integer rounds per resized group, voxels (negative:
             erosion, positive: dilation; 0 can be drawn and changes nothing).
+        group_steps: one [low, high] range per group instead of ``steps`` (empty: ``steps`` for
+            every group), e.g. ventricles [-2, 1] beside white matter [-1, 1].
+        into: per group, the label values it may grow into and give way to (an empty list: every
+            other brain label); empty: every group grows into every other brain label. The white
+            matter against the cortex only (``[[3, 42]]``) moves the grey/white boundary, the
+            cortex thickening or thinning by whole voxels, and leaves the deep grey matter alone.
     """
 
     prob: float = 0.0
     groups: list[list[int]] = field(
         default_factory=lambda: [[4, 5, 14, 15, 43, 44, 136, 137, 163, 164]])
     steps: list[int] = field(default_factory=lambda: [-2, 1])
+    group_steps: list[list[int]] = field(default_factory=list)
+    into: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -359,6 +367,18 @@ class SynthConfig:
             raise ValueError(f"synth.morph.groups: a label is in two groups ({self.morph.groups})")
         if any(int(v) != v for v in self.morph.steps):
             raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
+        for name, per_group in (("group_steps", self.morph.group_steps), ("into", self.morph.into)):
+            if per_group and len(per_group) != len(self.morph.groups):
+                raise ValueError(f"synth.morph.{name} needs one entry per group "
+                                 f"({len(self.morph.groups)}), got {len(per_group)}")
+        for rng in self.morph.group_steps:
+            if len(rng) != 2 or rng[0] > rng[1] or any(int(v) != v for v in rng):
+                raise ValueError("synth.morph.group_steps must be [low, high] whole voxels with "
+                                 f"low <= high, got {list(rng)}")
+        for group, into in zip(self.morph.groups, self.morph.into):
+            if set(group) & set(into):
+                raise ValueError(f"synth.morph.into: group {list(group)} cannot grow into its own "
+                                 f"labels {sorted(set(group) & set(into))}")
         tie_values = [v for group in self.gmm.tie_groups for v in group]
         if not self.gmm.tie_groups or not all(self.gmm.tie_groups) or 0 in tie_values:
             raise ValueError("synth.gmm.tie_groups must be non-empty lists of non-background label "

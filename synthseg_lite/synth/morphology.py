@@ -11,14 +11,18 @@ neighbour outside them) or dilation (each brain voxel beside them takes their la
 image is then drawn from the changed map and the target follows it, so the network learns the
 size from the image, not from the prior. Groups of labels (``synth.morph.groups``) each draw their
 own rounds: resized together (one group), a large lateral ventricle still tells the network that
-the inferior horn or the 4th ventricle is large; resized apart, it does not. Beyond SynthSeg.
+the inferior horn or the 4th ventricle is large; resized apart, it does not. A group may be held
+to some neighbours (``synth.morph.into``): the cerebral white matter eroded or dilated against the
+cortex only thickens or thins the cortex by whole voxels (the maps' cortex-to-white-matter ratio
+spans 0.92-1.19, an older subject's aseg can lie beyond it) and leaves the deep grey matter and
+the ventricles it touches alone. Beyond SynthSeg.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["morph_lut", "resize_structures"]
+__all__ = ["morph_into", "morph_lut", "resize_structures"]
 
 
 def morph_lut(n_labels: int, groups: list[list[int]], growable: list[int]) -> torch.Tensor:
@@ -38,6 +42,24 @@ def morph_lut(n_labels: int, groups: list[list[int]], growable: list[int]) -> to
     for g, group in enumerate(groups):
         lut[torch.tensor(group, dtype=torch.long)] = g + 1
     return lut
+
+
+def morph_into(lut: torch.Tensor, into: list[list[int]]) -> torch.Tensor:
+    """(G, L) bool: may group ``g`` grow into (and give way to) generation index ``l``?
+
+    Args:
+        lut: (L,) from :func:`morph_lut` (G groups).
+        into: per group, the generation indices it grows into (an empty list: every growable
+            label); only growable labels (``lut == 0``) can be listed, others are ignored.
+    """
+    growable = lut == 0
+    rows = []
+    for group in into:
+        row = torch.zeros_like(growable)
+        if group:
+            row[torch.tensor(group, dtype=torch.long)] = True
+        rows.append(growable & row if group else growable)
+    return torch.stack(rows)
 
 
 def _neighbours(x: torch.Tensor) -> list[torch.Tensor]:
@@ -62,7 +84,9 @@ def _voxel_steps(kind: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return table.gather(1, flat).view_as(kind)
 
 
-def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def resize_structures(
+    labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tensor, into: torch.Tensor | None = None
+) -> torch.Tensor:
     """Erode (``steps < 0``) or dilate (``steps > 0``) each group of labels by ``|steps|`` voxels.
 
     One round of erosion gives every voxel of an eroding group with a face neighbour of a
@@ -77,6 +101,8 @@ def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tens
         labels: (B, 1, *S) integer generation indices (after the warp, flip and skull stripping).
         steps: (B, G) int64 rounds per sample and group, 0 = unchanged.
         lut: (L,) int64 from :func:`morph_lut` (G groups).
+        into: (G, L) bool from :func:`morph_into`: the growable labels each group may take from
+            and give way to (None: all of them, for every group).
 
     Returns:
         (B, 1, *S) labels, same dtype; identical to ``labels`` for samples whose steps are all 0.
@@ -85,6 +111,9 @@ def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tens
     if rounds == 0:
         return labels
     lut, steps = lut.to(labels.device), steps.to(labels.device)
+    allowed = None  # (G + 1) * L flat table: row g + 1 is group g's, row 0 never allows
+    if into is not None:
+        allowed = torch.cat([torch.zeros_like(into[:1]), into]).to(labels.device).flatten()
     chosen = _voxel_steps(lut[labels.long()], steps) != 0
     if not bool(chosen.any()):
         return labels
@@ -99,7 +128,13 @@ def resize_structures(labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tens
         eroding, growable = own <= -(r + 1), kind == 0
         new, done = out, torch.zeros_like(eroding)
         for nb, nb_kind, nb_own in zip(_neighbours(out), _neighbours(kind), _neighbours(own)):
-            take = ~done & ((eroding & (nb_kind == 0)) | (growable & (nb_own >= r + 1)))
+            if allowed is None:
+                gives, grows = nb_kind == 0, growable
+            else:  # the eroding voxel's group may give way to nb; nb's group may grow into it
+                n_labels = lut.numel()
+                gives = allowed[kind.clamp(min=0) * n_labels + nb]
+                grows = allowed[nb_kind.clamp(min=0) * n_labels + out]
+            take = ~done & ((eroding & gives) | (grows & (nb_own >= r + 1)))
             new = torch.where(take, nb, new)
             done = done | take
         out = new

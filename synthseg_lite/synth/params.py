@@ -316,8 +316,14 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     morph_steps = torch.zeros((B, G), dtype=torch.long, device=dev)
     if ms.prob > 0:  # one group draws what the (B,) draws of a single group were
         on = _bernoulli(g, (B, G), ms.prob)
-        lo, hi = int(ms.steps[0]), int(ms.steps[1])
-        drawn = torch.randint(lo, hi + 1, (B, G), generator=g, device=dev)
+        if ms.group_steps:  # a range per group: uniform integers in [lo, hi] from one draw
+            lo, hi = (torch.tensor([float(r[i]) for r in ms.group_steps], device=dev)
+                      for i in (0, 1))
+            u = torch.rand((B, G), generator=g, device=dev)
+            drawn = (lo + (u * (hi - lo + 1)).floor().clamp_max(hi - lo)).long()
+        else:
+            lo, hi = int(ms.steps[0]), int(ms.steps[1])
+            drawn = torch.randint(lo, hi + 1, (B, G), generator=g, device=dev)
         morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
 
     # -- partial-volume rim (drawn only when on, after every other draw)
