@@ -115,7 +115,9 @@ def test_generator_target_follows_and_seed_reproduces():
                                  dict(groups=[[4]], group_steps=[[1, -1]]),
                                  dict(groups=[[4]], group_steps=[[-1.5, 1]]),
                                  dict(groups=[[4], [2]], into=[[3]]),
-                                 dict(groups=[[2, 41]], into=[[3, 41]])])
+                                 dict(groups=[[2, 41]], into=[[3, 41]]),
+                                 dict(groups=[[4]], fraction=[[0.5, 1.5]]),
+                                 dict(groups=[[4], [2]], fraction=[[0, 1]]), dict(field_mm=0)])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="synth.morph"):
         SynthConfig(morph=MorphConfig(**bad))
@@ -210,3 +212,42 @@ def test_white_matter_group_in_the_generator():
         assert (torch.sign(diff) == sign).all(), values
     with pytest.raises(ValueError, match="synth.morph.into"):
         SynthGenerator(SynthConfig(morph=MorphConfig(prob=0.5, groups=[[2]], into=[[9999]])), table)
+
+
+def test_fraction_moves_part_of_the_boundary_in_patches():
+    """A fraction of 0 is the identity, 1 the whole round; in between, the voxels moved are a
+    subset of the whole round's, more for a larger fraction, and a second round moves the same
+    patches deeper (never a voxel whose gate is above the fraction)."""
+    table, maps = _maps(1)
+    index = {v: i for i, v in enumerate(table.generation_labels)}
+    lut = morph_lut(len(index), [[index[v] for v in (2, 41)]], [index[v] for v in (3, 42)])
+    field = torch.randn((1, 1, 6, 6, 6), generator=torch.Generator().manual_seed(0))
+    whole = resize_structures(maps, _steps(-1), lut)
+    moved = []
+    for f in (0.0, 0.25, 0.5, 1.0):
+        out = resize_structures(maps, _steps(-1), lut, fraction=torch.tensor([[f]]), field=field)
+        changed = out != maps
+        assert not (changed & (whole == maps)).any()  # a subset of the whole round
+        moved.append(int(changed.sum()))
+    assert moved[0] == 0 and moved[0] < moved[1] < moved[2] < moved[3]
+    assert moved[3] == int((whole != maps).sum())
+    two = resize_structures(maps, _steps(-2), lut, fraction=torch.tensor([[0.5]]), field=field)
+    one = resize_structures(maps, _steps(-1), lut, fraction=torch.tensor([[0.5]]), field=field)
+    assert int((two != maps).sum()) > int((one != maps).sum())
+    assert not ((one != maps) & (two == maps)).any()
+
+
+def test_fraction_draws_and_keeps_the_stream():
+    base = MorphConfig(prob=1.0, groups=[[4], [2, 41]])
+    cfg = SynthConfig(patch_shape=[16] * 3, morph=base)
+    part = SynthConfig(patch_shape=[16] * 3, morph=dataclasses.replace(
+        base, fraction=[[1.0, 1.0], [0.0, 0.3]], field_mm=4.0))
+    p = sample_params(cfg, 64, (40, 40, 40), 6, make_generator("cpu", 0, 1))
+    q = sample_params(part, 64, (40, 40, 40), 6, make_generator("cpu", 0, 1))
+    assert (p.morph_fraction == 1).all() and p.morph_field.numel() == 0
+    assert (q.morph_fraction[:, 0] == 1).all()
+    assert (q.morph_fraction[:, 1] >= 0).all() and (q.morph_fraction[:, 1] <= 0.3).all()
+    assert q.morph_field.shape == (64, 1, 5, 5, 5)  # 15 mm at 4 mm: 5 control points
+    for f in dataclasses.fields(p):  # the fraction's draws come after every other draw
+        if f.name not in ("morph_fraction", "morph_field"):
+            assert torch.equal(getattr(p, f.name), getattr(q, f.name)), f.name

@@ -155,7 +155,8 @@ class SynthGenerator(nn.Module):
         lut = label_luts(p.flip, p.strip, p.keep_csf, self.lr_swap, self.extracerebral, self.table.csf_index)
         warped = remap_labels(warp_labels(labels, grid), lut)
         if self.morph_lut is not None:
-            warped = resize_structures(warped, p.morph_steps, self.morph_lut, self.morph_allowed)
+            warped = resize_structures(warped, p.morph_steps, self.morph_lut, self.morph_allowed,
+                                       p.morph_fraction, p.morph_field)
         if self.lesion_lut is not None:
             warped = paint_lesions(warped, p.lesion_field, p.lesion_threshold, self.lesion_lut)
         image = gmm_image(warped, self.classes, p.means, p.stds, p.gmm_noise)

@@ -229,7 +229,13 @@ class MorphConfig:
         into: per group, the label values it may grow into and give way to (an empty list: every
             other brain label); empty: every group grows into every other brain label. The white
             matter against the cortex only (``[[3, 42]]``) moves the grey/white boundary, the
-            cortex thickening or thinning by whole voxels, and leaves the deep grey matter alone.
+            cortex thickening or thinning, and leaves the deep grey matter alone.
+        fraction: per group, [low, high] range of the fraction of a round's candidate voxels
+            that change (empty: all of them, whole-voxel rounds). One voxel of the cerebral white
+            matter is a third of its volume: a fraction moves the boundary by part of a voxel on
+            average, in patches chosen by a smooth random field (``field_mm``), so the cortex's
+            thickness varies from region to region as it does in a brain.
+        field_mm: control-point spacing of that field, mm.
     """
 
     prob: float = 0.0
@@ -238,6 +244,8 @@ class MorphConfig:
     steps: list[int] = field(default_factory=lambda: [-2, 1])
     group_steps: list[list[int]] = field(default_factory=list)
     into: list[list[int]] = field(default_factory=list)
+    fraction: list[list[float]] = field(default_factory=list)
+    field_mm: float = 8.0
 
 
 @dataclass
@@ -367,7 +375,8 @@ class SynthConfig:
             raise ValueError(f"synth.morph.groups: a label is in two groups ({self.morph.groups})")
         if any(int(v) != v for v in self.morph.steps):
             raise ValueError(f"synth.morph.steps must be whole voxels, got {list(self.morph.steps)}")
-        for name, per_group in (("group_steps", self.morph.group_steps), ("into", self.morph.into)):
+        for name, per_group in (("group_steps", self.morph.group_steps), ("into", self.morph.into),
+                                ("fraction", self.morph.fraction)):
             if per_group and len(per_group) != len(self.morph.groups):
                 raise ValueError(f"synth.morph.{name} needs one entry per group "
                                  f"({len(self.morph.groups)}), got {len(per_group)}")
@@ -375,6 +384,12 @@ class SynthConfig:
             if len(rng) != 2 or rng[0] > rng[1] or any(int(v) != v for v in rng):
                 raise ValueError("synth.morph.group_steps must be [low, high] whole voxels with "
                                  f"low <= high, got {list(rng)}")
+        for rng in self.morph.fraction:
+            if len(rng) != 2 or not 0.0 <= rng[0] <= rng[1] <= 1.0:
+                raise ValueError("synth.morph.fraction must be [low, high] with 0 <= low <= high "
+                                 f"<= 1, got {list(rng)}")
+        if self.morph.field_mm <= 0:
+            raise ValueError(f"synth.morph.field_mm must be > 0, got {self.morph.field_mm}")
         for group, into in zip(self.morph.groups, self.morph.into):
             if set(group) & set(into):
                 raise ValueError(f"synth.morph.into: group {list(group)} cannot grow into its own "

@@ -20,7 +20,10 @@ the ventricles it touches alone. Beyond SynthSeg.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 __all__ = ["morph_into", "morph_lut", "resize_structures"]
 
@@ -84,8 +87,23 @@ def _voxel_steps(kind: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return table.gather(1, flat).view_as(kind)
 
 
+def _gate(field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, 1, *shape) values in (0, 1), about uniform over each sample's voxels, smooth in space:
+    coarse normal ``field`` (B, 1, *n) upsampled, standardised per sample, through the normal
+    CDF; below 1 (a fraction of 1 moves every candidate)."""
+    dense = F.interpolate(field, size=shape, mode="trilinear", align_corners=True)
+    flat = dense.flatten(1)
+    z = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-6)
+    return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).clamp(max=1 - 1e-6).view_as(dense)
+
+
 def resize_structures(
-    labels: torch.Tensor, steps: torch.Tensor, lut: torch.Tensor, into: torch.Tensor | None = None
+    labels: torch.Tensor,
+    steps: torch.Tensor,
+    lut: torch.Tensor,
+    into: torch.Tensor | None = None,
+    fraction: torch.Tensor | None = None,
+    field: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Erode (``steps < 0``) or dilate (``steps > 0``) each group of labels by ``|steps|`` voxels.
 
@@ -103,6 +121,11 @@ def resize_structures(
         lut: (L,) int64 from :func:`morph_lut` (G groups).
         into: (G, L) bool from :func:`morph_into`: the growable labels each group may take from
             and give way to (None: all of them, for every group).
+        fraction: (B, G) float in [0, 1], the fraction of each group's candidates a round
+            changes: a voxel changes only where the smooth gate drawn from ``field`` is below the
+            fraction of the group that erodes it or grows into it, so the same patches move in
+            every round (None or an empty ``field``: every candidate).
+        field: (B, 1, *n) standard normal coarse field of that gate.
 
     Returns:
         (B, 1, *S) labels, same dtype; identical to ``labels`` for samples whose steps are all 0.
@@ -122,6 +145,11 @@ def resize_structures(
         hit = chosen.any(dim=tuple(d for d in range(5) if d != dim)).nonzero()[:, 0]
         box.append(slice(max(int(hit[0]) - rounds - 1, 0), int(hit[-1]) + rounds + 2))
     out = labels[(slice(None), slice(None), *box)].long()
+    gate = None  # (B, 1, *box) smooth U(0, 1) values; a voxel moves where below its fraction
+    if fraction is not None and field is not None and field.numel():
+        gate = _gate(field.to(labels.device), tuple(labels.shape[2:]))[
+            (slice(None), slice(None), *box)]
+        fraction = fraction.to(labels.device, gate.dtype)
     for r in range(rounds):  # loop over rounds, not samples
         kind = lut[out]
         own = _voxel_steps(kind, steps)
@@ -134,6 +162,9 @@ def resize_structures(
                 n_labels = lut.numel()
                 gives = allowed[kind.clamp(min=0) * n_labels + nb]
                 grows = allowed[nb_kind.clamp(min=0) * n_labels + out]
+            if gate is not None:  # below the fraction of the group that moves this voxel
+                gives = gives & (gate < _voxel_steps(kind, fraction))
+                grows = grows & (gate < _voxel_steps(nb_kind, fraction))
             take = ~done & ((eroding & gives) | (grows & (nb_own >= r + 1)))
             new = torch.where(take, nb, new)
             done = done | take

@@ -58,6 +58,9 @@ class SynthParams:
             lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
         morph_steps: (B, G) int64 rounds of erosion (< 0) or dilation (> 0) of each of the
             structure-size stage's G groups, 0 for groups not resized (all 0 when it is off).
+        morph_fraction: (B, G) fraction of each group's candidate voxels a round changes (1 for
+            whole rounds; all 1 without ``synth.morph.fraction``); morph_field: (B, 1, *n)
+            standard normal coarse field choosing them in patches (empty without).
         rim_fraction: (B,) maximum fluid fraction of the partial-volume rim stage, 0 for samples
             without (all 0 when it is off); rim_field: (B, 1, *Pf) per-voxel U(0, 1) factor of
             that fraction (empty when the stage is off).
@@ -87,6 +90,8 @@ class SynthParams:
     morph_steps: torch.Tensor
     rim_fraction: torch.Tensor
     rim_field: torch.Tensor
+    morph_fraction: torch.Tensor
+    morph_field: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -115,6 +120,7 @@ class SynthParams:
             "noise_std": self.noise_std,
             "lesions": torch.isfinite(self.lesion_threshold).float(),
             "morph_steps": self.morph_steps.float().mean(1),
+            "morph_fraction": self.morph_fraction.mean(1),
             "rim_fraction": self.rim_fraction,
         }
 
@@ -341,7 +347,16 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
             raise ValueError("gmm.tie_prob > 0 needs the tie group of each generation class")
         means, stds = _tie_classes(means, stds, class_ties.to(dev), cfg.gmm.tie_prob, g)
 
+    # -- partial structure-size rounds (drawn only when set, after every other draw)
+    morph_fraction = torch.ones((B, G), device=dev)
+    morph_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
+    if ms.prob > 0 and ms.fraction:
+        lo, hi = (torch.tensor([float(r[i]) for r in ms.fraction], device=dev) for i in (0, 1))
+        morph_fraction = lo + torch.rand((B, G), generator=g, device=dev) * (hi - lo)
+        n = [control_grid(e, ms.field_mm) for e in extent]
+        morph_field = torch.randn((B, 1, *n), generator=g, device=dev)
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
                        noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps,
-                       rim_fraction, rim_field)
+                       rim_fraction, rim_field, morph_fraction, morph_field)
