@@ -12,10 +12,12 @@ image is then drawn from the changed map and the target follows it, so the netwo
 size from the image, not from the prior. Groups of labels (``synth.morph.groups``) each draw their
 own rounds: resized together (one group), a large lateral ventricle still tells the network that
 the inferior horn or the 4th ventricle is large; resized apart, it does not. A group may be held
-to some neighbours (``synth.morph.into``): the cerebral white matter eroded or dilated against the
-cortex only thickens or thins the cortex by whole voxels (the maps' cortex-to-white-matter ratio
-spans 0.92-1.19, an older subject's aseg can lie beyond it) and leaves the deep grey matter and
-the ventricles it touches alone. Beyond SynthSeg.
+to some neighbours (``synth.morph.into``), and a round may move only part of a group's border, in
+patches a smooth random field chooses (``synth.morph.fraction``): the cerebral white matter eroded
+or dilated against the cortex only, over part of its border (one whole voxel is a third of its
+volume), thickens or thins the cortex region by region (the maps' cortex-to-white-matter ratio
+spans 0.92-1.19, another subject's aseg can lie beyond it) and leaves the deep grey matter and the
+ventricles it touches alone. Beyond SynthSeg.
 """
 
 from __future__ import annotations
