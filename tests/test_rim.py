@@ -115,3 +115,50 @@ def test_unknown_label_is_refused():
     table, _ = _maps()
     with pytest.raises(ValueError, match="synth.rim"):
         SynthGenerator(SynthConfig(rim=RimConfig(prob=0.5, labels=[4, 9999])), table)
+
+
+def test_white_rim_lies_in_the_cortex_beside_the_white_matter():
+    """synth.white_rim's lut (white matter the source, the cortex the only place the rim may lie):
+    exactly the cortex voxels with a white-matter face neighbour change, half-way to the white
+    matter's intensity; the ventricles the white matter also touches do not."""
+    table, maps, _, classes, means, stds, noise, image = _rim_inputs(2)
+    index = {v: i for i, v in enumerate(table.generation_labels)}
+    lut = morph_lut(len(index), [[index[2], index[41]]], [index[3], index[42]])
+    out = fluid_rim(image, maps, lut, torch.tensor([0.0, 0.5]), torch.ones(maps.shape), classes,
+                    means, stds, noise)
+    kind = lut[maps.long()]
+    near = torch.zeros_like(kind == 1)
+    for dx, dy, dz in FACES:
+        near |= torch.roll(kind == 1, (dx, dy, dz), (2, 3, 4))
+    rim = near & (kind == 0)  # cortex beside white matter
+    changed = out != image
+    assert not changed[0].any() and rim[1].any() and torch.equal(changed[1], rim[1])
+    assert torch.allclose(out[1][rim[1]], torch.full_like(out[1][rim[1]], (120.0 + 180.0) / 2))
+    fluid = torch.isin(maps, torch.tensor([index[v] for v in FLUID]))
+    assert (near & fluid).any() and not (changed & fluid).any()
+
+
+def test_white_rim_in_the_generator():
+    table, maps = _maps()
+    base = SynthConfig(patch_shape=[32, 32, 32],
+                       spatial=SpatialConfig(enabled=False, crop_jitter=False))
+    cfg = dataclasses.replace(base, white_rim=RimConfig(prob=1.0, labels=[2, 41], into=[3, 42],
+                                                        fraction=[0.3, 0.6]))
+    off = sample_params(base, 4, (40, 40, 40), 6, make_generator("cpu", 3, 5))
+    assert not off.white_fraction.any() and off.white_field.numel() == 0
+    gen = SynthGenerator(cfg, table)
+    p = gen.sample(maps, make_generator("cpu", 0, 0))
+    assert ((p.white_fraction >= 0.3) & (p.white_fraction <= 0.6)).all()
+    q = SynthGenerator(base, table).sample(maps, make_generator("cpu", 0, 0))
+    for f in dataclasses.fields(p):  # the white rim's draws come after every other draw
+        if not f.name.startswith("white_"):
+            assert torch.equal(getattr(p, f.name), getattr(q, f.name)), f.name
+    with_rim = gen.apply(maps, p)
+    without = gen.apply(maps, dataclasses.replace(p, white_fraction=torch.zeros(4)))
+    assert torch.equal(with_rim.target, without.target)
+    assert not torch.equal(with_rim.image, without.image)
+    again = gen(maps, make_generator("cpu", 0, 0))
+    assert torch.equal(again.image, with_rim.image)
+    assert "white_rim_fraction" in with_rim.params
+    with pytest.raises(ValueError, match="synth.white_rim.into"):
+        SynthConfig(white_rim=RimConfig(labels=[2, 41], into=[3, 41]))

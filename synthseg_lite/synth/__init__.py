@@ -124,10 +124,12 @@ class SynthGenerator(nn.Module):
                 into = morph_into(morph, [_indices(table, v, "morph.into") for v in cfg.morph.into])
         self.register_buffer("morph_lut", morph, persistent=False)
         self.register_buffer("morph_allowed", into, persistent=False)
-        rim = None  # (L,) fluid 1 / rim may lie in 0 / -1; None: the stage is off
-        if cfg.rim.prob > 0:
-            rim = morph_lut(table.n_labels, [_indices(table, cfg.rim.labels, "rim")], brain_indices)
-        self.register_buffer("rim_lut", rim, persistent=False)
+        for name in ("rim", "white_rim"):  # (L,) source 1 / rim may lie in 0 / -1; None: off
+            rim_cfg, rim = getattr(cfg, name), None
+            if rim_cfg.prob > 0:
+                into = _indices(table, rim_cfg.into, name) if rim_cfg.into else brain_indices
+                rim = morph_lut(table.n_labels, [_indices(table, rim_cfg.labels, name)], into)
+            self.register_buffer(f"{name}_lut", rim, persistent=False)
         ties = None  # (C,) tie group of each class, -1 none; None: ties are off
         if cfg.gmm.tie_prob > 0:
             ties = torch.full((table.n_classes,), -1, dtype=torch.long)
@@ -163,6 +165,9 @@ class SynthGenerator(nn.Module):
         if self.rim_lut is not None:
             image = fluid_rim(image, warped, self.rim_lut, p.rim_fraction, p.rim_field, self.classes,
                               p.means, p.stds, p.gmm_noise)
+        if self.white_rim_lut is not None:
+            image = fluid_rim(image, warped, self.white_rim_lut, p.white_fraction, p.white_field,
+                              self.classes, p.means, p.stds, p.gmm_noise)
         if f > 1:  # partial volume: average the fine grid, labels at the fine voxel nearest the centre
             image = F.avg_pool3d(image, f)
             warped = warped[:, :, f // 2::f, f // 2::f, f // 2::f]

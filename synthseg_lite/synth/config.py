@@ -262,11 +262,13 @@ class RimConfig:
             excess).
         fraction: [low, high] range of the per-sample maximum fluid fraction ``a``; each rim
             voxel takes ``a * u`` of the fluid's intensity, ``u ~ U(0, 1)``.
+        into: the label values the rim may lie in (empty: every other brain label).
     """
 
     prob: float = 0.0
     labels: list[int] = field(default_factory=lambda: [4, 5, 14, 15, 43, 44])
     fraction: list[float] = field(default_factory=lambda: [0.0, 0.8])
+    into: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -294,6 +296,11 @@ class SynthConfig:
     lesion: LesionConfig = field(default_factory=LesionConfig)
     morph: MorphConfig = field(default_factory=MorphConfig)
     rim: RimConfig = field(default_factory=RimConfig)
+    #: the same stage at the grey/white border: the cortex's inner layer takes part of the white
+    #: matter's intensity (partial volume and the cortex's own myelin), label unchanged; off by
+    #: default
+    white_rim: RimConfig = field(default_factory=lambda: RimConfig(
+        labels=[2, 41], into=[3, 42], fraction=[0.0, 0.6]))
 
     def __post_init__(self) -> None:
         if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
@@ -316,7 +323,8 @@ class SynthConfig:
                           ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm),
                           ("lesion.threshold", self.lesion.threshold),
                           ("morph.steps", self.morph.steps),
-                          ("rim.fraction", self.rim.fraction)):
+                          ("rim.fraction", self.rim.fraction),
+                          ("white_rim.fraction", self.white_rim.fraction)):
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
         for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
@@ -325,6 +333,7 @@ class SynthConfig:
                            ("lesion.prob", self.lesion.prob),
                            ("morph.prob", self.morph.prob),
                            ("rim.prob", self.rim.prob),
+                           ("white_rim.prob", self.white_rim.prob),
                            ("gmm.tie_prob", self.gmm.tie_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
@@ -400,10 +409,15 @@ class SynthConfig:
                              f"values, got {self.gmm.tie_groups}")
         if len(set(tie_values)) != len(tie_values):
             raise ValueError(f"synth.gmm.tie_groups: a label is in two groups ({self.gmm.tie_groups})")
-        if not self.rim.labels:
-            raise ValueError("synth.rim.labels must be a non-empty list of fluid label values")
-        if not 0.0 <= self.rim.fraction[0] <= self.rim.fraction[1] <= 1.0:
-            raise ValueError(f"synth.rim.fraction must lie in [0, 1], got {list(self.rim.fraction)}")
+        for name, rim in (("rim", self.rim), ("white_rim", self.white_rim)):
+            if not rim.labels:
+                raise ValueError(f"synth.{name}.labels must be a non-empty list of label values")
+            if not 0.0 <= rim.fraction[0] <= rim.fraction[1] <= 1.0:
+                raise ValueError(f"synth.{name}.fraction must lie in [0, 1], got "
+                                 f"{list(rim.fraction)}")
+            if set(rim.labels) & set(rim.into):
+                raise ValueError(f"synth.{name}.into cannot hold its own labels "
+                                 f"{sorted(set(rim.labels) & set(rim.into))}")
         if self.gmm.background_zero_prob + self.gmm.background_low_prob > 1.0:
             raise ValueError("synth.gmm.background_zero_prob + background_low_prob must be <= 1, got "
                              f"{self.gmm.background_zero_prob} + {self.gmm.background_low_prob}")

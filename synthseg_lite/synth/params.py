@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from synthseg_lite.synth.config import SynthConfig
+from synthseg_lite.synth.config import RimConfig, SynthConfig
 
 __all__ = ["SynthParams", "sample_params", "make_generator", "seed_from"]
 
@@ -61,6 +61,8 @@ class SynthParams:
         morph_fraction: (B, G) fraction of each group's candidate voxels a round changes (1 for
             whole rounds; all 1 without ``synth.morph.fraction``); morph_field: (B, 1, *n)
             standard normal coarse field choosing them in patches (empty without).
+        white_fraction, white_field: the same as ``rim_fraction`` and ``rim_field`` for the rim
+            of white matter in the cortex (``synth.white_rim``).
         rim_fraction: (B,) maximum fluid fraction of the partial-volume rim stage, 0 for samples
             without (all 0 when it is off); rim_field: (B, 1, *Pf) per-voxel U(0, 1) factor of
             that fraction (empty when the stage is off).
@@ -92,6 +94,8 @@ class SynthParams:
     rim_field: torch.Tensor
     morph_fraction: torch.Tensor
     morph_field: torch.Tensor
+    white_fraction: torch.Tensor
+    white_field: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -122,6 +126,7 @@ class SynthParams:
             "morph_steps": self.morph_steps.float().mean(1),
             "morph_fraction": self.morph_fraction.mean(1),
             "rim_fraction": self.rim_fraction,
+            "white_rim_fraction": self.white_fraction,
         }
 
 
@@ -333,13 +338,14 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         morph_steps = torch.where(on, drawn, 0) * cfg.partial_volume_factor
 
     # -- partial-volume rim (drawn only when on, after every other draw)
-    rim = cfg.rim
-    rim_fraction = torch.zeros(B, device=dev)
-    rim_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
-    if rim.prob > 0:
+    def rim_draws(rim: RimConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        if rim.prob <= 0:
+            return torch.zeros(B, device=dev), torch.zeros((B, 1, 0, 0, 0), device=dev)
         on = _bernoulli(g, B, rim.prob)
-        rim_fraction = torch.where(on, _uniform(g, (B,), *rim.fraction), 0.0)
-        rim_field = torch.rand((B, 1, *[p * f for p in P]), generator=g, device=dev)
+        fraction = torch.where(on, _uniform(g, (B,), *rim.fraction), 0.0)
+        return fraction, torch.rand((B, 1, *[p * f for p in P]), generator=g, device=dev)
+
+    rim_fraction, rim_field = rim_draws(cfg.rim)
 
     # -- tied Gaussians (drawn only when on, after every other draw)
     if cfg.gmm.tie_prob > 0:
@@ -356,7 +362,11 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
         n = [control_grid(e, ms.field_mm) for e in extent]
         morph_field = torch.randn((B, 1, *n), generator=g, device=dev)
 
+    # -- white-matter rim in the cortex (drawn only when on, after every other draw)
+    white_fraction, white_field = rim_draws(cfg.white_rim)
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
                        noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps,
-                       rim_fraction, rim_field, morph_fraction, morph_field)
+                       rim_fraction, rim_field, morph_fraction, morph_field, white_fraction,
+                       white_field)
