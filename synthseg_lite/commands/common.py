@@ -126,13 +126,17 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def option_rows(cls: type, prefix: str = "", skip: Iterable[str] = ()) -> list[Row]:
+def option_rows(
+    cls: type, prefix: str = "", skip: Iterable[str] = (), instance: object | None = None
+) -> list[Row]:
     """Every option of dataclass ``cls`` (nested dataclasses flattened to dotted keys).
 
     Args:
         cls: a dataclass.
         prefix: prepended to each key (e.g. ``"synth."``).
         skip: dotted keys (with the prefix) to leave out, e.g. fields set by a config group.
+        instance: an instance of ``cls`` whose values are the defaults (a nested field whose
+            default is an instance with other values than its class's, e.g. ``synth.white_rim``).
     """
     skip = set(skip)
     docs = field_docs(cls)
@@ -147,12 +151,14 @@ def option_rows(cls: type, prefix: str = "", skip: Iterable[str] = ()) -> list[R
         key = prefix + f.name
         if key in skip:
             continue
-        if f.default_factory is not dataclasses.MISSING:
+        if instance is not None:
+            default = getattr(instance, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = f.default
         if dataclasses.is_dataclass(default):
-            rows += option_rows(type(default), key + ".", skip)
+            rows += option_rows(type(default), key + ".", skip, default)
             continue
         rows.append((key, _format(default), _one_line(docs.get(f.name, ""))))
     return rows

@@ -257,12 +257,13 @@ class RimConfig:
     Attributes:
         prob: probability that a sample gets the rim (0 = off, the default: the random stream of
             existing settings is unchanged).
-        labels: the fluid label values (default: the lateral ventricles, inferior horns, 3rd and
-            4th ventricle; not the extra-cerebral CSF, whose border with the cortex showed no
-            excess).
+        labels: the label values whose intensity the rim takes (``synth.rim``: the lateral
+            ventricles, inferior horns, 3rd and 4th ventricle, not the extra-cerebral CSF, whose
+            border with the cortex showed no excess; ``synth.white_rim``: the cerebral WM).
         fraction: [low, high] range of the per-sample maximum fluid fraction ``a``; each rim
             voxel takes ``a * u`` of the fluid's intensity, ``u ~ U(0, 1)``.
-        into: the label values the rim may lie in (empty: every other brain label).
+        into: the label values the rim may lie in (empty: every other brain label;
+            ``synth.white_rim``: the cortex).
     """
 
     prob: float = 0.0
