@@ -210,9 +210,9 @@ class LesionConfig:
 
 @dataclass
 class MorphConfig:
-    """Structures (by default the ventricular system) shrunk or grown by whole voxels on a
-    fraction of the samples, the image and target following (:mod:`synthseg_lite.synth.morphology`; beyond SynthSeg, off by
-    default).
+    """Structures (by default the ventricular system) shrunk or grown by voxel layers on a
+    fraction of the samples, the image and target following
+    (:mod:`synthseg_lite.synth.morphology`; beyond SynthSeg, off by default).
 
     Attributes:
         prob: probability that a group of a sample is resized (0 = off, the default: the random

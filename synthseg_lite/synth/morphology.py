@@ -58,13 +58,9 @@ def morph_into(lut: torch.Tensor, into: list[list[int]]) -> torch.Tensor:
             label); only growable labels (``lut == 0``) can be listed, others are ignored.
     """
     growable = lut == 0
-    rows = []
-    for group in into:
-        row = torch.zeros_like(growable)
-        if group:
-            row[torch.tensor(group, dtype=torch.long)] = True
-        rows.append(growable & row if group else growable)
-    return torch.stack(rows)
+    labels = torch.arange(lut.numel())
+    return torch.stack([growable & torch.isin(labels, torch.tensor(group, dtype=torch.long))
+                        if group else growable for group in into])
 
 
 def _neighbours(x: torch.Tensor) -> list[torch.Tensor]:
@@ -152,20 +148,21 @@ def resize_structures(
         gate = _gate(field.to(labels.device), tuple(labels.shape[2:]))[
             (slice(None), slice(None), *box)]
         fraction = fraction.to(labels.device, gate.dtype)
+    n_labels = lut.numel()
     for r in range(rounds):  # loop over rounds, not samples
         kind = lut[out]
         own = _voxel_steps(kind, steps)
         eroding, growable = own <= -(r + 1), kind == 0
+        if gate is not None:  # an eroding voxel moves where the gate is below its group's fraction
+            eroding = eroding & (gate < _voxel_steps(kind, fraction))
         new, done = out, torch.zeros_like(eroding)
         for nb, nb_kind, nb_own in zip(_neighbours(out), _neighbours(kind), _neighbours(own)):
             if allowed is None:
                 gives, grows = nb_kind == 0, growable
             else:  # the eroding voxel's group may give way to nb; nb's group may grow into it
-                n_labels = lut.numel()
                 gives = allowed[kind.clamp(min=0) * n_labels + nb]
                 grows = allowed[nb_kind.clamp(min=0) * n_labels + out]
-            if gate is not None:  # below the fraction of the group that moves this voxel
-                gives = gives & (gate < _voxel_steps(kind, fraction))
+            if gate is not None:  # a grown voxel: below the fraction of the group growing into it
                 grows = grows & (gate < _voxel_steps(nb_kind, fraction))
             take = ~done & ((eroding & gives) | (grows & (nb_own >= r + 1)))
             new = torch.where(take, nb, new)

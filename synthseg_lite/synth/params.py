@@ -58,14 +58,14 @@ class SynthParams:
             lesions are off); lesion_threshold: (B,) its threshold, ``inf`` for samples without.
         morph_steps: (B, G) int64 rounds of erosion (< 0) or dilation (> 0) of each of the
             structure-size stage's G groups, 0 for groups not resized (all 0 when it is off).
+        rim_fraction: (B,) maximum fluid fraction of the partial-volume rim stage, 0 for samples
+            without (all 0 when it is off); rim_field: (B, 1, *Pf) per-voxel U(0, 1) factor of
+            that fraction (empty when the stage is off).
         morph_fraction: (B, G) fraction of each group's candidate voxels a round changes (1 for
             whole rounds; all 1 without ``synth.morph.fraction``); morph_field: (B, 1, *n)
             standard normal coarse field choosing them in patches (empty without).
         white_fraction, white_field: the same as ``rim_fraction`` and ``rim_field`` for the rim
             of white matter in the cortex (``synth.white_rim``).
-        rim_fraction: (B,) maximum fluid fraction of the partial-volume rim stage, 0 for samples
-            without (all 0 when it is off); rim_field: (B, 1, *Pf) per-voxel U(0, 1) factor of
-            that fraction (empty when the stage is off).
     """
 
     matrix: torch.Tensor

@@ -13,6 +13,8 @@ This stage gives, on a fraction of the samples, every brain voxel with a face ne
 fluid label a random fraction ``w`` of that fluid's intensity:
 ``image = (1 - w) * tissue + w * fluid``, ``w = a * u`` with ``a`` drawn per sample and ``u ~ U(0, 1)``
 per voxel; the label map and the target do not change. Beyond SynthSeg; off by default.
+``synth.white_rim`` is the same function with the cerebral white matter as the source and the
+cortex as the only place its rim may lie (a cortex's inner border holds myelin and white matter).
 """
 
 from __future__ import annotations
