@@ -3,9 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from synthseg_lite.inference import InferenceOptions
-from synthseg_lite.inference.refine import refine_with_intensities
+from synthseg_lite.inference.refine import (
+    fit_intensities,
+    interior,
+    interior_means,
+    refine_with_intensities,
+)
+from synthseg_lite.labels import TARGET_PRESETS
 
 
 def _scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,3 +113,49 @@ def test_a_two_class_model_is_left_as_it_is():
     probs, image, truth = _scene()
     two = torch.stack([probs[0], 1 - probs[0]])
     np.testing.assert_array_equal(refine_with_intensities(two.clone(), image).numpy(), two.numpy())
+
+
+def test_interior_is_every_class_eroded_by_its_face_neighbours():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 3, (6, 7, 5), generator=g)
+    labels[1:5, 1:6, 1:4] = 1  # a block with an interior
+    probs = torch.nn.functional.one_hot(labels, 3).permute(3, 0, 1, 2).float()
+    faces = ndimage.generate_binary_structure(3, 1)
+    expected = np.zeros(labels.shape, bool)
+    for k in range(3):
+        # a neighbour outside the grid agrees: erosion with border_value=1
+        expected |= ndimage.binary_erosion(labels.numpy() == k, faces, border_value=1)
+    assert np.array_equal(interior(probs).numpy(), expected)
+    assert interior(probs)[2:4, 2:5, 2].all()
+
+
+def test_a_partial_volume_wall_does_not_pull_the_mean():
+    """A fluid compartment (0.1) whose one-voxel wall is half tissue (0.35), labelled fluid as a
+    rater would: its Gaussian sits at the fluid's intensity, not at the labels' average (about
+    0.2), and is wide enough to hold the wall; with too small an interior, the labels' mean."""
+    g = torch.Generator().manual_seed(1)
+    n = 24
+    truth = torch.zeros(n, n, n, dtype=torch.long)
+    truth[2:22, 2:22, 2:22] = 1
+    truth[6:18, 6:14, 6:18] = 2
+    wall = (truth == 2) & ~torch.from_numpy(
+        ndimage.binary_erosion((truth == 2).numpy(), ndimage.generate_binary_structure(3, 1))
+    )
+    image = torch.tensor([0.0, 0.6, 0.1])[truth] + 0.02 * torch.randn(truth.shape, generator=g)
+    image[wall] += 0.25
+    probs = torch.nn.functional.one_hot(truth, 3).permute(3, 0, 1, 2).float()
+    mu, var = fit_intensities(probs, image, step=1)  # 600 interior voxels
+    labelled = float(image[truth == 2].mean())
+    assert labelled > 0.18
+    assert abs(float(mu[1]) - 0.1) < 0.01 and abs(float(mu[0]) - 0.6) < 0.01
+    assert float(var[1]) > 0.1**2  # the wall is 0.25 away: the spread keeps it
+    mu, _ = fit_intensities(probs, image, step=2)  # 75 interior voxels in the sample
+    assert abs(float(mu[1]) - labelled) < 0.01
+    mu, _ = fit_intensities(probs, image, step=1, interior_mean=False)
+    assert abs(float(mu[1]) - labelled) < 0.01
+
+
+def test_interior_means_for_structures_not_for_tissue_classes():
+    assert interior_means(TARGET_PRESETS["synthseg"])
+    assert not interior_means(TARGET_PRESETS["tissue"])
+    assert not interior_means(TARGET_PRESETS["tissue_ventricular"])

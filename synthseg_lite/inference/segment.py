@@ -21,7 +21,12 @@ from synthseg_lite.inference.postprocess import (
     qc_scores,
     to_native,
 )
-from synthseg_lite.inference.refine import REFINE, refine_with_intensities, shared_classes
+from synthseg_lite.inference.refine import (
+    REFINE,
+    interior_means,
+    refine_with_intensities,
+    shared_classes,
+)
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
 from synthseg_lite.inference.predictor import (
@@ -358,7 +363,13 @@ def segment_volume(
         del x
         probs = predictor(image)[0]
         if opts.refine == "gmm":
-            refine_with_intensities(probs, image[0, 0], shared_classes(meta.label_table.target))
+            target = meta.label_table.target
+            refine_with_intensities(
+                probs,
+                image[0, 0],
+                shared_classes(target),
+                interior_mean=interior_means(target),
+            )
         del image
         # one argmax over the K channels serves the clean-up, the QC scores and the labels
         probs, labels = keep_largest_component(
