@@ -159,3 +159,11 @@ def test_interior_means_for_structures_not_for_tissue_classes():
     assert interior_means(TARGET_PRESETS["synthseg"])
     assert not interior_means(TARGET_PRESETS["tissue"])
     assert not interior_means(TARGET_PRESETS["tissue_ventricular"])
+
+
+def test_interior_takes_the_first_class_of_a_tie_as_argmax_does():
+    probs = torch.full((3, 4, 4, 4), 1 / 3)
+    probs[2, 0, 0, 0] = 0.5  # one voxel of class 2; elsewhere a three-way tie -> class 0
+    inner = interior(probs)
+    assert not inner[0, 0, 0] and not inner[1, 0, 0] and not inner[0, 1, 0]
+    assert inner[2:, 2:, 2:].all() and int((~inner).sum()) == 4

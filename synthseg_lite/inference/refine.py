@@ -144,7 +144,17 @@ def _fit(
 def interior(probs: torch.Tensor) -> torch.Tensor:
     """(X, Y, Z) bool: voxels whose most probable class of ``probs`` (K, X, Y, Z) is also that
     of their six face neighbours (a neighbour outside the grid agrees)."""
-    label = probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int32)
+    # the argmax one class at a time: over a 2D model's strided sum, 3x faster than argmax(0)
+    label = torch.zeros(
+        probs.shape[1:],
+        dtype=torch.uint8 if probs.shape[0] <= 256 else torch.int32,
+        device=probs.device,
+    )
+    best = probs[0].clone()
+    for k in range(1, probs.shape[0]):
+        label.masked_fill_(probs[k] > best, k)  # strictly greater: the first maximum wins
+        torch.maximum(best, probs[k], out=best)
+    del best
     inner = torch.ones_like(label, dtype=torch.bool)
     for d in range(3):
         n = label.shape[d]
