@@ -18,8 +18,8 @@ six face neighbours'), its variance on all of its voxels: a label's border voxel
 volume of its neighbours (the cortex's inner layer part white matter, a ventricle's wall part
 tissue), which pulls a mean fitted on every voxel toward the neighbour and moves the boundary
 into it; the spread stays the label's own, partial volume included. On the OASIS T1 the cerebral
-white matter went from 1.13x to 1.08x of its aseg volume and the 4th ventricle from 1.48x to
-1.39x (``docs/structures.md``, "Interior means"). Not for the tissue presets
+white matter went from 1.12-1.14x to 1.08-1.09x of its aseg volume and the 4th ventricle from
+1.48x to 1.39x (``docs/structures.md``, "Interior means"). Not for the tissue presets
 (:func:`interior_means`): their GM pools the cortex, which has hardly an interior at their 1.5 mm,
 with the deep nuclei, whose intensity is not the cortex's.
 
