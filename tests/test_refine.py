@@ -8,8 +8,10 @@ from scipy import ndimage
 from synthseg_lite.inference import InferenceOptions
 from synthseg_lite.inference.refine import (
     fit_intensities,
+    guard_voxels,
     interior,
     interior_means,
+    out_of_reach,
     refine_with_intensities,
 )
 from synthseg_lite.labels import TARGET_PRESETS
@@ -167,3 +169,48 @@ def test_interior_takes_the_first_class_of_a_tie_as_argmax_does():
     inner = interior(probs)
     assert not inner[0, 0, 0] and not inner[1, 0, 0] and not inner[0, 1, 0]
     assert inner[2:, 2:, 2:].all() and int((~inner).sum()) == 4
+
+
+def test_out_of_reach_is_a_city_block_distance_per_class():
+    """Against scipy: a voxel's new class is out of reach where its city-block distance to the
+    reference's voxels of that class exceeds the steps."""
+    g = torch.Generator().manual_seed(4)
+    reference = torch.zeros(12, 11, 10, dtype=torch.uint8)
+    reference[2:5, 3:6, 2:4] = 1
+    reference[8:10, 1:9, 5:9] = 2
+    label = torch.randint(0, 3, reference.shape, generator=g).to(torch.uint8)
+    for steps in (1, 2, 3):
+        expected = np.zeros(reference.shape, bool)
+        for k in range(3):
+            far = ndimage.distance_transform_cdt(reference.numpy() != k, metric="taxicab")
+            expected |= (label.numpy() == k) & (far > steps)
+        got = np.zeros(reference.shape, bool)
+        points = out_of_reach(label, reference, steps).numpy()
+        got[tuple(points.T)] = True
+        assert np.array_equal(got, expected) and expected.any()
+    assert len(out_of_reach(reference, reference, 1)) == 0
+
+
+def test_the_guard_keeps_the_network_where_intensities_alone_would_add_a_structure():
+    """A patch of fluid-bright voxels inside the tissue, 4+ voxels from the compartment, where the
+    network is 99 % sure of tissue, 5 voxels from the nearest fluid: unguarded, the intensities make
+    it fluid; with a 2-voxel
+    guard it keeps the network's probabilities exactly, while the compartment's rim, within
+    reach, is refined as before."""
+    probs, image, truth = _scene()
+    image = image.clone()
+    image[14:16, 16:18, 14:16] = 0.1  # tissue by the prior; 5 voxels from class 2, 6 from class 3
+    free = refine_with_intensities(probs.clone(), image, [[2, 3]])
+    guarded = refine_with_intensities(probs.clone(), image, [[2, 3]], guard=2)
+    patch = (slice(None), slice(14, 16), slice(16, 18), slice(14, 16))
+    assert (free[patch].argmax(0) >= 2).all()
+    torch.testing.assert_close(guarded[patch], probs[patch])
+    rest = torch.ones_like(truth, dtype=torch.bool)
+    rest[patch[1:]] = False
+    assert (guarded.argmax(0)[rest] == free.argmax(0)[rest]).all()
+    assert _dice(guarded.argmax(0), truth, 3) > 0.95
+    torch.testing.assert_close(guarded.sum(0), torch.ones_like(guarded[0]))
+
+
+def test_guard_reach_in_voxels_of_the_models_grid():
+    assert [guard_voxels(mm) for mm in (1.0, 1.5, 5.0)] == [3, 2, 1]

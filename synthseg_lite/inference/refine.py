@@ -23,6 +23,12 @@ white matter went from 1.12-1.14x to 1.08-1.09x of its aseg volume and the 4th v
 (:func:`interior_means`): their GM pools the cortex, which has hardly an interior at their 1.5 mm,
 with the deep nuclei, whose intensity is not the cortex's.
 
+The intensities move boundaries; they do not draw a structure where the network sees none: a voxel
+whose refined label is more than :data:`GUARD_MM` (3 mm, city-block) from every voxel where the
+network's most probable class is that label keeps the network's probabilities (``guard``). On the
+OASIS scan this took the FLAIR-like proxy from 0.802 to 0.809 and the PD-like from 0.777 to
+0.781, nothing lower (``docs/structures.md``, "A guard on the refinement").
+
 Its limit: a white-matter lesion as dark as grey matter, where the network hesitates, becomes grey
 matter; ``keep_largest=topology`` gives white matter back what it encloses, but not a lesion that
 touches a ventricle or the cortex (``benchmarks/refine_checks.py``).
@@ -40,8 +46,11 @@ from synthseg_lite.labels.lut import is_tissue_target, tissue_view
 __all__ = [
     "REFINE",
     "fit_intensities",
+    "guard_voxels",
     "interior",
     "interior_means",
+    "most_probable",
+    "out_of_reach",
     "refine_with_intensities",
     "shared_classes",
 ]
@@ -67,6 +76,14 @@ MIN_VOXELS = 20.0
 #: A class (or shared group) whose interior holds less expected weight than this in the fitting
 #: sample takes the mean of all of its voxels (a thin or small structure with no interior).
 MIN_INTERIOR = 200.0
+
+#: How far (mm, city-block) the refinement may move a label from where the network's most
+#: probable class has it (:func:`guard_voxels`); a voxel given a label out of reach keeps the
+#: network's probabilities. Measured on the OASIS scan's six conditions at 1, 2 and 3 mm and
+#: unguarded (``docs/structures.md``, "A guard on the refinement"): 3 mm keeps every gain of
+#: the unguarded fit (the left inferior horn, which the refinement rightly moves, included) and
+#: takes back most of its loss on the FLAIR-like proxy.
+GUARD_MM = 3.0
 
 #: Voxels per slab of the final in-place update (bounds the extra memory to one slab).
 SLAB_VOXELS = 1 << 21
@@ -119,6 +136,21 @@ def _moments(
     return stats[:, 0], mu, stats[:, 2] / n - mu * mu
 
 
+def _restore_prior_(
+    probs: torch.Tensor, points: torch.Tensor, x: torch.Tensor, table: torch.Tensor
+) -> None:
+    """In place: ``probs`` (K, X, Y, Z) posteriors of :func:`_posterior_` -> the priors they came
+    from at ``points`` (M, 3), by dividing out the likelihoods (``table`` (K - 1, LEVELS) at the
+    levels of intensities ``x`` (X, Y, Z)); exact up to float32 rounding for every prior above
+    ~1e-18 (a likelihood ratio is floored at exp(:data:`LOG_FLOOR`))."""
+    i, j, k = points.unbind(1)
+    q = probs[:, i, j, k]  # (K, M)
+    fg = q[1:] / table[:, _level(x[i, j, k])].to(q.dtype)
+    total = fg.sum(0)
+    fg.mul_(torch.where(total > 0, (1 - q[0]) / total.clamp_min(1e-30), 1.0))
+    probs[1:, i, j, k] = fg
+
+
 def _fit(
     q: torch.Tensor,
     x: torch.Tensor,
@@ -141,10 +173,10 @@ def _fit(
     return mu, var
 
 
-def interior(probs: torch.Tensor) -> torch.Tensor:
-    """(X, Y, Z) bool: voxels whose most probable class of ``probs`` (K, X, Y, Z) is also that
-    of their six face neighbours (a neighbour outside the grid agrees)."""
-    # the argmax one class at a time: over a 2D model's strided sum, 3x faster than argmax(0)
+def most_probable(probs: torch.Tensor) -> torch.Tensor:
+    """(X, Y, Z) uint8 (int32 beyond 256 classes): the most probable class of ``probs``
+    (K, X, Y, Z), the first of a tie, as ``argmax(0)``."""
+    # one class at a time: over a 2D model's strided sum, 3x faster than argmax(0)
     label = torch.zeros(
         probs.shape[1:],
         dtype=torch.uint8 if probs.shape[0] <= 256 else torch.int32,
@@ -154,7 +186,15 @@ def interior(probs: torch.Tensor) -> torch.Tensor:
     for k in range(1, probs.shape[0]):
         label.masked_fill_(probs[k] > best, k)  # strictly greater: the first maximum wins
         torch.maximum(best, probs[k], out=best)
-    del best
+    return label
+
+
+def interior(probs: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    """(X, Y, Z) bool: voxels whose most probable class of ``probs`` (K, X, Y, Z) is also that
+    of their six face neighbours (a neighbour outside the grid agrees); ``label``: that class,
+    :func:`most_probable`, where already computed."""
+    if label is None:
+        label = most_probable(probs)
     inner = torch.ones_like(label, dtype=torch.bool)
     for d in range(3):
         n = label.shape[d]
@@ -184,6 +224,42 @@ def shared_classes(target: TargetPreset) -> list[list[int]]:
     return [fluid] if len(fluid) > 1 else []
 
 
+def guard_voxels(spacing_mm: float) -> int:
+    """The reach of :func:`refine_with_intensities`'s guard on a model's grid of ``spacing_mm``
+    (isotropic, mm): :data:`GUARD_MM` in voxels, at least 1."""
+    return max(1, round(GUARD_MM / spacing_mm))
+
+
+def _dilate_(mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """``mask`` (X, Y, Z) bool grown by ``steps`` face-neighbour steps (a city-block ball), in
+    place."""
+    for _ in range(steps):
+        before = mask.clone()
+        for d in range(3):
+            n = mask.shape[d]
+            mask.narrow(d, 1, n - 1).logical_or_(before.narrow(d, 0, n - 1))
+            mask.narrow(d, 0, n - 1).logical_or_(before.narrow(d, 1, n - 1))
+    return mask
+
+
+def out_of_reach(label: torch.Tensor, reference: torch.Tensor, steps: int) -> torch.Tensor:
+    """(M, 3) long: the voxels whose class in ``label`` (X, Y, Z) is nowhere within ``steps``
+    face-neighbour steps (city-block distance) in ``reference`` (same grid and dtype)."""
+    changed = label != reference
+    points = changed.nonzero()
+    classes = label[changed]
+    far = []
+    for k in classes.unique().tolist():
+        pts = points[classes == k]
+        lo = (pts.amin(0) - steps).clamp_min(0)
+        hi = torch.minimum(pts.amax(0) + steps + 1, torch.tensor(label.shape, device=pts.device))
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        reach = _dilate_(reference[box] == k, steps)
+        local = pts - lo
+        far.append(pts[~reach[local[:, 0], local[:, 1], local[:, 2]]])
+    return torch.cat(far) if far else points
+
+
 def _check(probs: torch.Tensor, image: torch.Tensor) -> None:
     if probs.dim() != 4 or probs.shape[1:] != image.shape:
         raise ValueError(
@@ -199,11 +275,13 @@ def fit_intensities(
     iterations: int = ITERATIONS,
     step: int = 2,
     interior_mean: bool = True,
+    label: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-scan Gaussian of each foreground class, fitted by EM with ``probs`` as the prior.
 
     Args: as :func:`refine_with_intensities` (``probs`` is not modified; at least one
-        foreground class).
+        foreground class); ``label``: the most probable class of ``probs``
+        (:func:`most_probable`), where already computed.
 
     Returns:
         ``(mu, var)``: float64 (K - 1,) mean and variance of foreground classes 1..K-1, in the
@@ -215,7 +293,7 @@ def fit_intensities(
     brain = probs[(0, *sub)] < 0.5
     prior = probs[(slice(None), *sub)][:, brain]
     xs = x[sub][brain]
-    inner = interior(probs)[sub][brain] if interior_mean else None
+    inner = interior(probs, label)[sub][brain] if interior_mean else None
     xs_level = _level(xs)
     floor = torch.tensor(MIN_STD**2, dtype=torch.float64)
     pool = torch.eye(probs.shape[0] - 1, dtype=torch.float64)
@@ -239,6 +317,7 @@ def refine_with_intensities(
     iterations: int = ITERATIONS,
     step: int = 2,
     interior_mean: bool = True,
+    guard: int = 0,
 ) -> torch.Tensor:
     """Combine network probabilities with a per-scan Gaussian intensity model, in place.
 
@@ -255,6 +334,10 @@ def refine_with_intensities(
             update covers every voxel.
         interior_mean: each class's mean fitted on its interior (:func:`interior`) rather than
             on all of its voxels (:func:`interior_means` says which for a target).
+        guard: a voxel whose refined most probable class is more than this many face-neighbour
+            steps from every voxel where the network's most probable class is that class keeps
+            the network's probabilities (0: no guard; :func:`guard_voxels`). The intensities
+            move a boundary; they do not put a structure where the network sees none nearby.
 
     Returns:
         ``probs``, refined.
@@ -262,7 +345,8 @@ def refine_with_intensities(
     _check(probs, image)
     if probs.shape[0] < 3:  # one foreground class: nothing to split
         return probs
-    mu, var = fit_intensities(probs, image, shared, iterations, step, interior_mean)
+    network = most_probable(probs) if guard > 0 or interior_mean else None
+    mu, var = fit_intensities(probs, image, shared, iterations, step, interior_mean, network)
     table = _likelihood_table(mu, var, probs.device)
     x = image.to(probs.dtype)
     # slabs along the spatial axis outermost in memory (a 2D model's sum is not (X, Y, Z)-ordered)
@@ -271,4 +355,6 @@ def refine_with_intensities(
     rows = max(1, SLAB_VOXELS // (p_view.shape[2] * p_view.shape[3]))
     for i in range(0, p_view.shape[1], rows):
         _posterior_(p_view[:, i : i + rows], _level(x_view[i : i + rows]), table)
+    if guard > 0:
+        _restore_prior_(probs, out_of_reach(most_probable(probs), network, guard), x, table)
     return probs

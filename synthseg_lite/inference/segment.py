@@ -23,6 +23,7 @@ from synthseg_lite.inference.postprocess import (
 )
 from synthseg_lite.inference.refine import (
     REFINE,
+    guard_voxels,
     interior_means,
     refine_with_intensities,
     shared_classes,
@@ -369,6 +370,7 @@ def segment_volume(
                 image[0, 0],
                 shared_classes(target),
                 interior_mean=interior_means(target),
+                guard=guard_voxels(meta.spacing_mm),
             )
         del image
         # one argmax over the K channels serves the clean-up, the QC scores and the labels
