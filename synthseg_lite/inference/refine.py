@@ -255,8 +255,7 @@ def out_of_reach(label: torch.Tensor, reference: torch.Tensor, steps: int) -> to
         hi = torch.minimum(pts.amax(0) + steps + 1, torch.tensor(label.shape, device=pts.device))
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         reach = _dilate_(reference[box] == k, steps)
-        local = pts - lo
-        far.append(pts[~reach[local[:, 0], local[:, 1], local[:, 2]]])
+        far.append(pts[~reach[(pts - lo).unbind(1)]])
     return torch.cat(far) if far else points
 
 

@@ -96,9 +96,9 @@ class InferenceOptions:
             (:func:`~synthseg_lite.inference.postprocess.keep_largest_component`).
         refine: ``gmm``: the network's probabilities are refined by a Gaussian intensity model
             fitted to each scan (:mod:`synthseg_lite.inference.refine`; the background
-            probability is kept; a label moves at most 3 mm from where the network has it; a
-            white-matter lesion as dark as grey matter becomes grey
-            matter where the network hesitates, unless white matter encloses it and
+            probability is kept; a label moves at most ``refine.GUARD_MM`` from where the
+            network has it; a white-matter lesion as dark as grey matter becomes grey matter
+            where the network hesitates, unless white matter encloses it and
             ``keep_largest=topology`` gives it back: ``benchmarks/refine_checks.py``);
             ``none``: used as they are.
         percentiles: intensity percentiles mapped to 0 and 1.
