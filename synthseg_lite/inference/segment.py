@@ -28,6 +28,7 @@ from synthseg_lite.inference.refine import (
     refine_with_intensities,
     shared_classes,
 )
+from synthseg_lite.inference.smooth import default_sigma_vox, smooth_probabilities_
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
 from synthseg_lite.inference.predictor import (
@@ -101,6 +102,11 @@ class InferenceOptions:
             where the network hesitates, unless white matter encloses it and
             ``keep_largest=topology`` gives it back: ``benchmarks/refine_checks.py``);
             ``none``: used as they are.
+        smooth_sigma_vox: the network's probabilities are smoothed with a Gaussian of this
+            many voxels of the model's grid before the refinement and the clean-up
+            (:mod:`synthseg_lite.inference.smooth`); 0: not smoothed; None: the model's default
+            (SynthSeg's 0.5 for a structure model, none for a tissue model:
+            :func:`~synthseg_lite.inference.smooth.default_sigma_vox`).
         percentiles: intensity percentiles mapped to 0 and 1.
         crop_foreground: run the network on the bounding box of the non-zero voxels only.
         save_posteriors: also write the class probabilities on the input grid.
@@ -142,6 +148,7 @@ class InferenceOptions:
     roi_size: list[int] | None = None
     keep_largest: str = "topology"
     refine: str = "gmm"
+    smooth_sigma_vox: float | None = None
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     crop_foreground: bool = True
     save_posteriors: bool = False
@@ -176,6 +183,12 @@ class InferenceOptions:
             )
         if self.refine not in REFINE:
             raise ValueError(f"refine must be one of {REFINE}, got {self.refine!r}")
+        sigma = self.smooth_sigma_vox
+        if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(
+                f"smooth_sigma_vox must be a number of voxels >= 0 (0: no smoothing), "
+                f"got {self.smooth_sigma_vox}"
+            )
         if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(
                 f"percentiles must be [low, high] in [0, 100], got {list(self.percentiles)}"
@@ -364,8 +377,10 @@ def segment_volume(
         )
         del x
         probs = predictor(image)[0]
+        sigma = opts.smooth_sigma_vox
+        target = meta.label_table.target
+        smooth_probabilities_(probs, default_sigma_vox(target) if sigma is None else sigma)
         if opts.refine == "gmm":
-            target = meta.label_table.target
             refine_with_intensities(
                 probs,
                 image[0, 0],
