@@ -6,7 +6,6 @@ import torch
 from scipy import ndimage
 
 from synthseg_lite.inference import InferenceOptions
-from synthseg_lite.labels import TARGET_PRESETS
 from synthseg_lite.inference.smooth import (
     SMOOTH_SIGMA_VOX,
     TRUNCATE,
@@ -14,6 +13,7 @@ from synthseg_lite.inference.smooth import (
     gaussian_taps,
     smooth_probabilities_,
 )
+from synthseg_lite.labels import TARGET_PRESETS
 
 
 def _probs(shape: tuple[int, ...], k: int = 3, seed: int = 0) -> torch.Tensor:
