@@ -337,6 +337,8 @@ CASES: list[Case] = [
          stderr_has="output_mm"),
     Case("infer-keep-largest", "infer", _infer_args(["keep_largest=maybe"]),
          stderr_has="keep_largest"),
+    Case("infer-smooth-negative", "infer", _infer_args(["smooth_sigma_vox=-0.5"]),
+         stderr_has="smooth_sigma_vox"),
     Case("infer-parse-error", "infer", _infer_args(["input=[a"]), stderr_has="override"),
     Case("infer-missing-input", "infer",
          lambda i, o, m: [f"output={o}", f"model={m}"], stderr_has="input"),
@@ -690,7 +692,7 @@ def test_bad_input_as_a_user_runs_it(case: Case, tiny_model: Path, tmp_path: Pat
 
 def test_catalogue_size() -> None:
     """Issue 11 asked for at least 40 bad inputs across the four commands; issue 18 added 33."""
-    assert len(CASES) >= 113
+    assert len(CASES) >= 114
     assert {c.command for c in CASES} == {"infer", "evaluate", "export", "train"}
     assert len({c.id for c in CASES}) == len(CASES)
     json.dumps([c.id for c in CASES])
