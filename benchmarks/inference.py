@@ -13,6 +13,7 @@ loads the model and calls ``segment_scans`` on one scan into a new folder with t
 are wrapped (in ``synthseg_lite.inference.pipeline``'s namespace, so any checkout works) to time
 the stages: ``read`` (load_volume), ``preprocess``, ``network`` (time inside the networks' forward,
 from forward hooks), ``aggregation`` (the rest of the predictor: softmax, flips, averaging),
+``smooth`` (the probabilities' Gaussian, structure models), ``refine`` (the intensity refinement),
 ``postprocess`` (connected components, QC scores), ``resample`` (back to the scan's grid and
 argmax), ``write`` (image files), ``qc_figure``, ``other`` (the rest of ``segment_scans``).
 ``startup_s`` is import + model load; ``cpu_s`` is user + sys of the ``segment_scans`` call;
@@ -46,8 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OASIS = ROOT.parent / "shared/data/real/oasis_vxm/t1.nii.gz"
 STAGES = (
-    "read", "preprocess", "network", "aggregation", "refine", "postprocess", "resample", "write",
-    "qc_figure", "other",
+    "read", "preprocess", "network", "aggregation", "smooth", "refine", "postprocess", "resample",
+    "write", "qc_figure", "other",
 )
 
 
@@ -118,6 +119,7 @@ def worker(args: argparse.Namespace) -> dict:
     except ImportError:  # an older tree: all in pipeline
         one_scan = None
     for name, stage in (("load_volume", "read"), ("preprocess", "preprocess"),
+                        ("smooth_probabilities_", "smooth"),
                         ("refine_with_intensities", "refine"),
                         ("keep_largest_component", "postprocess"), ("qc_scores", "postprocess"),
                         ("to_native", "resample"), ("save_volume", "write"),
