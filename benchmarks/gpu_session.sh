@@ -3,12 +3,17 @@
 #   tests   the tests marked gpu
 #   check   benchmarks.gpu_check, all parts (the README's "Proving the GPU path")
 #   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices
-#   train   the structure recipe for the time left, converted to $OUT/structures_gpu.pt (float16):
-#           TRAIN=scratch (default): experiment=structures_gpu from random weights, at the size the
-#           probe found fastest in slices/s that still gives MIN_STEPS steps (else 256 slices),
-#           its cosine schedule fitted to the time left;
-#           TRAIN=finetune: stage 18's structures_choroid from the shipped model, 4x the slices a
-#           step (the run of 2026-12-04 did it with stage 15's structures_parts), for the time left.
+#   train   the shipped structure model's recipe (structures_broad_keepres) for the time left,
+#           converted to $OUT/structures_gpu.pt (float16):
+#           TRAIN=scratch (default): experiment=structures_gpu (2.5D) from random weights, at the
+#           size the probe found fastest in slices/s that still gives MIN_STEPS steps (else 256
+#           slices), its cosine schedule fitted to the time left;
+#           TRAIN=finetune: structures_broad_keepres from the shipped model, 4x the slices a step
+#           (the run of 2026-12-04 did it with stage 15's structures_parts), for the time left;
+#           TRAIN=3d: experiment=structures_3d (SynthSeg's setting: a 3D network, nnU-Net's), its
+#           polynomial schedule fitted to the time left at STEPS_PER_S.
+#           INIT (a model file, e.g. an earlier lease's structures_gpu.pt) starts any of them from
+#           those weights, so that a run longer than one lease goes on lease after lease.
 #
 #   OUT=/tmp/out LABEL_MAPS='.gpu_data/label_maps/*.nii.gz' bash benchmarks/gpu_session.sh
 #   OUT=/tmp/out DEVICE=cpu TINY=1 PHASES="probe train" LABEL_MAPS=... bash benchmarks/gpu_session.sh
@@ -18,12 +23,16 @@
 #   LABEL_MAPS   glob of the training label maps (the 20 of ../shared/data/label_maps)
 #   BUDGET_S     seconds this script may take in all (default 560)
 #   PHASES       default "tests check probe train"
-#   TRAIN        scratch (default) or finetune;  MIN_STEPS  default 3000;  SEED  default 20261204
+#   TRAIN        scratch (default), finetune or 3d;  MIN_STEPS  default 3000;  SEED  default 20261204
+#   INIT         model file whose weights start the run (finetune: default the shipped model)
+#   STEPS_PER_S  TRAIN=3d: the step rate the schedule is fitted to (default 1.0, a guess until a
+#                lease has measured it: train.log's last it/s)
 #   TRAIN_ARGS   extra train.py overrides (e.g. "model.slices.context=7 model.unet.in_channels=7")
 #   REAL_VAL     folder with t1.nii.gz and aseg.nii.gz: validated on every VAL_EVERY epochs
 #                (default 4; per-structure Dice in TensorBoard, whose event files land in $OUT)
 #   WHEELS       folder of wheels to install first into /tmp/site (default .whl; skipped if absent)
 #   DEVICE       cuda (default) or cpu, for a rehearsal;  TINY  1: small sizes everywhere
+#   RUNS         folder of the training runs (default /tmp/runs)
 set -u -o pipefail
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-560}
@@ -34,6 +43,7 @@ PHASES=${PHASES:-tests check probe train}
 TRAIN=${TRAIN:-scratch}
 MIN_STEPS=${MIN_STEPS:-3000}
 SEED=${SEED:-20261204}
+RUNS=${RUNS:-/tmp/runs}
 export PYTHONUNBUFFERED=1
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 has() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -73,9 +83,20 @@ MAX_TIME=$(printf '00:00:%02d:%02d' $((TRAIN_S / 60)) $((TRAIN_S % 60)))
 if [ "$TRAIN" = finetune ]; then
   if [ "$TINY" = 1 ]; then STEPS=(trainer.max_epochs=1 trainer.limit_train_batches=2); else
     STEPS=(trainer.max_epochs=16 trainer.limit_train_batches=250); fi
-  ARGS=(experiment=structures_choroid init_weights=structures data.batch_size=4 data.reuse_steps=2
-        model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
+  ARGS=(experiment=structures_broad_keepres "init_weights=${INIT:-structures}" data.batch_size=4
+        data.reuse_steps=2 model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
         trainer.check_val_every_n_epoch=1000)
+elif [ "$TRAIN" = 3d ]; then
+  # epochs of 250 steps fitted to 90 % of the time at STEPS_PER_S, so the schedule nearly ends
+  if [ "$TINY" = 1 ]; then EPOCHS=1; LIMIT=2; else LIMIT=250
+    EPOCHS=$(python3 -c "print(max(1, int(${STEPS_PER_S:-1.0} * $TRAIN_S * 0.9 / 250)))"); fi
+  ARGS=(experiment=structures_3d trainer.max_epochs=$EPOCHS trainer.limit_train_batches=$LIMIT
+        trainer.check_val_every_n_epoch=1000)
+  if [ "$TINY" = 1 ]; then ARGS+=(gpu_memory_gb=null model.unet.n_stages=3 model.unet.deep_supr_num=1
+    model.unet.base_features=4 model.unet.max_features=16 synth.voxel_mm=2.0
+    "synth.patch_shape=[48,48,48]"); fi
+  [ -n "${INIT:-}" ] && ARGS+=("init_weights=$INIT")
+  echo "3d: $EPOCHS epochs of $LIMIT steps"
 else
   # the size with the most slices/s that still gives MIN_STEPS steps in the time left; epochs
   # (250 steps) fitted to 90 % of it, so the cosine schedule ends before max_time stops the run
@@ -98,6 +119,7 @@ EOF
         trainer.limit_train_batches=$LIMIT trainer.check_val_every_n_epoch=1000)
   if [ "$TINY" = 1 ]; then ARGS+=(model.unet.n_stages=3 model.unet.base_features=4
     model.unet.max_features=16 synth.voxel_mm=2.0 "synth.patch_shape=[48,48,48]"); fi
+  [ -n "${INIT:-}" ] && ARGS+=("init_weights=$INIT")
   echo "scratch: $SLICES slices a step, $EPOCHS epochs of $LIMIT steps"
 fi
 if [ -n "${REAL_VAL:-}" ]; then
@@ -109,19 +131,20 @@ fi
 ARGS+=(${TRAIN_ARGS:-})
 timeout $((TRAIN_S + 45)) python3 train.py "${ARGS[@]}" "data.label_maps=$LABEL_MAPS" fold=all \
   threads=8 seed=$SEED trainer.accelerator=$ACC trainer.precision=$PREC +trainer.max_time=$MAX_TIME \
-  paths.log_dir=/tmp/runs task_name=structures_gpu > "$OUT/train.log" 2>&1
+  "paths.log_dir=$RUNS" task_name=structures_gpu > "$OUT/train.log" 2>&1
 echo "train rc=$? ($(left) s left)"
-CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
-[ -n "$CKPT" ] || CKPT=$(ls -t /tmp/runs/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
+CKPT=$(ls -t "$RUNS"/structures_gpu/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
+[ -n "$CKPT" ] || CKPT=$(ls -t "$RUNS"/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 if [ -n "$CKPT" ]; then
   echo "checkpoint $CKPT"
   python3 -m synthseg_lite.commands.artifact "$CKPT" "$OUT/structures_gpu.pt" --precision float16 \
     --extra "converted=$(date -u +%FT%TZ)" --extra "checkpoint=$(basename "$CKPT")" \
       --extra "training=gpu_session.sh TRAIN=$TRAIN ${ARGS[*]} seed=$SEED max_time=$MAX_TIME" \
+      --extra "init=${INIT:-none}" \
     2>&1 | tail -n 3
   cp "$(dirname "$CKPT")"/../.hydra/overrides.yaml "$OUT/overrides.yaml" 2>/dev/null
 fi
-find /tmp/runs/structures_gpu -name 'events.out.tfevents.*' -size -16M 2>/dev/null | head -n 2 |
+find "$RUNS"/structures_gpu -name 'events.out.tfevents.*' -size -16M 2>/dev/null | head -n 2 |
   while read -r f; do cp "$f" "$OUT/"; done
 grep -E "it/s|s/it" "$OUT/train.log" | tail -n 1 | tr '\r' '\n' | tail -n 1
 echo "done ($(left) s left)"

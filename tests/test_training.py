@@ -109,6 +109,36 @@ def test_every_preset_composes(experiment: str | None, tmp_path: Path) -> None:
         assert isinstance(instantiate(c), pl.Callback)
 
 
+@pytest.mark.parametrize("experiment", ["structures_gpu", "structures_3d"])
+def test_gpu_presets_train_the_shipped_structure_recipe(experiment: str, tmp_path: Path) -> None:
+    """A GPU lease trains what is shipped: the generator, the target and (2.5D) the slice context
+    of the shipped structure model's recipe, only the step's size, the schedule and (3D) the
+    network differ."""
+    from synthseg_lite.inference.predictor import resolve_model
+
+    gpu, cpu = (
+        compose([f"paths.output_dir={tmp_path}", f"experiment={e}"])
+        for e in (experiment, "structures_broad_keepres")
+    )
+    scale = {"patch_shape"}  # the 3D job plans its patch for the GPU's memory
+    a, b = (
+        {k: v for k, v in OmegaConf.to_container(c.synth).items() if k not in scale}
+        for c in (gpu, cpu)
+    )
+    assert a == b and gpu.data.target == cpu.data.target
+    _, meta = load_model(resolve_model("structures"))
+    assert LabelTable.create(gpu.data.target).target == meta.label_table.target
+    assert gpu.init_weights is None  # from scratch
+    if experiment == "structures_gpu":
+        assert gpu.model.unet.spatial_dims == 2
+        assert gpu.model.slices.context == meta.slices["context"] == gpu.model.unet.in_channels
+        assert gpu.model.slices.class_prob == meta.slices["class_prob"]
+        assert gpu.synth.patch_shape == cpu.synth.patch_shape
+    else:
+        assert gpu.model.unet.spatial_dims == 3 and gpu.model.unet.in_channels == 1
+        assert gpu.gpu_memory_gb == 12 and gpu.model.unet.deep_supervision
+
+
 def test_defaults_are_defined_once(tmp_path: Path) -> None:
     cfg = compose([f"paths.output_dir={tmp_path}"])
     assert OmegaConf.to_object(cfg.data) == DataConfig()
@@ -189,7 +219,8 @@ def test_tissue_lut_and_overlay() -> None:
 
 @pytest.mark.parametrize(
     "experiment",
-    ["default", "cpu", "structures", "structures_gpu", "structures_sagittal", "structures_context7",
+    ["default", "cpu", "structures", "structures_gpu", "structures_3d", "structures_sagittal",
+     "structures_context7",
      "structures_rim", "structures_tie", "structures_wide", "structures_broad",
      "structures_broad_keepres", "structures_cortex", "structures_white_rim"],
 )

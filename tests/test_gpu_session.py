@@ -1,0 +1,48 @@
+"""benchmarks/gpu_session.sh rehearsed on the CPU at tiny sizes: what a GPU lease will run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from synthseg_lite.inference.predictor import resolve_model
+from synthseg_lite.model.artifact import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _lease(tmp_path: Path, name: str, maps: str, **env: str) -> tuple[Path, str]:
+    out = tmp_path / name
+    out.mkdir()
+    full = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TINY": "1", "PHASES": "train",
+            "BUDGET_S": "400", "LABEL_MAPS": maps, "RUNS": str(tmp_path / f"runs_{name}"), **env}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=ROOT, env=full, check=False,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "train rc=0" in proc.stdout, proc.stdout + (out / "train.log").read_text()
+    return out / "structures_gpu.pt", (out / "train.log").read_text()
+
+
+def test_3d_lease_and_the_next_one_going_on_from_it(toy_maps: str, tmp_path: Path) -> None:
+    first, _ = _lease(tmp_path, "first", toy_maps, TRAIN="3d")
+    meta = load_model(first)[1]
+    assert meta.unet.spatial_dims == 3 and meta.unet.in_channels == 1
+    assert meta.label_table.target == load_model(resolve_model("structures"))[1].label_table.target
+    second, log = _lease(tmp_path, "second", toy_maps, TRAIN="3d", INIT=str(first))
+    assert f"init_weights: network from {first}" in log
+    assert load_model(second)[1].extra["init"] == str(first)
+
+
+def test_finetune_lease_starts_from_the_shipped_structure_model(
+    toy_maps: str, tmp_path: Path
+) -> None:
+    model, log = _lease(tmp_path, "finetune", toy_maps, TRAIN="finetune")
+    shipped = load_model(resolve_model("structures"))[1]
+    assert "init_weights: network from structures" in log
+    meta = load_model(model)[1]
+    assert meta.unet == shipped.unet and meta.slices["context"] == shipped.slices["context"]
