@@ -2,7 +2,8 @@
 # One lease of a CUDA machine, in one call. Phases (PHASES, in this order):
 #   tests   the tests marked gpu
 #   check   benchmarks.gpu_check, all parts (the README's "Proving the GPU path")
-#   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices
+#   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices (TRAIN=3d:
+#           the 3D step at the patch planned for 12 GB)
 #   train   the shipped structure model's recipe (structures_broad_keepres) for the time left,
 #           converted to $OUT/structures_gpu.pt (float16):
 #           TRAIN=scratch (default): experiment=structures_gpu (2.5D) from random weights, at the
@@ -11,7 +12,8 @@
 #           TRAIN=finetune: structures_broad_keepres from the shipped model, 4x the slices a step
 #           (the run of 2026-12-04 did it with stage 15's structures_parts), for the time left;
 #           TRAIN=3d: experiment=structures_3d (SynthSeg's setting: a 3D network, nnU-Net's), its
-#           polynomial schedule fitted to the time left at STEPS_PER_S.
+#           polynomial schedule fitted to the time left at the probe's step rate (the probe then
+#           times the 3D step at the patch planned for 12 GB), else at STEPS_PER_S.
 #           INIT (a model file, e.g. an earlier lease's structures_gpu.pt) starts any of them from
 #           those weights, so that a run longer than one lease goes on lease after lease.
 #
@@ -25,8 +27,8 @@
 #   PHASES       default "tests check probe train"
 #   TRAIN        scratch (default), finetune or 3d;  MIN_STEPS  default 3000;  SEED  default 20261204
 #   INIT         model file whose weights start the run (finetune: default the shipped model)
-#   STEPS_PER_S  TRAIN=3d: the step rate the schedule is fitted to (default 1.0, a guess until a
-#                lease has measured it: train.log's last it/s)
+#   STEPS_PER_S  TRAIN=3d without the probe: the step rate the schedule is fitted to (default 1.0,
+#                a guess until a lease has measured it: slice_steps.json, train.log's last it/s)
 #   TRAIN_ARGS   extra train.py overrides (e.g. "model.slices.context=7 model.unet.in_channels=7")
 #   REAL_VAL     folder with t1.nii.gz and aseg.nii.gz: validated on every VAL_EVERY epochs
 #                (default 4; per-structure Dice in TensorBoard, whose event files land in $OUT)
@@ -69,9 +71,13 @@ if has check; then
 fi
 SLICES=256
 if has probe; then
-  if [ "$TINY" = 1 ]; then SIZES=(4 16); else SIZES=(32 128 256 512); fi
+  if [ "$TRAIN" = 3d ]; then  # the 3D step at the patch planned for 12 GB, 2 volumes
+    PROBE=(--experiment structures_3d --slices 1 --volumes 2 --steps 10)
+    [ "$TINY" = 1 ] || PROBE+=(--gpu-memory-gb 12)
+  elif [ "$TINY" = 1 ]; then PROBE=(--slices 4 16 --volumes 8 --steps 15)
+  else PROBE=(--slices 32 128 256 512 --volumes 8 --steps 15); fi
   timeout 150 python3 -m benchmarks.slice_steps --device "$DEVICE" --precision $PREC \
-    --label-maps "$LABEL_MAPS" --slices "${SIZES[@]}" --volumes 8 --steps 15 "${TINY_ARG[@]}" \
+    --label-maps "$LABEL_MAPS" "${PROBE[@]}" "${TINY_ARG[@]}" \
     --output "$OUT/slice_steps.json" > "$OUT/slice_steps.log" 2>&1
   echo "slice_steps rc=$? ($(left) s left)"
 fi
@@ -88,15 +94,25 @@ if [ "$TRAIN" = finetune ]; then
         trainer.check_val_every_n_epoch=1000)
 elif [ "$TRAIN" = 3d ]; then
   # epochs of 250 steps fitted to 90 % of the time at STEPS_PER_S, so the schedule nearly ends
+  # the step rate: the probe's (PHASES with probe), else STEPS_PER_S
+  RATE=$(python3 - "$OUT/slice_steps.json" "${STEPS_PER_S:-1.0}" <<'EOF'
+import json, sys
+try:
+    runs = [r for r in map(json.loads, open(sys.argv[1])) if r.get("steps_per_s")]
+except OSError:
+    runs = []
+print(runs[-1]["steps_per_s"] if runs else float(sys.argv[2]))
+EOF
+)
   if [ "$TINY" = 1 ]; then EPOCHS=1; LIMIT=2; else LIMIT=250
-    EPOCHS=$(python3 -c "print(max(1, int(${STEPS_PER_S:-1.0} * $TRAIN_S * 0.9 / 250)))"); fi
+    EPOCHS=$(python3 -c "print(max(1, int($RATE * $TRAIN_S * 0.9 / 250)))"); fi
   ARGS=(experiment=structures_3d trainer.max_epochs=$EPOCHS trainer.limit_train_batches=$LIMIT
         trainer.check_val_every_n_epoch=1000)
   if [ "$TINY" = 1 ]; then ARGS+=(gpu_memory_gb=null model.unet.n_stages=3 model.unet.deep_supr_num=1
     model.unet.base_features=4 model.unet.max_features=16 synth.voxel_mm=2.0
     "synth.patch_shape=[48,48,48]"); fi
   [ -n "${INIT:-}" ] && ARGS+=("init_weights=$INIT")
-  echo "3d: $EPOCHS epochs of $LIMIT steps"
+  echo "3d: $EPOCHS epochs of $LIMIT steps ($RATE steps/s)"
 else
   # the size with the most slices/s that still gives MIN_STEPS steps in the time left; epochs
   # (250 steps) fitted to 90 % of it, so the cosine schedule ends before max_time stops the run

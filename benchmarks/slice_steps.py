@@ -30,6 +30,7 @@ TINY = [
     "model.unet.n_stages=3",
     "model.unet.base_features=4",
     "model.unet.max_features=16",
+    "model.unet.deep_supr_num=1",  # a 3D preset's deep supervision on 3 stages
     "synth.voxel_mm=2.0",
     "synth.patch_shape=[48,48,48]",
     "data.phantoms.n=5",
@@ -47,8 +48,10 @@ def measure(
     warmup: int,
     extra: list[str],
     seed: int = 0,
+    gpu_memory_gb: float | None = None,
 ) -> dict[str, Any]:
-    """Real training steps of ``experiment`` at one size (from scratch, no validation)."""
+    """Real training steps of ``experiment`` at one size (from scratch, no validation); with
+    ``gpu_memory_gb``, the patch planned for that budget (a 3D preset's, as ``train.py`` plans it)."""
     overrides = [
         f"experiment={experiment}",
         "init_weights=null",
@@ -60,7 +63,7 @@ def measure(
         *extra,
     ]
     s = Settings(device=device, cap_memory=False, seed=seed, overrides=overrides)
-    run = train_steps(s, None, precision, steps, warmup)
+    run = train_steps(s, gpu_memory_gb, precision, steps, warmup)
     sec = run["s_per_step"]
     return {
         "experiment": experiment,
@@ -85,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
-    p.add_argument("--experiment", default="structures_gpu", help="a slice preset")
+    p.add_argument("--experiment", default="structures_gpu",
+                   help="a slice preset, or structures_3d (--slices is then ignored: use one)")
     p.add_argument("--label-maps", help="glob of training label maps (default: the phantoms)")
     p.add_argument("--slices", type=int, nargs="+", default=[32, 128, 256, 512])
     p.add_argument("--volumes", type=int, nargs="+", default=[8])
@@ -95,9 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="small network and volumes (seconds)")
     p.add_argument("--output", type=Path, help="append the JSON lines to this file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu-memory-gb", type=float,
+                   help="plan the patch for this budget as train.py does (default: the preset's)")
     args = p.parse_args(argv)
     if min(args.slices) < 1 or min(args.volumes) < 1 or args.steps < 2 or args.warmup < 0:
         p.error("--slices and --volumes must be >= 1, --steps >= 2, --warmup >= 0")
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        p.error("--gpu-memory-gb must be > 0")
     return args
 
 
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for slices in args.slices:
             try:
                 rec = measure(args.device, args.experiment, slices, volumes, precision,
-                              args.steps, args.warmup, extra, args.seed)
+                              args.steps, args.warmup, extra, args.seed, args.gpu_memory_gb)
             except Exception as exc:  # one size out of memory does not stop the others
                 rec = {"slices_per_step": slices, "volumes_per_step": volumes,
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

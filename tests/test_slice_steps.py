@@ -24,7 +24,20 @@ def test_tiny_sizes_on_cpu_give_one_line_each(tmp_path: Path) -> None:
         assert 0 < r["synth_share_of_step"] < 1 and all(v > 0 for v in r["losses_first_last"])
 
 
-@pytest.mark.parametrize("bad", [["--slices", "0"], ["--volumes", "0"], ["--steps", "1"]])
+def test_3d_preset_at_the_patch_planned_for_a_budget(tmp_path: Path) -> None:
+    """structures_3d (gpu_session.sh TRAIN=3d's probe): the planner shrinks the patch to fit."""
+    common = ["--device", "cpu", "--tiny", "--experiment", "structures_3d", "--slices", "1",
+              "--volumes", "2", "--steps", "2", "--warmup", "0"]
+    free, tight = (slice_steps.main(common + extra)[0] for extra in ([], ["--gpu-memory-gb", "0.05"]))
+    for r in (free, tight):
+        assert "error" not in r, r
+        assert r["experiment"] == "structures_3d" and r["volumes_per_step"] == 2
+    assert free["patch_size"] == [48, 48, 48]  # the tiny preset's patch, unplanned
+    assert all(t < f for t, f in zip(tight["patch_size"], free["patch_size"]))
+
+
+@pytest.mark.parametrize("bad", [["--slices", "0"], ["--volumes", "0"], ["--steps", "1"],
+                                 ["--gpu-memory-gb", "0"]])
 def test_bad_sizes_are_refused(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         slice_steps.parse_args(bad)
