@@ -35,6 +35,7 @@
 #   WHEELS       folder of wheels to install first into /tmp/site (default .whl; skipped if absent)
 #   DEVICE       cuda (default) or cpu, for a rehearsal;  TINY  1: small sizes everywhere
 #   RUNS         folder of the training runs (default /tmp/runs)
+#   PYTHON       the interpreter (default python3)
 set -u -o pipefail
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-560}
@@ -46,26 +47,27 @@ TRAIN=${TRAIN:-scratch}
 MIN_STEPS=${MIN_STEPS:-3000}
 SEED=${SEED:-20261204}
 RUNS=${RUNS:-/tmp/runs}
+PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 has() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  python3 -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
   nproc; } 2>&1 | tee "$OUT/environment.txt"
 if [ "$TINY" = 1 ]; then TINY_ARG=(--tiny); else TINY_ARG=(); fi
 if [ "$DEVICE" = cpu ]; then ACC=cpu; PREC=32-true; else ACC=gpu; PREC=bf16-mixed; fi
 
 if has tests && [ "$DEVICE" != cpu ]; then
-  timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -n 30 | tee "$OUT/pytest_gpu.txt"
+  timeout 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -n 30 | tee "$OUT/pytest_gpu.txt"
 fi
 if has check; then
-  timeout 270 python3 -m benchmarks.gpu_check --device "$DEVICE" "${TINY_ARG[@]}" \
+  timeout 270 "$PY" -m benchmarks.gpu_check --device "$DEVICE" "${TINY_ARG[@]}" \
     --output "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
   echo "gpu_check rc=$? ($(left) s left)"
 fi
@@ -76,7 +78,7 @@ if has probe; then
     [ "$TINY" = 1 ] || PROBE+=(--gpu-memory-gb 12)
   elif [ "$TINY" = 1 ]; then PROBE=(--slices 4 16 --volumes 8 --steps 15)
   else PROBE=(--slices 32 128 256 512 --volumes 8 --steps 15); fi
-  timeout 150 python3 -m benchmarks.slice_steps --device "$DEVICE" --precision $PREC \
+  timeout 150 "$PY" -m benchmarks.slice_steps --device "$DEVICE" --precision $PREC \
     --label-maps "$LABEL_MAPS" "${PROBE[@]}" "${TINY_ARG[@]}" \
     --output "$OUT/slice_steps.json" > "$OUT/slice_steps.log" 2>&1
   echo "slice_steps rc=$? ($(left) s left)"
@@ -95,7 +97,7 @@ if [ "$TRAIN" = finetune ]; then
 elif [ "$TRAIN" = 3d ]; then
   # epochs of 250 steps fitted to 90 % of the time at STEPS_PER_S, so the schedule nearly ends
   # the step rate: the probe's (PHASES with probe), else STEPS_PER_S
-  RATE=$(python3 - "$OUT/slice_steps.json" "${STEPS_PER_S:-1.0}" <<'EOF'
+  RATE=$("$PY" - "$OUT/slice_steps.json" "${STEPS_PER_S:-1.0}" <<'EOF'
 import json, sys
 try:
     runs = [r for r in map(json.loads, open(sys.argv[1])) if r.get("steps_per_s")]
@@ -105,7 +107,7 @@ print(runs[-1]["steps_per_s"] if runs else float(sys.argv[2]))
 EOF
 )
   if [ "$TINY" = 1 ]; then EPOCHS=1; LIMIT=2; else LIMIT=250
-    EPOCHS=$(python3 -c "print(max(1, int($RATE * $TRAIN_S * 0.9 / 250)))"); fi
+    EPOCHS=$("$PY" -c "print(max(1, int($RATE * $TRAIN_S * 0.9 / 250)))"); fi
   ARGS=(experiment=structures_3d trainer.max_epochs=$EPOCHS trainer.limit_train_batches=$LIMIT
         trainer.check_val_every_n_epoch=1000)
   if [ "$TINY" = 1 ]; then ARGS+=(gpu_memory_gb=null model.unet.n_stages=3 model.unet.deep_supr_num=1
@@ -116,7 +118,7 @@ EOF
 else
   # the size with the most slices/s that still gives MIN_STEPS steps in the time left; epochs
   # (250 steps) fitted to 90 % of it, so the cosine schedule ends before max_time stops the run
-  read -r SLICES EPOCHS < <(python3 - "$OUT/slice_steps.json" "$TRAIN_S" "$MIN_STEPS" "$TINY" <<'EOF'
+  read -r SLICES EPOCHS < <("$PY" - "$OUT/slice_steps.json" "$TRAIN_S" "$MIN_STEPS" "$TINY" <<'EOF'
 import json, sys
 path, train_s, min_steps, tiny = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 try:
@@ -145,7 +147,7 @@ if [ -n "${REAL_VAL:-}" ]; then
 fi
 # shellcheck disable=SC2206  # TRAIN_ARGS: words on purpose
 ARGS+=(${TRAIN_ARGS:-})
-timeout $((TRAIN_S + 45)) python3 train.py "${ARGS[@]}" "data.label_maps=$LABEL_MAPS" fold=all \
+timeout $((TRAIN_S + 45)) "$PY" train.py "${ARGS[@]}" "data.label_maps=$LABEL_MAPS" fold=all \
   threads=8 seed=$SEED trainer.accelerator=$ACC trainer.precision=$PREC +trainer.max_time=$MAX_TIME \
   "paths.log_dir=$RUNS" task_name=structures_gpu > "$OUT/train.log" 2>&1
 echo "train rc=$? ($(left) s left)"
@@ -153,7 +155,7 @@ CKPT=$(ls -t "$RUNS"/structures_gpu/runs/*/checkpoints/last.ckpt 2>/dev/null | h
 [ -n "$CKPT" ] || CKPT=$(ls -t "$RUNS"/structures_gpu/runs/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 if [ -n "$CKPT" ]; then
   echo "checkpoint $CKPT"
-  python3 -m synthseg_lite.commands.artifact "$CKPT" "$OUT/structures_gpu.pt" --precision float16 \
+  "$PY" -m synthseg_lite.commands.artifact "$CKPT" "$OUT/structures_gpu.pt" --precision float16 \
     --extra "converted=$(date -u +%FT%TZ)" --extra "checkpoint=$(basename "$CKPT")" \
       --extra "training=gpu_session.sh TRAIN=$TRAIN ${ARGS[*]} seed=$SEED max_time=$MAX_TIME" \
       --extra "init=${INIT:-none}" \

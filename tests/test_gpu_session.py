@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ def _lease(tmp_path: Path, name: str, maps: str, **env: str) -> tuple[Path, str,
     out = tmp_path / name
     out.mkdir()
     full = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TINY": "1", "PHASES": "train",
-            "BUDGET_S": "400", "LABEL_MAPS": maps, "RUNS": str(tmp_path / f"runs_{name}"), **env}
+            "BUDGET_S": "400", "LABEL_MAPS": maps, "RUNS": str(tmp_path / f"runs_{name}"),
+            "PYTHON": sys.executable, **env}
     proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=ROOT, env=full, check=False,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
