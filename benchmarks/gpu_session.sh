@@ -94,51 +94,39 @@ if [ "$TRAIN" = finetune ]; then
   ARGS=(experiment=structures_broad_keepres "init_weights=${INIT:-structures}" data.batch_size=4
         data.reuse_steps=2 model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
         trainer.check_val_every_n_epoch=1000)
-elif [ "$TRAIN" = 3d ]; then
-  # epochs of 250 steps fitted to 90 % of the time at STEPS_PER_S, so the schedule nearly ends
-  # the step rate: the probe's (PHASES with probe), else STEPS_PER_S
-  RATE=$("$PY" - "$OUT/slice_steps.json" "${STEPS_PER_S:-1.0}" <<'EOF'
-import json, sys
-try:
-    runs = [r for r in map(json.loads, open(sys.argv[1])) if r.get("steps_per_s")]
-except OSError:
-    runs = []
-print(runs[-1]["steps_per_s"] if runs else float(sys.argv[2]))
-EOF
-)
-  if [ "$TINY" = 1 ]; then EPOCHS=1; LIMIT=2; else LIMIT=250
-    EPOCHS=$("$PY" -c "print(max(1, int($RATE * $TRAIN_S * 0.9 / 250)))"); fi
-  ARGS=(experiment=structures_3d trainer.max_epochs=$EPOCHS trainer.limit_train_batches=$LIMIT
-        trainer.check_val_every_n_epoch=1000)
-  if [ "$TINY" = 1 ]; then ARGS+=(gpu_memory_gb=null model.unet.n_stages=3 model.unet.deep_supr_num=1
-    model.unet.base_features=4 model.unet.max_features=16 synth.voxel_mm=2.0
-    "synth.patch_shape=[48,48,48]"); fi
-  [ -n "${INIT:-}" ] && ARGS+=("init_weights=$INIT")
-  echo "3d: $EPOCHS epochs of $LIMIT steps ($RATE steps/s)"
 else
-  # the size with the most slices/s that still gives MIN_STEPS steps in the time left; epochs
-  # (250 steps) fitted to 90 % of it, so the cosine schedule ends before max_time stops the run
-  read -r SLICES EPOCHS < <("$PY" - "$OUT/slice_steps.json" "$TRAIN_S" "$MIN_STEPS" "$TINY" <<'EOF'
+  # scratch (2.5D) and 3d: the probed size with the most slices/s that still gives MIN_STEPS steps
+  # in the time left (3d's probe has one size), else the fallback rate (scratch ~8 steps/s at 256
+  # slices; 3d STEPS_PER_S); epochs of 250 steps fitted to 90 % of the time, so that the schedule
+  # ends before max_time stops the run
+  if [ "$TRAIN" = 3d ]; then FALLBACK=${STEPS_PER_S:-1.0}; else FALLBACK=8.0; fi
+  read -r SLICES EPOCHS RATE < <("$PY" - "$OUT/slice_steps.json" "$TRAIN_S" "$MIN_STEPS" "$TINY" \
+    "$FALLBACK" <<'EOF'
 import json, sys
-path, train_s, min_steps, tiny = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+path, train_s, min_steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+tiny, fallback = sys.argv[4] == "1", float(sys.argv[5])
 try:
     runs = [r for r in map(json.loads, open(path)) if r.get("steps_per_s")]
 except OSError:
     runs = []
 ok = [r for r in runs if r["steps_per_s"] * train_s >= min_steps] or runs
-best = max(ok, key=lambda r: r["slices_per_s"]) if ok else {"slices_per_step": 256, "steps_per_s": 8.0}
+best = max(ok, key=lambda r: r["slices_per_s"]) if ok else {"slices_per_step": 256, "steps_per_s": fallback}
 epochs = 1 if tiny else max(1, int(best["steps_per_s"] * train_s * 0.9 / 250))
-print(best["slices_per_step"], epochs)
+print(best["slices_per_step"], epochs, best["steps_per_s"])
 EOF
 )
   SLICES=${SLICES:-256}; EPOCHS=${EPOCHS:-$(( TRAIN_S * 7 / 250 ))}  # no probe: ~8 steps/s
   if [ "$TINY" = 1 ]; then LIMIT=2; else LIMIT=250; fi
-  ARGS=(experiment=structures_gpu model.slices.per_step=$SLICES trainer.max_epochs=$EPOCHS
-        trainer.limit_train_batches=$LIMIT trainer.check_val_every_n_epoch=1000)
-  if [ "$TINY" = 1 ]; then ARGS+=(model.unet.n_stages=3 model.unet.base_features=4
-    model.unet.max_features=16 synth.voxel_mm=2.0 "synth.patch_shape=[48,48,48]"); fi
+  ARGS=(trainer.max_epochs=$EPOCHS trainer.limit_train_batches=$LIMIT
+        trainer.check_val_every_n_epoch=1000)
+  if [ "$TINY" = 1 ]; then ARGS+=(gpu_memory_gb=null model.unet.n_stages=3 model.unet.deep_supr_num=1
+    model.unet.base_features=4 model.unet.max_features=16 synth.voxel_mm=2.0
+    "synth.patch_shape=[48,48,48]"); fi
+  if [ "$TRAIN" = 3d ]; then ARGS=(experiment=structures_3d "${ARGS[@]}"); SIZE="3D"
+  else ARGS=(experiment=structures_gpu model.slices.per_step=$SLICES "${ARGS[@]}")
+    SIZE="$SLICES slices a step"; fi
   [ -n "${INIT:-}" ] && ARGS+=("init_weights=$INIT")
-  echo "scratch: $SLICES slices a step, $EPOCHS epochs of $LIMIT steps"
+  echo "$TRAIN: $SIZE, $EPOCHS epochs of $LIMIT steps ($RATE steps/s)"
 fi
 if [ -n "${REAL_VAL:-}" ]; then
   ARGS+=(data/real_val=oasis "data.real_val.0.images=$REAL_VAL/t1.nii.gz"
