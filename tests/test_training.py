@@ -222,7 +222,7 @@ def test_tissue_lut_and_overlay() -> None:
     ["default", "cpu", "structures", "structures_gpu", "structures_3d", "structures_sagittal",
      "structures_context7",
      "structures_rim", "structures_tie", "structures_wide", "structures_broad",
-     "structures_broad_keepres", "structures_cortex", "structures_white_rim"],
+     "structures_broad_keepres", "structures_cortex", "structures_white_rim", "structures_texture"],
 )
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]

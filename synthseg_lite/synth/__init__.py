@@ -4,7 +4,7 @@ Billot et al., "SynthSeg: Segmentation of brain MRI scans of any contrast and re
 retraining", Medical Image Analysis 86 (2023). Random parameters are drawn first
 (:func:`~synthseg_lite.synth.params.sample_params`, one explicit ``torch.Generator``); every stage
 is then a pure batched function (:mod:`spatial`, :mod:`morphology`, :mod:`lesions`, :mod:`gmm`,
-:mod:`rim`, :mod:`intensity`, :mod:`resolution`).
+:mod:`rim`, :mod:`texture`, :mod:`intensity`, :mod:`resolution`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from synthseg_lite.synth.params import SynthParams, make_generator, sample_param
 from synthseg_lite.synth.resolution import simulate_resolution
 from synthseg_lite.synth.rim import fluid_rim
 from synthseg_lite.synth.spatial import label_luts, remap_labels, sampling_grid, warp_labels
+from synthseg_lite.synth.texture import add_texture
 
 __all__ = ["SynthConfig", "SynthGenerator", "SynthBatch", "SynthParams", "make_generator", "brain_bbox"]
 
@@ -168,6 +169,7 @@ class SynthGenerator(nn.Module):
         if self.white_rim_lut is not None:
             image = fluid_rim(image, warped, self.white_rim_lut, p.white_fraction, p.white_field,
                               self.classes, p.means, p.stds, p.gmm_noise)
+        image = add_texture(image, warped, self.classes, p.texture_amp, p.texture_field)
         if f > 1:  # partial volume: average the fine grid, labels at the fine voxel nearest the centre
             image = F.avg_pool3d(image, f)
             warped = warped[:, :, f // 2::f, f // 2::f, f // 2::f]

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "SpatialConfig", "FlipConfig", "SkullStripConfig", "GMMConfig", "BiasConfig", "GammaConfig",
-    "ResolutionConfig", "NoiseConfig", "LesionConfig", "MorphConfig", "SynthConfig", "register_configs",
+    "ResolutionConfig", "NoiseConfig", "LesionConfig", "MorphConfig", "RimConfig",
+    "TextureConfig", "SynthConfig", "register_configs",
 ]
 
 
@@ -273,6 +274,24 @@ class RimConfig:
 
 
 @dataclass
+class TextureConfig:
+    """Smooth intensity variation inside each structure (:mod:`synthseg_lite.synth.texture`;
+    beyond SynthSeg, off by default).
+
+    Attributes:
+        prob: probability that a sample is textured (0 = off, the default: the random stream of
+            existing settings is unchanged).
+        std: [low, high] range of the per-sample spread ``s`` of the per-class amplitudes
+            ``N(0, s)``, in GMM intensity units (0-255 scale) at the field's unit value.
+        spacing_mm: spacing of the coarse random grid: the scale of the variation.
+    """
+
+    prob: float = 0.0
+    std: list[float] = field(default_factory=lambda: [0.0, 12.0])
+    spacing_mm: float = 16.0
+
+
+@dataclass
 class SynthConfig:
     """Everything the generator does.
 
@@ -302,6 +321,7 @@ class SynthConfig:
     #: default
     white_rim: RimConfig = field(default_factory=lambda: RimConfig(
         labels=[2, 41], into=[3, 42], fraction=[0.0, 0.6]))
+    texture: TextureConfig = field(default_factory=TextureConfig)
 
     def __post_init__(self) -> None:
         if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
@@ -325,7 +345,8 @@ class SynthConfig:
                           ("lesion.threshold", self.lesion.threshold),
                           ("morph.steps", self.morph.steps),
                           ("rim.fraction", self.rim.fraction),
-                          ("white_rim.fraction", self.white_rim.fraction)):
+                          ("white_rim.fraction", self.white_rim.fraction),
+                          ("texture.std", self.texture.std)):
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ValueError(f"synth.{name} must be [low, high] with low <= high, got {list(rng)}")
         for name, prob in (("gmm.background_low_prob", self.gmm.background_low_prob),
@@ -335,6 +356,7 @@ class SynthConfig:
                            ("morph.prob", self.morph.prob),
                            ("rim.prob", self.rim.prob),
                            ("white_rim.prob", self.white_rim.prob),
+                           ("texture.prob", self.texture.prob),
                            ("gmm.tie_prob", self.gmm.tie_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"synth.{name} must be a probability in [0, 1], got {prob}")
@@ -350,6 +372,7 @@ class SynthConfig:
                           ("noise.std", self.noise.std[0]),
                           ("spatial.svf_std_mm", self.spatial.svf_std_mm[0]),
                           ("gmm.background_low_std", self.gmm.background_low_std[0]),
+                          ("texture.std", self.texture.std[0]),
                           ("gamma.std", self.gamma.std),
                           ("spatial.rotation_deg", self.spatial.rotation_deg),
                           ("spatial.shear", self.spatial.shear),
@@ -365,7 +388,8 @@ class SynthConfig:
                           ("resolution.iso_spacing_mm", self.resolution.iso_spacing_mm[0]),
                           ("resolution.thickness_min_mm", self.resolution.thickness_min_mm),
                           ("spatial.integration_spacing_mm", self.spatial.integration_spacing_mm),
-                          ("lesion.spacing_mm", self.lesion.spacing_mm)):
+                          ("lesion.spacing_mm", self.lesion.spacing_mm),
+                          ("texture.spacing_mm", self.texture.spacing_mm)):
             if low <= 0:
                 raise ValueError(f"synth.{name} must be > 0, got {low}")
         for name, n, least in (("spatial.svf_control_points", self.spatial.svf_control_points, 2),

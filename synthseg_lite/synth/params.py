@@ -66,6 +66,9 @@ class SynthParams:
             standard normal coarse field choosing them in patches (empty without).
         white_fraction, white_field: the same as ``rim_fraction`` and ``rim_field`` for the rim
             of white matter in the cortex (``synth.white_rim``).
+        texture_amp: (B, C) per-class amplitude of the texture stage (0 for the background class
+            and for samples without; all 0 when it is off); texture_field: (B, 1, *n) standard
+            normal coarse grid spanning the patch (empty when the stage is off).
     """
 
     matrix: torch.Tensor
@@ -96,6 +99,8 @@ class SynthParams:
     morph_field: torch.Tensor
     white_fraction: torch.Tensor
     white_field: torch.Tensor
+    texture_amp: torch.Tensor
+    texture_field: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> SynthParams:
         """Parameters of a subset of the batch (``params[b:b+1]``)."""
@@ -127,6 +132,8 @@ class SynthParams:
             "morph_fraction": self.morph_fraction.mean(1),
             "rim_fraction": self.rim_fraction,
             "white_rim_fraction": self.white_fraction,
+            "texture_std": self.texture_amp.std(1) if self.texture_amp.shape[1] > 1
+            else self.texture_amp.abs().mean(1),
         }
 
 
@@ -365,8 +372,19 @@ def sample_params(cfg: SynthConfig, batch: int, in_shape: tuple[int, int, int], 
     # -- white-matter rim in the cortex (drawn only when on, after every other draw)
     white_fraction, white_field = rim_draws(cfg.white_rim)
 
+    # -- texture inside the structures (drawn only when on, after every other draw)
+    tx = cfg.texture
+    texture_amp = torch.zeros((B, n_classes), device=dev)
+    texture_field = torch.zeros((B, 1, 0, 0, 0), device=dev)
+    if tx.prob > 0:
+        spread = torch.where(_bernoulli(g, B, tx.prob), _uniform(g, (B,), *tx.std), 0.0)
+        texture_amp = torch.randn((B, n_classes), generator=g, device=dev) * spread.view(B, 1)
+        texture_amp[:, 0] = 0.0  # the background stays as the GMM drew it
+        n = [control_grid(e, tx.spacing_mm) for e in extent]
+        texture_field = torch.randn((B, 1, *n), generator=g, device=dev)
+
     return SynthParams(matrix, centre, velocity, flip, strip, keep_csf, means, stds, gmm_noise,
                        bias, log_gamma, res_axis, res_spacing, res_thickness, res_alpha, res_native,
                        noise_std, noise, res_iso, lesion_field, lesion_threshold, morph_steps,
                        rim_fraction, rim_field, morph_fraction, morph_field, white_fraction,
-                       white_field)
+                       white_field, texture_amp, texture_field)
