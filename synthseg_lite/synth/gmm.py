@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gmm_image"]
+__all__ = ["class_values", "gmm_image"]
+
+
+def class_values(values: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Each voxel's ``values[class[label]]``.
+
+    Args:
+        values: (B, C) per-sample value of each generation class.
+        labels: (B, 1, *S) integer generation indices.
+        classes: (L,) int64 generation class of each index.
+
+    Returns:
+        (B, 1, *S) tensor of ``values``' dtype.
+    """
+    B = labels.shape[0]
+    return torch.gather(values[:, classes], 1, labels.long().reshape(B, -1)).view(labels.shape)
 
 
 def gmm_image(labels: torch.Tensor, classes: torch.Tensor, means: torch.Tensor, stds: torch.Tensor,
@@ -20,10 +35,5 @@ def gmm_image(labels: torch.Tensor, classes: torch.Tensor, means: torch.Tensor, 
     Returns:
         (B, 1, *S) float image (dtype of ``means``).
     """
-    B = labels.shape[0]
-    idx = labels.long().reshape(B, -1)
-    mean_l = means[:, classes]  # (B, L)
-    std_l = stds[:, classes]
-    mu = torch.gather(mean_l, 1, idx).view(labels.shape)
-    sigma = torch.gather(std_l, 1, idx).view(labels.shape)
-    return torch.addcmul(mu, sigma, noise)
+    return torch.addcmul(class_values(means, labels, classes), class_values(stds, labels, classes),
+                         noise)

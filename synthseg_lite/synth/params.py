@@ -132,8 +132,7 @@ class SynthParams:
             "morph_fraction": self.morph_fraction.mean(1),
             "rim_fraction": self.rim_fraction,
             "white_rim_fraction": self.white_fraction,
-            "texture_std": self.texture_amp.std(1) if self.texture_amp.shape[1] > 1
-            else self.texture_amp.abs().mean(1),
+            "texture_std": self.texture_amp.pow(2).mean(1).sqrt(),  # RMS class amplitude
         }
 
 

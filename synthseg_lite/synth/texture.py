@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from synthseg_lite.synth.gmm import class_values
+
 __all__ = ["add_texture"]
 
 
@@ -40,6 +42,4 @@ def add_texture(image: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor
         return image
     dense = F.interpolate(field.to(image.dtype), size=tuple(image.shape[2:]), mode="trilinear",
                           align_corners=True)
-    B = labels.shape[0]
-    per_voxel = torch.gather(amp.to(image.dtype)[:, classes], 1, labels.long().reshape(B, -1))
-    return torch.addcmul(image, per_voxel.view(image.shape), dense)
+    return torch.addcmul(image, class_values(amp.to(image.dtype), labels, classes), dense)
