@@ -13,6 +13,7 @@ file handling of a study (output tree, ``volumes.csv``, report) is left to the c
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["SegmentationResult", "segment"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,7 +89,7 @@ def _read(scan: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(scan, (str, Path)):
         from synthseg_lite.io import load_volume
 
-        vol = load_volume(scan, canonical=False)
+        vol = load_volume(scan, canonical=False, nan="fill")
         return np.asarray(vol.data), np.asarray(vol.affine, dtype=np.float64)
     if hasattr(scan, "affine") and hasattr(scan, "get_fdata"):
         data = np.asarray(scan.dataobj, dtype=np.float32)
@@ -127,7 +130,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     """
     from synthseg_lite.inference.segment import InferenceOptions, load_predictor, segment_volume
     from synthseg_lite.labels.lut import label_dtype, output_labels
-    from synthseg_lite.validate import blank_problem
+    from synthseg_lite.validate import blank_problem, fill_nan
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -135,6 +138,9 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
     opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
     data, affine = _read(scan_or_path)
+    data, warning = fill_nan(data)
+    if warning:
+        log.warning(warning)
     problem = blank_problem(data)
     if problem:
         raise ValueError(problem)

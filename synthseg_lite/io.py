@@ -100,6 +100,7 @@ def load_volume(
     canonical: bool = True,
     dtype: np.dtype | None = np.float32,
     max_voxels: int | None = None,
+    nan: str = "error",
 ) -> Volume:
     """Read a 3D image.
 
@@ -109,10 +110,17 @@ def load_volume(
         dtype: output dtype (None keeps the on-disk dtype).
         max_voxels: most voxels accepted, checked on the header before reading
             (None: :data:`synthseg_lite.validate.MAX_VOXELS`).
+        nan: what NaN voxels do: ``"error"`` (label maps, references) or ``"fill"`` (scans to
+            segment: set to 0, no signal, with a warning;
+            :func:`~synthseg_lite.validate.fill_nan`).
+            An infinite value is an error either way.
 
     Raises:
-        ValueError: missing/unreadable file, not 3D, too large, NaN or Inf values.
+        ValueError: missing/unreadable file, not 3D, too large, Inf values, NaN values (with
+            ``nan="error"``, or when every voxel is NaN).
     """
+    if nan not in ("error", "fill"):
+        raise ValueError(f"nan must be 'error' or 'fill', got {nan!r}")
     img = read_image(path, max_voxels)
     if canonical:
         img = nib.as_closest_canonical(img)
@@ -121,7 +129,13 @@ def load_volume(
     except Exception as exc:
         raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
     floating = np.issubdtype(data.dtype, np.floating)
-    if floating and not np.isfinite(data).all():
+    if floating and nan == "fill":
+        from synthseg_lite.validate import fill_nan
+
+        data, warning = fill_nan(data, path)
+        if warning:
+            log.warning(warning)
+    elif floating and not np.isfinite(data).all():
         raise ValueError(f"{path}: contains NaN or Inf values")
     if dtype is not None:
         with np.errstate(over="ignore"):  # reported below, in one line

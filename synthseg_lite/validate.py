@@ -3,6 +3,8 @@
 * :func:`check_header` (every image, from the header alone, before any allocation): data type
   (RGB, complex), dimensions and the number of voxels (``max_voxels``), voxel sizes (zero,
   negative, non-finite) and geometry (zero, singular or non-finite affine).
+* :func:`fill_nan` (a scan to segment): NaN voxels (SPM writes NaN where a normalised image has
+  no data) become 0 (no signal), with a warning; an infinite value is refused.
 * :func:`scan_problem` (a scan to segment): a few voxels, or a label map given as a scan: skipped
   with a reason.
 * :func:`scan_warnings` (a scan to segment): voxels far coarser than any training resolution, or a
@@ -30,6 +32,7 @@ __all__ = [
     "MIN_VOXELS_PER_AXIS",
     "check_header",
     "check_label_values",
+    "fill_nan",
     "scan_problem",
     "scan_warnings",
 ]
@@ -128,6 +131,44 @@ def _integer_valued(data: np.ndarray) -> bool:
     if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
         return True
     return bool(np.all(np.mod(data, 1) == 0))
+
+
+def fill_nan(data: np.ndarray, path: str | Path | None = None) -> tuple[np.ndarray, str | None]:
+    """A scan's NaN voxels set to 0 (or to its lowest value, if that is negative): no signal.
+
+    SPM writes NaN where a normalised image has no data (outside the source's field of view), and
+    some pipelines mask the brain with NaN: those voxels are background, not a broken scan. An MR
+    magnitude image has no signal at 0, so NaN becomes 0, or the lowest value of an image shifted
+    below 0. An infinite value has no such convention (an overflow, a corrupt file): refused.
+
+    Args:
+        data: (X, Y, Z) voxel values, any dtype (only a floating one can hold NaN or Inf).
+        path: the file, for the messages (None: no prefix).
+
+    Returns:
+        ``(data, warning)``: ``data`` itself when it holds no NaN (warning None), else a filled
+        copy and a one-line warning giving how many voxels were filled and with what.
+
+    Raises:
+        ValueError: an infinite value, or no voxel but NaN.
+    """
+    if not np.issubdtype(data.dtype, np.floating):
+        return data, None
+    finite = np.isfinite(data)
+    if finite.all():
+        return data, None
+    where = f"{path}: " if path is not None else ""
+    if np.isinf(data).any():
+        raise ValueError(f"{where}contains Inf values")
+    if not finite.any():
+        raise ValueError(f"{where}every voxel is NaN")
+    n_nan = int(data.size - np.count_nonzero(finite))
+    low = min(data[finite].min(), 0)
+    warning = (
+        f"{where}{n_nan} NaN voxel(s) ({100 * n_nan / data.size:.2g} % of the image) set to "
+        f"{float(low):g}, as voxels without signal"
+    )
+    return np.where(finite, data, low).astype(data.dtype, copy=False), warning
 
 
 def blank_problem(data: np.ndarray, path: str | Path | None = None) -> str | None:

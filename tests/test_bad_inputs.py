@@ -113,6 +113,12 @@ def _nan(path: Path, value=np.nan) -> Path:
     return _save(img, path)
 
 
+def _nan_background(path: Path) -> Path:
+    img = _head()
+    img[img == 0] = np.nan
+    return _save(img, path)
+
+
 # ----------------------------------------------------------------------------------- fixtures
 # tiny_model: a random 3-stage network at 2 mm (predictions meaningless, well-formed), shared
 # with the CLI tests.
@@ -401,10 +407,11 @@ CASES: list[Case] = [
     Case("scan-few-voxels", "infer",
          _infer_with(lambda i: _save(_head((3, 3, 3)), i / "tiny.nii.gz")),
          code=1, skipped=("tiny.nii.gz",)),
-    Case("scan-nan", "infer", _infer_with(lambda i: _nan(i / "nan.nii.gz")),
-         code=1, skipped=("nan.nii.gz",)),
     Case("scan-inf", "infer", _infer_with(lambda i: _nan(i / "inf.nii.gz", np.inf)),
-         code=1, skipped=("inf.nii.gz",)),
+         code=1, skipped=("inf.nii.gz",), stderr_has="contains Inf values"),
+    Case("scan-all-nan", "infer",
+         _infer_with(lambda i: _save(np.full((20, 20, 20), np.nan, np.float32), i / "nan.nii.gz")),
+         code=1, skipped=("nan.nii.gz",), stderr_has="every voxel is NaN"),
     Case("scan-beyond-float32", "infer",
          _infer_with(lambda i: _save(_head().astype(np.float64) * 1e300, i / "big.nii.gz")),
          code=1, skipped=("big.nii.gz",), stderr_has="exceed the float32 range"),
@@ -421,6 +428,10 @@ CASES: list[Case] = [
          lambda i, o, m: [f"input={_save(_head((12, 52, 44)), i / 'coarse.nii.gz', COARSE)}",
                           f"output={o}", f"model={m}", "progress=false", "report=false"],
          code=0, warning=True, stderr_has="limit 9 mm"),
+    Case("scan-nan-background", "infer",  # SPM's "no data" outside a normalised image's FOV
+         lambda i, o, m: [f"input={_nan_background(i / 'spm.nii.gz')}", f"output={o}",
+                          f"model={m}", "progress=false", "report=false"],
+         code=0, warning=True, stderr_has="NaN voxel(s)"),
     Case("scan-small-fov", "infer",
          lambda i, o, m: [f"input={_save(_head(), i / 'fov.nii.gz', np.diag([1.0, 1, 1, 1]))}",
                           f"output={o}", f"model={m}", "progress=false", "report=false"],

@@ -161,6 +161,10 @@ def test_segment_api(tmp_path):
         synthseg_lite.segment((np.zeros_like(data), affine))
     with pytest.raises(ValueError, match="constant"):
         synthseg_lite.segment((np.full_like(data, 7.5), affine))
+    spm = np.where(data == 0, np.nan, data)  # NaN outside the head: no signal, as 0
+    np.testing.assert_array_equal(
+        synthseg_lite.segment((spm, affine), tta="none", threads=1).labels, res.labels
+    )
 
 
 def test_an_error_in_a_configured_class_names_the_setting_and_its_cause():

@@ -60,6 +60,45 @@ def test_bad_label_maps_are_rejected_naming_the_file(tmp_path, make, match):
     assert "bad.nii.gz" in str(err.value)
 
 
+def test_fill_nan_treats_nan_as_no_signal_and_refuses_inf():
+    """SPM's NaN background becomes 0, no signal (the lowest value of data below 0); finite data
+    is returned untouched."""
+    from synthseg_lite.validate import fill_nan
+
+    data = np.full((6, 6, 6), np.nan, np.float32)
+    data[1:5, 1:5, 1:5] = np.arange(64, dtype=np.float32).reshape(4, 4, 4) - 3.0
+    out, warning = fill_nan(data, "spm.nii")
+    assert np.isfinite(out).all() and out.dtype == np.float32
+    np.testing.assert_array_equal(out[1:5, 1:5, 1:5], data[1:5, 1:5, 1:5])
+    assert (out[0] == -3.0).all() and np.isnan(data[0]).all()  # the input is not changed
+    n = 6**3 - 4**3
+    assert warning.startswith(f"spm.nii: {n} NaN voxel(s)") and "set to -3," in warning
+    positive = np.where(np.isnan(data), np.nan, 50.0 + np.nan_to_num(data))
+    assert (fill_nan(positive)[0][0] == 0).all()  # a magnitude image: 0, not its darkest tissue
+    finite = data[1:5, 1:5, 1:5].copy()
+    assert fill_nan(finite)[0] is finite and fill_nan(finite)[1] is None
+    ints = np.zeros((4, 4, 4), np.int16)
+    assert fill_nan(ints)[0] is ints
+    with pytest.raises(ValueError, match="spm.nii: contains Inf"):
+        fill_nan(np.where(np.isnan(data), np.inf, data), "spm.nii")
+    with pytest.raises(ValueError, match="every voxel is NaN"):
+        fill_nan(np.full((4, 4, 4), np.nan))
+
+
+def test_load_volume_fills_nan_only_when_asked(tmp_path, caplog):
+    data = np.ones((8, 8, 8), np.float32)
+    data[:2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(ValueError, match="nan.nii.gz: contains NaN"):
+        load_volume(tmp_path / "nan.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        vol = load_volume(tmp_path / "nan.nii.gz", nan="fill")
+    assert (vol.data[:2] == 0).all() and (vol.data[2:] == 1).all()
+    assert "128 NaN voxel(s) (25 % of the image) set to 0" in caplog.text
+    with pytest.raises(ValueError, match="nan must be"):
+        load_volume(tmp_path / "nan.nii.gz", nan="zero")
+
+
 def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="unreadable"):

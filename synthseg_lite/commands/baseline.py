@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     out, failed = Path(args.output), 0
     for scan in args.scans:
         try:
-            vol = load_volume(scan, canonical=False)
+            vol = load_volume(scan, canonical=False, nan="fill")
             seg = gmm_tissue(vol.data, vol.data > args.mask_threshold)
             save_volume(seg, vol.affine, out / f"{strip_suffix(scan)}_seg.nii.gz")
             log.info("%s: done", scan)

@@ -50,7 +50,7 @@ from synthseg_lite.inference.segment import (
     segment_volume,
 )
 from synthseg_lite.inference.study import ScanReader, StudyProgress
-from synthseg_lite.io import load_volume, save_volume
+from synthseg_lite.io import Volume, load_volume, save_volume
 from synthseg_lite.labels.lut import (
     OutputLabels,
     label_dtype,
@@ -161,7 +161,7 @@ def _counts(labels: np.ndarray, n: int) -> np.ndarray:
 def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
     vol = w.reader.read(scan) if w.reader else load_volume(
-        scan.path, canonical=False, max_voxels=w.opts.max_voxels
+        scan.path, canonical=False, max_voxels=w.opts.max_voxels, nan="fill"
     )
     problem = blank_problem(vol.data, scan.path) or scan_problem(  # a label map, a few voxels
         vol.data[::2, ::2, ::2], scan.path, vol.data.shape
@@ -354,9 +354,10 @@ def _run_scans(
     def pending(scan: Scan) -> bool:  # read ahead only scans that will be segmented
         return opts.overwrite or not scan_finished(output_paths(scan, output_dir, w.labels.desc))
 
-    reader = ScanReader(
-        scans, lambda s: load_volume(s.path, canonical=False, max_voxels=opts.max_voxels), pending
-    )
+    def read(s: Scan) -> Volume:
+        return load_volume(s.path, canonical=False, max_voxels=opts.max_voxels, nan="fill")
+
+    reader = ScanReader(scans, read, pending)
     w.reader = reader
     with logging_redirect_tqdm(), reader:
         bar = StudyProgress(scans, disable=not opts.progress)
