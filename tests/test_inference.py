@@ -275,9 +275,10 @@ def test_bad_inputs_are_skipped_with_one_line_reasons(tmp_path):
     (scans / "garbage.nii.gz").write_bytes(b"not an image")
     _write(scans / "flat2d.nii.gz", np.ones((16, 16), np.float32))
     _write(scans / "series4d.nii.gz", np.ones((8, 8, 8, 2), np.float32))
-    nan = _phantom((16, 16, 16), (8, 8, 8), 5)
-    nan[0, 0, 0] = np.nan
-    _write(scans / "nan.nii.gz", nan)
+    inf = _phantom((16, 16, 16), (8, 8, 8), 5)
+    inf[0, 0, 0] = np.inf  # (a NaN is read as no signal, with a warning)
+    _write(scans / "inf.nii.gz", inf)
+    _write(scans / "nan.nii.gz", np.full((8, 8, 8), np.nan, np.float32))
     _write(scans / "zeros.nii.gz", np.zeros((8, 8, 8), np.float32))
     _write(scans / "constant.nii.gz", np.full((8, 8, 8), 7, np.float32))
     _write(
@@ -293,7 +294,8 @@ def test_bad_inputs_are_skipped_with_one_line_reasons(tmp_path):
         "garbage.nii.gz": "unreadable",
         "flat2d.nii.gz": "3D",
         "series4d.nii.gz": "3D",
-        "nan.nii.gz": "NaN",
+        "inf.nii.gz": "Inf",
+        "nan.nii.gz": "every voxel is NaN",
         "zeros.nii.gz": "empty",
         "constant.nii.gz": "constant",
     }
