@@ -4,12 +4,12 @@
 #   check   benchmarks.gpu_check, all parts (the README's "Proving the GPU path")
 #   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices (TRAIN=3d:
 #           the 3D step at the patch planned for 12 GB)
-#   train   the shipped structure model's recipe (structures_broad_keepres) for the time left,
+#   train   the shipped structure model's recipe (structures_fov160) for the time left,
 #           converted to $OUT/structures_gpu.pt (float16):
 #           TRAIN=scratch (default): experiment=structures_gpu (2.5D) from random weights, at the
 #           size the probe found fastest in slices/s that still gives MIN_STEPS steps (else 256
 #           slices), its cosine schedule fitted to the time left;
-#           TRAIN=finetune: structures_broad_keepres from the shipped model, 4x the slices a step
+#           TRAIN=finetune: structures_fov160 from the shipped model, 4x the slices a step
 #           (the run of 2026-12-04 did it with stage 15's structures_parts), for the time left;
 #           TRAIN=3d: experiment=structures_3d (SynthSeg's setting: a 3D network, nnU-Net's), its
 #           polynomial schedule fitted to the time left at the probe's step rate (the probe then
@@ -91,7 +91,7 @@ MAX_TIME=$(printf '00:00:%02d:%02d' $((TRAIN_S / 60)) $((TRAIN_S % 60)))
 if [ "$TRAIN" = finetune ]; then
   if [ "$TINY" = 1 ]; then STEPS=(trainer.max_epochs=1 trainer.limit_train_batches=2); else
     STEPS=(trainer.max_epochs=16 trainer.limit_train_batches=250); fi
-  ARGS=(experiment=structures_broad_keepres "init_weights=${INIT:-structures}" data.batch_size=4
+  ARGS=(experiment=structures_fov160 "init_weights=${INIT:-structures}" data.batch_size=4
         data.reuse_steps=2 model.slices.per_step=32 model.optimizer.lr=4.0e-4 "${STEPS[@]}"
         trainer.check_val_every_n_epoch=1000)
 else

@@ -2,9 +2,10 @@
 
 The structure recipe's CPU-sized step (2 volumes, 8 slices) ran at 21.7 steps/s on an H200, about
 700 slices/s with the chip mostly idle: at that size kernel launches, not arithmetic, set the
-pace. This measures, for each ``--slices`` (slices per step) and ``--volumes`` (128^3 volumes
-synthesised per step), real training steps of the preset as ``train.py`` builds it
-(``benchmarks.gpu_steps.train_steps``): s/step, steps/s, slices/s and the generator's share.
+pace. This measures, for each ``--slices`` (slices per step) and ``--volumes`` (volumes of the
+preset's patch, 160^3 for ``structures_gpu``, synthesised per step), real training steps of the
+preset as ``train.py`` builds it (``benchmarks.gpu_steps.train_steps``): s/step, steps/s,
+slices/s and the generator's share.
 
     python -m benchmarks.slice_steps --device cuda --experiment structures_gpu \
         --label-maps '../shared/data/label_maps/*.nii.gz' --slices 32 128 256 512 --volumes 8

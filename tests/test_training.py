@@ -118,7 +118,7 @@ def test_gpu_presets_train_the_shipped_structure_recipe(experiment: str, tmp_pat
 
     gpu, cpu = (
         compose([f"paths.output_dir={tmp_path}", f"experiment={e}"])
-        for e in (experiment, "structures_broad_keepres")
+        for e in (experiment, "structures_fov160")
     )
     scale = {"patch_shape"}  # the 3D job plans its patch for the GPU's memory
     a, b = (
@@ -222,7 +222,8 @@ def test_tissue_lut_and_overlay() -> None:
     ["default", "cpu", "structures", "structures_gpu", "structures_3d", "structures_sagittal",
      "structures_context7",
      "structures_rim", "structures_tie", "structures_wide", "structures_broad",
-     "structures_broad_keepres", "structures_cortex", "structures_white_rim", "structures_texture"],
+     "structures_broad_keepres", "structures_cortex", "structures_white_rim", "structures_texture",
+     "structures_fov160"],
 )
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
