@@ -85,12 +85,24 @@ def _cached_ensemble(path: str, device: str) -> tuple[list, Any]:
 
 
 def _read(scan: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(data, affine) of a path, a nibabel image or a ``(data, affine)`` pair."""
+    """(data, affine) of a path, a nibabel image or a ``(data, affine)`` pair; NaN voxels read as
+    no signal, as a file's are (:func:`synthseg_lite.validate.fill_nan`)."""
     if isinstance(scan, (str, Path)):
         from synthseg_lite.io import load_volume
 
         vol = load_volume(scan, canonical=False, nan="fill")
         return np.asarray(vol.data), np.asarray(vol.affine, dtype=np.float64)
+    from synthseg_lite.validate import fill_nan
+
+    data, affine = _in_memory(scan)
+    data, warning = fill_nan(data)
+    if warning:
+        log.warning(warning)
+    return data, affine
+
+
+def _in_memory(scan: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(data, affine) of a nibabel image or a ``(data, affine)`` pair, as given."""
     if hasattr(scan, "affine") and hasattr(scan, "get_fdata"):
         data = np.asarray(scan.dataobj, dtype=np.float32)
         return np.squeeze(data, axis=3) if data.ndim == 4 and data.shape[3] == 1 else data, (
@@ -130,7 +142,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     """
     from synthseg_lite.inference.segment import InferenceOptions, load_predictor, segment_volume
     from synthseg_lite.labels.lut import label_dtype, output_labels
-    from synthseg_lite.validate import blank_problem, fill_nan
+    from synthseg_lite.validate import blank_problem
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -138,9 +150,6 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
     opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
     data, affine = _read(scan_or_path)
-    data, warning = fill_nan(data)
-    if warning:
-        log.warning(warning)
     problem = blank_problem(data)
     if problem:
         raise ValueError(problem)

@@ -158,11 +158,14 @@ def _counts(labels: np.ndarray, n: int) -> np.ndarray:
     return torch.bincount(torch.from_numpy(labels).flatten(), minlength=n).double().numpy()
 
 
+def _read_scan(scan: Scan, max_voxels: int | None) -> Volume:
+    """A scan to segment, on its own voxel grid; NaN voxels read as no signal (with a warning)."""
+    return load_volume(scan.path, canonical=False, max_voxels=max_voxels, nan="fill")
+
+
 def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
-    vol = w.reader.read(scan) if w.reader else load_volume(
-        scan.path, canonical=False, max_voxels=w.opts.max_voxels, nan="fill"
-    )
+    vol = w.reader.read(scan) if w.reader else _read_scan(scan, w.opts.max_voxels)
     problem = blank_problem(vol.data, scan.path) or scan_problem(  # a label map, a few voxels
         vol.data[::2, ::2, ::2], scan.path, vol.data.shape
     )
@@ -354,10 +357,7 @@ def _run_scans(
     def pending(scan: Scan) -> bool:  # read ahead only scans that will be segmented
         return opts.overwrite or not scan_finished(output_paths(scan, output_dir, w.labels.desc))
 
-    def read(s: Scan) -> Volume:
-        return load_volume(s.path, canonical=False, max_voxels=opts.max_voxels, nan="fill")
-
-    reader = ScanReader(scans, read, pending)
+    reader = ScanReader(scans, lambda s: _read_scan(s, opts.max_voxels), pending)
     w.reader = reader
     with logging_redirect_tqdm(), reader:
         bar = StudyProgress(scans, disable=not opts.progress)
