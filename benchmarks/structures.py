@@ -28,7 +28,8 @@ Every number comes from the project's command-line tools, run as subprocesses as
   slices in that anatomical plane (``degrade --plane``; ``thick5`` slices a scan along its coarsest
   voxel axis, the first of an isotropic one: on OASIS sagittally, on IBSR coronally), and the
   clinical-style ``inverted_axial5``, ``flair_axial5`` and ``pd_axial5``: a contrast, then 5 mm
-  axial slices;
+  axial slices; and ``bias``, the scan as if not bias-corrected (``degrade --bias 0.3``: a smooth
+  random field within [0.77, 1.3], seed 0);
 * ``python infer.py model=<model>`` segments them (default options), and IBSR's 10 scans
   (``--ibsr-conditions``, default ``original``);
 * ``python evaluate.py mode=structures`` scores OASIS per structure against its FreeSurfer aseg
@@ -83,10 +84,13 @@ OASIS_CONDITIONS = {**CONDITIONS, HEAD_PROXY: CONDITIONS["thick3"]}
 PLANE_CONDITIONS = {
     f"{plane}5": ["--slice-mm", "5", "--plane", plane] for plane in ("axial", "coronal")
 }
+#: Opt-in: a scan that was not bias-corrected, a smooth multiplicative field within [0.77, 1.3]
+#: (``degrade --bias 0.3``, seed 0: a 1.69x brightest-to-darkest ratio across the field of view).
+BIAS_CONDITIONS = {"bias": ["--bias", "0.3"]}
 #: Opt-in clinical-style OASIS conditions: a contrast, then 5 mm axial slices (degrade run twice).
 CHAINS = {f"{c}_axial5": (c, "axial5") for c in ("inverted", "flair", "pd")}
 #: ``degrade`` options of every single-step condition.
-DEGRADE_OPTIONS = {**OASIS_CONDITIONS, **PLANE_CONDITIONS}
+DEGRADE_OPTIONS = {**OASIS_CONDITIONS, **PLANE_CONDITIONS, **BIAS_CONDITIONS}
 #: Every OASIS condition ``--conditions`` accepts.
 ALL_OASIS_CONDITIONS = [*DEGRADE_OPTIONS, *CHAINS]
 #: Predicted / reference volume within 1 +- VOLUME_TOLERANCE for structures >= VOLUME_CHECK_MM3.
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--conditions", default=",".join(OASIS_CONDITIONS),
                         help="OASIS conditions, comma-separated (opt-in too: "
-                             f"{', '.join([*PLANE_CONDITIONS, *CHAINS])})")
+                             f"{', '.join([*PLANE_CONDITIONS, *BIAS_CONDITIONS, *CHAINS])})")
     parser.add_argument("--tissue-model", default="tissue",
                         help="tissue model segmented beside a structure model ('' for none)")
     parser.add_argument("--ibsr-conditions", default="original",
@@ -375,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "oasis_vxm" / "t1.nii.gz").is_file():
         fail(f"the OASIS scan is not under {args.data} (--data)")
     lists = {}
-    ibsr_known = [*CONDITIONS, *PLANE_CONDITIONS, *CHAINS]
+    ibsr_known = [*CONDITIONS, *PLANE_CONDITIONS, *BIAS_CONDITIONS, *CHAINS]
     for opt, known in (("conditions", ALL_OASIS_CONDITIONS), ("ibsr_conditions", ibsr_known)):
         lists[opt] = [c for c in getattr(args, opt).split(",") if c]
         if unknown := set(lists[opt]) - set(known):

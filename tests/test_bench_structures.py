@@ -124,6 +124,22 @@ def test_structures_benchmark_plane_and_clinical_conditions(tmp_path, monkeypatc
                     "--conditions", "sagittal9"])
 
 
+def test_structures_benchmark_bias_condition_is_the_seeded_field(tmp_path, monkeypatch, bench):
+    """``bias``: the OASIS scan times ``bias_field`` of strength 0.3, seed 0, on its grid."""
+    from synthseg_lite.evaluation.bias import bias_field
+
+    data, aseg = _data(tmp_path)
+    t1 = np.asarray(nib.load(data / "oasis_vxm" / "t1.nii.gz").dataobj, dtype=np.float32)
+    _fake_tools(monkeypatch, bench, aseg)
+    out = tmp_path / "out"
+    bench.main(["--output", str(out), "--data", str(data), "--conditions", "bias",
+                "--ibsr-conditions", "", "--tissue-model", ""])
+    assert set(json.loads((out / "results.json").read_text())["oasis"]) == {"bias"}
+    biased = np.asarray(nib.load(out / "scans" / "bias" / "oasis" / "t1.nii.gz").dataobj)
+    np.testing.assert_allclose(biased, t1 * bias_field(t1.shape, (1, 1, 1), 0.3, 0), rtol=1e-5)
+    assert not np.allclose(biased, t1)
+
+
 def test_structures_benchmark_ibsr_takes_the_plane_conditions(tmp_path, monkeypatch, bench):
     """IBSR (tissue view) takes the opt-in plane and clinical-style conditions, not the OASIS-only
     head proxy; its coronal acquisition (RAS, 1.5 mm voxel axis 1) is sliced axially on axis 2."""

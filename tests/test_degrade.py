@@ -16,6 +16,7 @@ from synthseg_lite.commands.degrade import main
 from synthseg_lite.evaluation.degrade import (
     CONTRASTS, degrade_scans, invert_contrast, plane_axis, remap_contrast, slab_size,
     thick_slab_grid, thick_slices, through_plane_axis, tissue_modes)
+from synthseg_lite.evaluation.bias import bias_field
 from synthseg_lite.evaluation.metrics import labels_on_grid
 from synthseg_lite.io import Volume
 
@@ -340,3 +341,52 @@ def test_labels_on_grid_follows_world_coordinates():
         voxel_src = abs(np.linalg.det(LIA[:3, :3]))
         assert (out.data == value).sum() == pytest.approx((labels == value).sum() * voxel_src,
                                                           rel=0.25)
+
+
+def test_bias_field_spans_its_strength_and_is_smooth_and_seeded():
+    field = bias_field((40, 36, 30), (1.0, 1.0, 1.0), 0.3, seed=3)
+    assert field.shape == (40, 36, 30) and field.dtype == np.float32
+    lo, hi = 1 / 1.3, 1.3
+    assert field.min() >= lo - 1e-6 and field.max() <= hi + 1e-6
+    assert np.isclose(field.min(), lo, rtol=1e-5) or np.isclose(field.max(), hi, rtol=1e-5)
+    assert field.max() / field.min() > 1.3  # it does vary across the field of view
+    # smooth: no more than a few per cent between face neighbours at 1 mm
+    assert max(np.abs(np.diff(np.log(field), axis=a)).max() for a in range(3)) < 0.05
+    np.testing.assert_array_equal(field, bias_field((40, 36, 30), (1, 1, 1), 0.3, seed=3))
+    assert not np.allclose(field, bias_field((40, 36, 30), (1, 1, 1), 0.3, seed=4))
+    np.testing.assert_array_equal(bias_field((8, 8, 8), (1, 1, 1), 0.0), np.ones((8, 8, 8)))
+
+
+def test_bias_field_varies_in_millimetres_not_voxels():
+    """The same head at 1 mm and at 2 mm gets the same field where their voxels coincide."""
+    fine = bias_field((120, 100, 80), (1.0, 1.0, 1.0), 0.4, seed=1)
+    coarse = bias_field((60, 50, 40), (2.0, 2.0, 2.0), 0.4, seed=1)
+    corr = np.corrcoef(np.log(fine[::2, ::2, ::2]).ravel(), np.log(coarse).ravel())[0, 1]
+    assert corr > 0.98
+
+
+@pytest.mark.parametrize("strength", [-0.1, 10.0, float("nan"), "strong"])
+def test_bias_field_refuses_a_bad_strength(strength):
+    with pytest.raises(ValueError, match="bias strength"):
+        bias_field((4, 4, 4), (1, 1, 1), strength)
+
+
+def test_cli_bias_multiplies_the_scan_by_the_seeded_field(tmp_path, capsys):
+    scan = tmp_path / "scan.nii.gz"
+    _, image = _t1_phantom()
+    nib.save(nib.Nifti1Image(image.astype(np.float32), LIA), scan)
+    assert main([str(scan), "--output", str(tmp_path / "out"), "--bias", "0.3", "--seed", "5"]) == 0
+    img = nib.load(tmp_path / "out" / "scan.nii.gz")
+    np.testing.assert_allclose(img.affine, LIA, atol=1e-6)
+    expected = image * bias_field(image.shape, (1.2, 2.0, 1.0), 0.3, seed=5)
+    np.testing.assert_allclose(img.get_fdata(), expected, rtol=1e-5)
+    assert (img.get_fdata()[image == 0] == 0).all()  # the background stays empty
+    for argv, match, one_line in (
+        (["--bias", "-1"], "bias strength", True),
+        (["--invert", "--seed", "2"], "--seed only applies", True),
+        (["--bias", "0.3", "--invert"], "not allowed with", False),  # argparse: usage, then error
+    ):
+        code, err = _exit_code([str(scan), "--output", str(tmp_path / "o"), *argv], capsys)
+        assert code == 2 and match in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 or not one_line, (argv, err)
+    assert not (tmp_path / "o").exists()

@@ -1,5 +1,5 @@
 """``python -m synthseg_lite.commands.degrade``: degraded copies of real scans (inverted contrast
-inside the brain, FLAIR- or PD-like contrast, or thick slices), on the same grid so their
+inside the brain, FLAIR- or PD-like contrast, thick slices, or a bias field), on the same grid so their
 references still apply.
 
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
@@ -8,6 +8,7 @@ references still apply.
     python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
     python -m synthseg_lite.commands.degrade t1.nii.gz --output axial5 --slice-mm 5 --plane axial
     python -m synthseg_lite.commands.degrade t1.nii.gz --output flair --contrast flair
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output bias --bias 0.3
 
 The work is :func:`synthseg_lite.evaluation.degrade.degrade_scans`.
 """
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     kind.add_argument("--contrast", choices=sorted(CONTRASTS),
                       help="remap a skull-stripped T1 to a FLAIR- or PD-like contrast "
                            "(non-monotonic, through its three tissue modes)")
+    kind.add_argument("--bias", type=float, metavar="S",
+                      help="multiply by a smooth random bias field within [1/(1+S), 1+S] "
+                           "(an uncorrected scan; 0.3: a 1.69x brightest-to-darkest ratio)")
     parser.add_argument("--axis", type=int, metavar="N",
                         help="voxel axis of the thick slices (default: largest spacing)")
     parser.add_argument("--plane", choices=sorted(PLANES),
@@ -46,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slab-grid", action="store_true",
                         help="with --slice-mm: write the slices on their own grid (a real "
                              "low-resolution file) instead of interpolated back")
+    parser.add_argument("--seed", type=int,
+                        help="with --bias: the field's seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     user_errors(lambda: degrade_scans(args.scans, args.output, invert=args.invert,
                                       slice_mm=args.slice_mm, axis=args.axis,
                                       slab_grid=args.slab_grid, overwrite=args.overwrite,
-                                      contrast=args.contrast, plane=args.plane))
+                                      contrast=args.contrast, plane=args.plane,
+                                      bias=args.bias, seed=args.seed))
     return 0
 
 

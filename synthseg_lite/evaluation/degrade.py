@@ -6,6 +6,8 @@ segmentation still scores a prediction made on the degraded scan:
 * :func:`invert_contrast` and :func:`remap_contrast` (:mod:`.contrast`): a T2-like check from a
   skull-stripped T1 (CSF bright, WM dark), and FLAIR- or PD-like ones (a non-monotonic curve
   through the T1's own tissue modes);
+* :func:`~.bias.bias_field` (``--bias``): the intensity non-uniformity of a scan that was not
+  bias-corrected (a smooth multiplicative field, fixed by a seed);
 * :func:`thick_slices`: a thick-slice acquisition (slab averages along one voxel axis, linearly
   interpolated back to the original grid); the axis is the scan's coarsest, a given voxel axis or
   the one nearest an anatomical plane's normal (:func:`plane_axis`: ``--plane axial``).
@@ -22,6 +24,7 @@ another folder, as float32, atomically::
         --slice-mm 5
     python -m synthseg_lite.commands.degrade t1.nii.gz --output 5mm_file --slice-mm 5 --slab-grid
     python -m synthseg_lite.commands.degrade t1.nii.gz --output axial5 --slice-mm 5 --plane axial
+    python -m synthseg_lite.commands.degrade t1.nii.gz --output bias --bias 0.3
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from synthseg_lite.evaluation.bias import bias_field, check_strength
 from synthseg_lite.evaluation.contrast import (
     CONTRASTS,
     _invert,
@@ -274,7 +278,8 @@ def _plan(scans: Sequence[str | Path], output: Path, overwrite: bool) -> list[tu
 def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bool = False,
                   slice_mm: float | None = None, axis: int | None = None,
                   slab_grid: bool = False, overwrite: bool = False,
-                  contrast: str | None = None, plane: str | None = None) -> list[Path]:
+                  contrast: str | None = None, plane: str | None = None,
+                  bias: float | None = None, seed: int | None = None) -> list[Path]:
     """Write a degraded copy of each scan to ``output/<same file name>``.
 
     Scans are read as stored (no reorientation; a trailing singleton 4th axis is dropped) and
@@ -295,18 +300,28 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
         overwrite: replace existing output files.
         contrast: apply :func:`remap_contrast` with this key of :data:`CONTRASTS` (mask:
             intensity > 0).
+        bias: multiply by :func:`~.bias.bias_field` of this strength (0.3: within
+            [0.77, 1.3], a 1.69x brightest-to-darkest ratio).
+        seed: the bias field's seed (default 0; every scan gets the field of this seed on its
+            own grid).
 
     Returns:
         The written paths.
 
     Raises:
-        ValueError: not exactly one of ``invert`` / ``slice_mm`` / ``contrast``; ``axis`` or
+        ValueError: not exactly one of ``invert`` / ``slice_mm`` / ``contrast`` / ``bias``;
+            a bias strength outside [0, 10); ``axis`` or
             ``plane`` without ``slice_mm``, or both;
             colliding names; an output that is an input or exists without ``overwrite``; a scan
             that is missing, unreadable, not 3D or not finite.
     """
-    if invert + (slice_mm is not None) + (contrast is not None) != 1:
-        raise ValueError("give exactly one of --invert, --slice-mm or --contrast")
+    if invert + (slice_mm is not None) + (contrast is not None) + (bias is not None) != 1:
+        raise ValueError("give exactly one of --invert, --slice-mm, --contrast or --bias")
+    if bias is not None:
+        bias = check_strength(bias)
+    if seed is not None and bias is None:
+        raise ValueError("--seed only applies with --bias")
+    seed = 0 if seed is None else int(seed)
     if contrast is not None and contrast not in CONTRASTS:
         raise ValueError(f"--contrast must be one of {sorted(CONTRASTS)}, got {contrast!r}")
     if slice_mm is not None:
@@ -336,6 +351,9 @@ def degrade_scans(scans: Sequence[str | Path], output: str | Path, *, invert: bo
             if invert:
                 out, lo, hi = _invert(data, None)
                 what = f"inverted contrast inside intensity > 0, mirrored in [{lo:.4g}, {hi:.4g}]"
+            elif bias is not None:
+                out = data * bias_field(data.shape, _spacing(affine), bias, seed)
+                what = f"bias field of strength {bias:g} (seed {seed})"
             elif contrast is not None:
                 out, modes = _remap(data, contrast, None)
                 what = (f"{contrast}-like contrast inside intensity > 0 (tissue modes "
