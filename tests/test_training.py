@@ -223,7 +223,7 @@ def test_tissue_lut_and_overlay() -> None:
      "structures_context7",
      "structures_rim", "structures_tie", "structures_wide", "structures_broad",
      "structures_broad_keepres", "structures_cortex", "structures_white_rim", "structures_texture",
-     "structures_fov160"],
+     "structures_fov160", "structures_fov192"],
 )
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
