@@ -1,6 +1,6 @@
 """``python -m synthseg_lite.commands.degrade``: degraded copies of real scans (inverted contrast
-inside the brain, FLAIR- or PD-like contrast, thick slices, or a bias field), on the same grid so their
-references still apply.
+inside the brain, FLAIR- or PD-like contrast, thick slices, or a bias field), on the same grid so
+their references still apply.
 
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output inv --invert
     python -m synthseg_lite.commands.degrade ../shared/data/real/ibsr/*/IBSR_??.nii.gz --output 5mm \
