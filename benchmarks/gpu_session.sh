@@ -4,7 +4,8 @@
 #   check   benchmarks.gpu_check, all parts (the README's "Proving the GPU path")
 #   probe   benchmarks.slice_steps: the structure preset's step at 32/128/256/512 slices (TRAIN=3d:
 #           the 3D step at the patch planned for 12 GB)
-#   train   the shipped structure model's recipe (structures_fov160) for the time left,
+#   train   the shipped structure model's recipe (structures_fov160; its last stages ran the same
+#           recipe on 192^3 crops, structures_fov192) for the time left,
 #           converted to $OUT/structures_gpu.pt (float16):
 #           TRAIN=scratch (default): experiment=structures_gpu (2.5D) from random weights, at the
 #           size the probe found fastest in slices/s that still gives MIN_STEPS steps (else 256

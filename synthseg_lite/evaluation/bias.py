@@ -71,10 +71,10 @@ def bias_field(shape: Sequence[int], spacing_mm: Sequence[float], strength: floa
         return np.ones(shape, dtype=np.float32)
     nodes = [max(2, math.ceil(n * s / NODE_MM) + 1) for n, s in zip(shape, spacing)]
     coarse = np.random.default_rng(seed).standard_normal(nodes)
-    # grid_mode: the coarse grid's cells span the field of view, whatever its voxel size
+    # grid_mode: the coarse grid's cells span the field of view, whatever its voxel size; the
+    # output shape is round(c * n / c) = n per axis
     log_field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, nodes)], order=3,
                              mode="reflect", grid_mode=True)
-    log_field = log_field[: shape[0], : shape[1], : shape[2]]
     log_field -= log_field.mean()
     peak = np.abs(log_field).max()
     if peak == 0:  # a 1-voxel image: nothing varies
