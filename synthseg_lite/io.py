@@ -86,13 +86,19 @@ def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialim
     except Exception as exc:  # nibabel raises many different types
         raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
     shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) != 3:
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
         raise ValueError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
     for warning in check_header(img, path, MAX_VOXELS if max_voxels is None else max_voxels, raw):
-        log.warning(warning)
-    return img
+        log.warning(warning)  # before any voxel is read: the header's size is checked first
+    return _first_volume(img) if len(shape) == 4 else img
+
+
+def _first_volume(img: nib.spatialimages.SpatialImage) -> nib.spatialimages.SpatialImage:
+    """The 3D image of a 4D image with one volume, still unread: its array proxy reshaped (the
+    proxy keeps the file's scaling), so that a broken file fails where the data are read."""
+    data = img.dataobj
+    data = data.reshape(img.shape[:3]) if nib.is_proxy(data) else np.asanyarray(data)[..., 0]
+    return type(img)(data, img.affine, img.header, extra=img.extra)
 
 
 def load_volume(
@@ -122,11 +128,11 @@ def load_volume(
     if nan not in ("error", "fill"):
         raise ValueError(f"nan must be 'error' or 'fill', got {nan!r}")
     img = read_image(path, max_voxels)
-    if canonical:
-        img = nib.as_closest_canonical(img)
-    try:
+    try:  # the voxels are read here (reorienting reads them too): a truncated or corrupt file
+        if canonical:
+            img = nib.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:
+    except Exception as exc:  # gzip's EOFError, zlib.error, OSError, nibabel's own...
         raise ValueError(f"{path}: unreadable image data ({type(exc).__name__}: {exc})") from exc
     floating = np.issubdtype(data.dtype, np.floating)
     if floating and nan == "fill":

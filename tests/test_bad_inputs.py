@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import _head, _save, run_in_process
+from helpers import AFFINE, _head, _save, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -39,6 +39,8 @@ HYDRA_FILES = {"infer.log", "evaluate.log", "train.log", "export.log"}
 
 
 # ----------------------------------------------------------------------------------- builders
+#: FreeSurfer's conformed orientation (x -> left, y -> inferior, z -> anterior), 2 mm voxels.
+LIA = np.array([[-2.0, 0, 0, 0], [0, 0, 2, 0], [0, -2, 0, 0], [0, 0, 0, 1]])
 #: 12 mm voxels along x (beyond the 9 mm limit), 2 mm in-plane.
 COARSE = np.diag([12.0, 2, 2, 1])
 
@@ -78,6 +80,13 @@ def _bytes(path: Path, data: bytes) -> Path:
 
 def _truncated(path: Path) -> Path:
     _save(_head(), path)
+    raw = path.read_bytes()
+    return _bytes(path, raw[: len(raw) // 3])
+
+
+def _truncated_4d(path: Path, data: np.ndarray | None = None, affine: np.ndarray = AFFINE) -> Path:
+    """A (X, Y, Z, 1) file cut short, as FSL writes single volumes: its voxels are read lazily."""
+    _save((_head() if data is None else data)[..., None], path, affine=affine)
     raw = path.read_bytes()
     return _bytes(path, raw[: len(raw) // 3])
 
@@ -387,6 +396,9 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- infer: per-scan problems
     Case("scan-truncated", "infer", _infer_with(lambda i: _truncated(i / "trunc.nii.gz")),
          code=1, skipped=("trunc.nii.gz",)),
+    Case("scan-truncated-4d-singleton", "infer",
+         _infer_with(lambda i: _truncated_4d(i / "trunc4d.nii.gz")),
+         code=1, skipped=("trunc4d.nii.gz",)),
     Case("scan-garbage-nii", "infer", _infer_with(lambda i: _bytes(i / "junk.nii", b"\x00" * 400)),
          code=1, skipped=("junk.nii",)),
     Case("scan-garbage-mgz", "infer", _infer_with(lambda i: _mgz_garbage(i / "junk.mgz")),
@@ -536,6 +548,11 @@ CASES: list[Case] = [
          lambda i, o, m: [a if not a.startswith("ref=") else f"ref={i}/none"
                           for a in _eval_args(None)(i, o, m)],
          stderr_has="none"),
+    Case("eval-ref-truncated-lia", "evaluate",  # reoriented to RAS: read while reorienting
+         lambda i, o, m: [a if not a.startswith("ref=") else
+                          f"ref={_truncated_4d(i / 'cut' / 'c1_seg.nii.gz', _aseg(), LIA)}"
+                          for a in _eval_args(None)(i, o, m)],
+         stderr_has="c1_seg.nii.gz"),
     Case("eval-other-grid", "evaluate",
          _eval_args(lambda i: _save(_aseg((40, 40, 40)), i / "preds" / "c1_seg.nii.gz")),
          stderr_has="grid"),

@@ -110,6 +110,35 @@ def test_unreadable_and_missing_files(tmp_path):
         load_volume(tmp_path / "x.txt")
 
 
+def test_a_4d_singleton_is_read_lazily_and_checked_before_reading(tmp_path):
+    # scaling kept through the lazy reshape
+    data = np.random.default_rng(0).integers(0, 1000, (6, 7, 8, 1)).astype(np.int16)
+    img = nib.Nifti1Image(data, _lia_affine())
+    img.header.set_slope_inter(0.5, 3.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    vol = load_volume(tmp_path / "scaled.nii.gz", canonical=False)
+    assert vol.data.shape == (6, 7, 8)
+    np.testing.assert_allclose(vol.data, data[..., 0] * 0.5 + 3.0)
+    # a header that claims 10^9 voxels over a few bytes: refused on its size, nothing read
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1000, 1000, 1000, 1))
+    hdr.set_data_dtype(np.uint8)
+    path = tmp_path / "huge.nii"
+    with open(path, "wb") as f:
+        hdr.write_to(f)
+        f.write(b"\0" * 64)
+    with pytest.raises(ValueError, match="max_voxels"):
+        load_volume(path)
+    # cut short: one ValueError naming the file, in the stored and in the RAS orientation
+    noise = np.random.default_rng(1).random((30, 31, 32)).astype(np.float32)  # the header stays
+    nib.save(nib.Nifti1Image(noise, _lia_affine()), tmp_path / "cut.nii.gz")
+    raw = (tmp_path / "cut.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    for canonical in (False, True):
+        with pytest.raises(ValueError, match="cut.nii.gz: unreadable image data"):
+            load_volume(tmp_path / "cut.nii.gz", canonical=canonical)
+
+
 def test_save_is_atomic_and_round_trips(tmp_path):
     data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
     aff = _lia_affine()
