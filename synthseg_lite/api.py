@@ -110,6 +110,8 @@ def _in_memory(scan: Any) -> tuple[np.ndarray, np.ndarray]:
         )
     if isinstance(scan, tuple) and len(scan) == 2:
         data, affine = np.asarray(scan[0]), np.asarray(scan[1], dtype=np.float64)
+        if data.ndim == 4 and data.shape[3] == 1:  # one volume, as a file may hold it
+            data = data[..., 0]
         if data.ndim != 3 or affine.shape != (4, 4):
             raise ValueError(
                 f"expected a (X, Y, Z) array and a (4, 4) affine, got {data.shape} and "
@@ -127,7 +129,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
 
     Args:
         scan_or_path: a NIfTI/MGZ file, a nibabel image, or a ``(data, affine)`` pair with data
-            (X, Y, Z) in any intensity scale and affine (4, 4) voxel -> world in mm.
+            (X, Y, Z) (or (X, Y, Z, 1)) in any intensity scale and affine (4, 4) voxel -> world in mm.
         model: ``"tissue"`` (GM, WM, ventricular CSF; shipped), ``"structures"`` (SynthSeg's
             structures; shipped when present), a run directory, a ``.ckpt`` or a ``.pt`` file.
         **options: any field of :class:`~synthseg_lite.inference.InferenceOptions`, e.g.
@@ -138,11 +140,13 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         :class:`SegmentationResult`.
 
     Raises:
-        ValueError: unknown option, unreadable, empty or constant scan, missing model.
+        ValueError: unknown option, unreadable, empty or constant scan, a label map, fewer than
+            8 voxels along an axis, a zero, singular or non-finite affine, missing model
+            (:func:`synthseg_lite.validate.check_scan`, as ``synthseg-lite-infer`` skips a scan).
     """
     from synthseg_lite.inference.segment import InferenceOptions, load_predictor, segment_volume
     from synthseg_lite.labels.lut import label_dtype, output_labels
-    from synthseg_lite.validate import blank_problem
+    from synthseg_lite.validate import check_scan
 
     known = {f.name for f in fields(InferenceOptions)}
     unknown = sorted(set(options) - known)
@@ -150,9 +154,8 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
     opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
     data, affine = _read(scan_or_path)
-    problem = blank_problem(data)
-    if problem:
-        raise ValueError(problem)
+    for warning in check_scan(data, affine):  # the checks of synthseg-lite-infer's scans
+        log.warning(warning)
     predictor, meta, device, path = load_predictor(model, opts, _ensemble)
     pred = segment_volume(data, affine, predictor, opts, device)
     out = output_labels(meta.label_table.target, opts.labels)

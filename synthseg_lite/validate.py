@@ -5,6 +5,8 @@
   negative, non-finite) and geometry (zero, singular or non-finite affine).
 * :func:`fill_nan` (a scan to segment): NaN voxels (SPM writes NaN where a normalised image has
   no data) become 0 (no signal), with a warning; an infinite value is refused.
+* :func:`check_scan` (a scan to segment, read from a file or given in memory): the affine
+  (:func:`affine_problem`), an empty or constant image (:func:`blank_problem`), then the two below.
 * :func:`scan_problem` (a scan to segment): a few voxels, or a label map given as a scan: skipped
   with a reason.
 * :func:`scan_warnings` (a scan to segment): voxels far coarser than any training resolution, or a
@@ -30,8 +32,11 @@ __all__ = [
     "MAX_VOXELS",
     "MIN_FOV_MM",
     "MIN_VOXELS_PER_AXIS",
+    "affine_problem",
+    "blank_problem",
     "check_header",
     "check_label_values",
+    "check_scan",
     "fill_nan",
     "scan_problem",
     "scan_warnings",
@@ -114,17 +119,57 @@ def check_header(
                 f"{path}: voxel sizes {zooms.tolist()} mm in the header are zero, negative or "
                 "not finite: the volumes would be wrong"
             )
-    affine = np.asarray(img.affine, dtype=np.float64)
+    problem = affine_problem(img.affine, path)
+    if problem:
+        raise ValueError(problem)
+    return warnings
+
+
+def affine_problem(affine: np.ndarray, path: str | Path | None = None) -> str | None:
+    """Why a voxel -> world matrix cannot place a scan (None: it can): not (4, 4), not finite,
+    zero or singular.
+
+    Args:
+        affine: (4, 4) voxel -> world (mm) matrix.
+        path: the file, for the message (None: no prefix).
+    """
+    where = f"{path}: " if path is not None else ""
+    affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise ValueError(f"{path}: the affine (voxel -> world matrix) is missing or not finite")
+        return f"{where}the affine (voxel -> world matrix) is missing or not finite"
     lin = affine[:3, :3]
     sizes = np.sqrt((lin**2).sum(0))
     if not sizes.all() or abs(np.linalg.det(lin)) < 1e-6 * max(float(sizes.prod()), 1e-12):
-        raise ValueError(
-            f"{path}: degenerate geometry: the affine is zero or singular (voxel sizes "
+        return (
+            f"{where}degenerate geometry: the affine is zero or singular (voxel sizes "
             f"{[round(float(s), 3) for s in sizes]} mm)"
         )
-    return warnings
+    return None
+
+
+def check_scan(data: np.ndarray, affine: np.ndarray, path: str | Path | None = None) -> list[str]:
+    """Every check of a scan about to be segmented, from a file or from memory alike.
+
+    Args:
+        data: (X, Y, Z) voxel values (NaN already filled: :func:`fill_nan`).
+        affine: (4, 4) voxel -> world (mm) matrix.
+        path: the file, for the messages (None: no prefix).
+
+    Returns:
+        :func:`scan_warnings`' lines (the scan is still segmented).
+
+    Raises:
+        ValueError: :func:`affine_problem`, :func:`blank_problem` or :func:`scan_problem`.
+    """
+    problem = (
+        affine_problem(affine, path)
+        or blank_problem(data, path)
+        or scan_problem(data[::2, ::2, ::2], path, data.shape)  # a strided subsample is enough
+    )
+    if problem:
+        raise ValueError(problem)
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+    return scan_warnings(data.shape, tuple(float(s) for s in spacing), path)
 
 
 def _integer_valued(data: np.ndarray) -> bool:
@@ -189,7 +234,7 @@ def blank_problem(data: np.ndarray, path: str | Path | None = None) -> str | Non
 
 
 def scan_problem(
-    data: np.ndarray, path: str | Path, shape: tuple[int, ...] | None = None
+    data: np.ndarray, path: str | Path | None, shape: tuple[int, ...] | None = None
 ) -> str | None:
     """Why a scan cannot be segmented (None: it can): a few voxels, or a label map given as a scan.
 
@@ -198,13 +243,14 @@ def scan_problem(
 
     Args:
         data: (X, Y, Z) voxel values (a strided subsample is enough).
-        path: the file, for the message.
+        path: the file, for the message (None: no prefix).
         shape: the scan's full shape (default: ``data.shape``).
     """
+    where = f"{path}: " if path is not None else ""
     shape = tuple(int(n) for n in (shape or data.shape)[:3])
     if min(shape) < MIN_VOXELS_PER_AXIS:
         return (
-            f"{path}: only {'x'.join(map(str, shape))} voxels (at least {MIN_VOXELS_PER_AXIS} "
+            f"{where}only {'x'.join(map(str, shape))} voxels (at least {MIN_VOXELS_PER_AXIS} "
             "per axis needed)"
         )
     if data.size == 0 or not _integer_valued(data):
@@ -216,38 +262,39 @@ def scan_problem(
     if len(values) <= 8 or ints <= _FS_LABELS:
         shown = sorted(ints)[:8]
         return (
-            f"{path}: looks like a label map, not a scan ({len(values)} integer values "
-            f"{shown}{'...' if len(values) > 8 else ''}, mostly 0): skipped"
+            f"{where}looks like a label map, not a scan ({len(values)} integer values "
+            f"{shown}{'...' if len(values) > 8 else ''}, mostly 0)"
         )
     return None
 
 
 def scan_warnings(
-    shape: tuple[int, ...], spacing: tuple[float, ...], path: str | Path
+    shape: tuple[int, ...], spacing: tuple[float, ...], path: str | Path | None
 ) -> list[str]:
     """Implausible geometry of a scan, one line each (it is still segmented).
 
     Args:
         shape: voxels along each axis.
         spacing: voxel size along each axis (mm).
-        path: the file, for the message.
+        path: the file, for the message (None: no prefix).
     """
+    where = f"{path}: " if path is not None else ""
     out = []
     sp = sorted(float(s) for s in spacing)
     if sp[-1] > MAX_SPACING_MM:
         out.append(
-            f"{path}: voxels of {sp[-1]:.1f} mm are coarser than any training resolution "
+            f"{where}voxels of {sp[-1]:.1f} mm are coarser than any training resolution "
             f"(limit {MAX_SPACING_MM:g} mm): the segmentation may be poor"
         )
     elif sp[1] > MAX_INPLANE_SPACING_MM:
         out.append(
-            f"{path}: two axes coarser than {MAX_INPLANE_SPACING_MM:g} mm ({sp[1]:.1f}, "
+            f"{where}two axes coarser than {MAX_INPLANE_SPACING_MM:g} mm ({sp[1]:.1f}, "
             f"{sp[2]:.1f} mm); training degrades one axis at a time: the segmentation may be poor"
         )
     fov = [n * s for n, s in zip(shape, spacing)]
     if min(fov) < MIN_FOV_MM:
         out.append(
-            f"{path}: field of view {' x '.join(f'{f:.0f}' for f in fov)} mm cannot hold a head "
+            f"{where}field of view {' x '.join(f'{f:.0f}' for f in fov)} mm cannot hold a head "
             f"(limit {MIN_FOV_MM:g} mm per axis): the segmentation may be poor"
         )
     return out

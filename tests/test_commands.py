@@ -3,6 +3,7 @@ shipped-model names, and the Python API (synthseg_lite.segment)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -165,6 +166,30 @@ def test_segment_api(tmp_path):
     np.testing.assert_array_equal(
         synthseg_lite.segment((spm, affine), tta="none", threads=1).labels, res.labels
     )
+    np.testing.assert_array_equal(  # one volume of a 4D array, as a 4D file with one volume
+        synthseg_lite.segment((data[..., None], affine), tta="none", threads=1).labels, res.labels
+    )
+
+
+def test_segment_api_checks_a_scan_as_the_command_does(caplog):
+    """A pair in memory is refused or warned about where ``synthseg-lite-infer`` would skip or
+    warn about the same scan in a file (:func:`synthseg_lite.validate.check_scan`)."""
+    data, affine = _head()
+    for bad, match in [
+        ((data, np.diag([2.0, 0.0, 2.0, 1.0])), "singular"),
+        ((data, np.full((4, 4), np.nan)), "not finite"),
+        (((data > 80).astype(np.int16) * 2, affine), "label map"),
+        ((data > 80, affine), "label map"),
+        ((data[:, :, :5], affine), "only"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            synthseg_lite.segment(bad, tta="none", threads=1)
+    coarse = affine.copy()
+    coarse[2, 2] = 12.0  # 12 mm slices: segmented, with the command's warning
+    with caplog.at_level(logging.WARNING):
+        res = synthseg_lite.segment((data, coarse), tta="none", threads=1)
+    assert res.labels.shape == data.shape
+    assert any("coarser than any training resolution" in r.getMessage() for r in caplog.records)
 
 
 def test_an_error_in_a_configured_class_names_the_setting_and_its_cause():

@@ -72,7 +72,7 @@ from synthseg_lite.inference.outputs import (
     write_json,
 )
 from synthseg_lite.inference.figures import qc_figure
-from synthseg_lite.validate import blank_problem, scan_problem, scan_warnings
+from synthseg_lite.validate import check_scan
 
 __all__ = [
     "InferenceOptions",
@@ -166,12 +166,7 @@ def _read_scan(scan: Scan, max_voxels: int | None) -> Volume:
 def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResult:
     """Segment ``scan`` and write its files; ``volumes.csv`` row and provenance last."""
     vol = w.reader.read(scan) if w.reader else _read_scan(scan, w.opts.max_voxels)
-    problem = blank_problem(vol.data, scan.path) or scan_problem(  # a label map, a few voxels
-        vol.data[::2, ::2, ::2], scan.path, vol.data.shape
-    )
-    if problem:
-        raise ValueError(problem)
-    for warning in scan_warnings(vol.data.shape, vol.spacing, scan.path):
+    for warning in check_scan(vol.data, vol.affine, scan.path):  # a label map, a few voxels...
         log.warning(warning)
     pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device, str(scan.path))
     target = w.predictor.meta.label_table.target
