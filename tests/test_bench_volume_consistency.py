@@ -1,4 +1,5 @@
-"""benchmarks/symmetry.py: left/right ratios of a study's volumes.csv and of reference asegs."""
+"""benchmarks/volume_consistency.py: left/right ratios of a study's volumes.csv and of reference
+asegs; each structure's volume against another study of the same subjects."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks.symmetry import main, pairs_of
+from benchmarks.volume_consistency import main, pairs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_ratios_medians_and_the_reference(tmp_path, capsys):
     out = tmp_path / "sym"
     main(["--volumes", str(_study(tmp_path / "volumes.csv")), "--aseg", str(ref),
           "--output", str(out)])
-    record = json.loads((out / "symmetry.json").read_text())
+    record = json.loads((out / "volume_consistency.json").read_text())
     hip, horn = record["pairs"]["Hippocampus"], record["pairs"]["Inf-Lat-Vent"]
     assert hip["scans"] == 3 and hip["ratios"] == [0.8, 1.0, 1.25] and hip["median"] == 1.0
     assert hip["median_left_mm3"] == 4000 and hip["median_right_mm3"] == 4000
@@ -60,8 +61,8 @@ def test_ratios_medians_and_the_reference(tmp_path, capsys):
     assert record["aseg"]["Hippocampus"]["median_left_mm3"] == 200.0  # 2 mm^3 voxels
     assert record["aseg"]["Inf-Lat-Vent"]["median"] is None  # nothing on the right: inf
     assert "| Inf-Lat-Vent | 2 | 1.25 | 0.50–2.00 | 200, 175 | inf | inf–inf |" in (
-        out / "symmetry.md").read_text()
-    table = (out / "symmetry.md").read_text()
+        out / "volume_consistency.md").read_text()
+    table = (out / "volume_consistency.md").read_text()
     assert "| Hippocampus | 3 | 1.00 | 0.80–1.25 | 4,000, 4,000 | 0.50 | 0.50–0.50 |" in table
     assert table in capsys.readouterr().out
 
@@ -69,7 +70,7 @@ def test_ratios_medians_and_the_reference(tmp_path, capsys):
 def test_a_study_without_pairs_is_one_error_line(tmp_path):
     bad = tmp_path / "volumes.csv"
     bad.write_text("subject,GM_mm3,WM_mm3\ns1,1,2\n")
-    res = subprocess.run([sys.executable, "-m", "benchmarks.symmetry", "--volumes", str(bad),
+    res = subprocess.run([sys.executable, "-m", "benchmarks.volume_consistency", "--volumes", str(bad),
                           "--output", str(tmp_path / "o")], cwd=ROOT, capture_output=True,
                          text=True, check=False)
     assert res.returncode == 2
@@ -84,3 +85,32 @@ def test_an_aseg_pattern_that_matches_nothing_is_refused(tmp_path):
         main(["--volumes", str(_study(tmp_path / "v.csv")), "--aseg", str(tmp_path / "none_*.nii"),
               "--output", str(tmp_path / "o")])
     assert exc.value.code == 2
+
+
+def test_against_another_study_pairs_subjects_and_gives_each_structures_ratio(tmp_path):
+    base = _study(tmp_path / "t1.csv")
+    other = tmp_path / "flair.csv"
+    with open(base, newline="") as f:
+        rows = list(csv.reader(f))
+    head, body = rows[0], rows[1:]
+    scaled = []
+    for r in body:  # s1 doubled, s3 halved, s2 missing; a new subject s4 with no partner
+        if r[0] == "s2":
+            continue
+        f = 2.0 if r[0] == "s1" else 0.5
+        scaled.append([r[0], r[1]] + [float(v) * f for v in r[2:]])
+    scaled.append(["s4", 0.9] + [1.0] * (len(head) - 2))
+    with open(other, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows(scaled)
+    out = tmp_path / "vc"
+    main(["--volumes", str(other), "--against", str(base), "--output", str(out)])
+    against = json.loads((out / "volume_consistency.json").read_text())["against"]
+    hip = against["Left-Hippocampus"]
+    assert hip["subjects"] == 2 and hip["ratios"] == [2.0, 0.5] and hip["within_10pct"] == 0
+    assert against["3rd-Ventricle"]["median"] == pytest.approx(1.25)  # unpaired structures too
+    assert "Left-Lesion" not in against  # empty in the other study: no ratio
+    assert not any(k.endswith("_soft") for k in against)
+    assert "| Left-Hippocampus | 2 | 1.25 | 0.50–2.00 | 0/2 |" in (
+        out / "volume_consistency.md").read_text()

@@ -1,19 +1,31 @@
-"""Left/right volume ratios of a structure study: a check that needs no reference labels.
+"""Volume checks of a structure study that need no reference labels: left against right, and
+the same subjects against another study (another contrast, resolution or model).
 
-    python -m benchmarks.symmetry --volumes <infer output>/volumes.csv --output sym/
-    python -m benchmarks.symmetry --volumes seg/volumes.csv --aseg 'refs/*/aseg.nii.gz' --output sym/
+    python -m benchmarks.volume_consistency --volumes <infer output>/volumes.csv --output vc/
+    python -m benchmarks.volume_consistency --volumes seg/volumes.csv --aseg 'refs/*/aseg.nii.gz' \
+        --output vc/                                    # the references' own left/right ratios
+    python -m benchmarks.volume_consistency --volumes seg_flair/volumes.csv \
+        --against seg_t1/volumes.csv --output vc/       # each structure's volume, FLAIR over T1
 
-A brain's paired structures are close to symmetric on average, so a model that draws one side
-smaller than the other shows it in the median left/right volume ratio over many scans of any
-contrast, none of which need a manual segmentation. One scan's ratio far from 1 is either that
-scan's anatomy or the model: ``--aseg`` gives the references' own ratios beside the prediction's
-(e.g. a FreeSurfer aseg of one of the scans) to tell the two apart.
+Left and right: paired structures are close to symmetric on average, and one scan's ratio far
+from 1 is either that scan's anatomy or a structure drawn differently on its two sides: ``--aseg``
+gives the references' own ratios beside the prediction's (a FreeSurfer aseg of the same scan, or
+the training label maps for the population) to tell the two apart. With flip TTA (the default)
+the network sees every scan and its mirror image, so a side bias of the network itself cancels;
+segment with ``tta=none`` to see it.
 
-Reads the ``volumes.csv`` of ``synthseg-lite-infer model=structures`` (``<name>_mm3`` columns,
-FreeSurfer names ``Left-X`` / ``Right-X``); every pair with both columns is reported. Output:
-``symmetry.json`` (per pair: the per-scan ratios, their median and range, the median volumes in
-mm^3, a ratio ``null`` where only the right side is empty; with ``--aseg`` the same of the label
-maps) and ``symmetry.md`` (the table).
+Against another study (``--against``, subjects paired by the ``subject`` column): a subject's
+structures do not change with the contrast or the slice thickness of its scan, so the ratio of
+each structure's volume in this study to that in the other shows, on unlabelled scans, what a
+contrast or a resolution does to the model (SynthSeg's claim of volumes that hold across
+contrasts, measured).
+
+Reads the ``volumes.csv`` of ``synthseg-lite-infer model=structures`` (``<name>_mm3`` columns of
+the hard labels, FreeSurfer names ``Left-X`` / ``Right-X``). Output: ``volume_consistency.json``
+(per pair: the per-scan left/right ratios, their median and range, the median volumes in mm^3, a
+ratio ``null`` where only the right side is empty; with ``--aseg`` the same of the label maps;
+with ``--against``, per structure the per-subject ratios, median, range and how many are within
+10 %) and ``volume_consistency.md`` (the tables).
 """
 
 from __future__ import annotations
@@ -80,6 +92,43 @@ def read_study(path: Path) -> tuple[list[str], list[dict[str, float]]]:
     ]
 
 
+def against(study: Path, other: Path) -> dict:
+    """Per structure (every hard ``<name>_mm3`` column but the totals), the ratio of its volume
+    in ``study`` to that in ``other`` for each subject in both (structures empty in ``other``
+    for a subject leave that subject out)."""
+    def rows_of(path: Path) -> dict[str, dict[str, str]]:
+        with open(path, newline="") as f:
+            rows = {r["subject"]: r for r in csv.DictReader(f)} if path.is_file() else {}
+        if not rows:
+            raise ValueError(f"{path}: no scan in it (a volumes.csv of synthseg-lite-infer?)")
+        return rows
+
+    a, b = rows_of(study), rows_of(other)
+    subjects = sorted(set(a) & set(b))
+    if not subjects:
+        raise ValueError(f"{study} and {other} have no subject in common")
+    first = a[subjects[0]]
+    names = [c[: -len("_mm3")] for c in first if c.endswith("_mm3")
+             and not c.endswith("_soft_mm3") and not c.startswith("total_") and c in b[subjects[0]]]
+    out = {}
+    for name in names:
+        num = np.array([float(a[s][f"{name}_mm3"]) for s in subjects])
+        den = np.array([float(b[s][f"{name}_mm3"]) for s in subjects])
+        keep = den > 0
+        if not keep.any():
+            continue
+        q = num[keep] / den[keep]
+        out[name] = {
+            "subjects": int(keep.sum()),
+            "ratios": [round(float(v), 4) for v in q],
+            "median": float(np.median(q)),
+            "min": float(q.min()),
+            "max": float(q.max()),
+            "within_10pct": int((np.abs(q - 1) <= 0.1).sum()),
+        }
+    return out
+
+
 def read_asegs(pattern: str, names: list[str]) -> list[dict[str, float]]:
     """The same volumes (mm^3) from FreeSurfer-valued label maps."""
     from synthseg_lite.io import load_label_map
@@ -123,6 +172,14 @@ def markdown(record: dict) -> str:
             line += (f" {_f(a['median'])} | {_f(a['min'])}–{_f(a['max'])} |" if a["scans"]
                      else " | |")
         lines.append(line)
+    if record.get("against"):
+        title = f"Each structure's volume over that in {record['against_volumes']}, same subjects:"
+        lines += ["", title, "",
+                  "| structure | subjects | median ratio | range | within ±10 % |",
+                  "|---|---|---|---|---|"]
+        for name, r in record["against"].items():
+            lines.append(f"| {name} | {r['subjects']} | {r['median']:.2f} | {r['min']:.2f}–"
+                         f"{r['max']:.2f} | {r['within_10pct']}/{r['subjects']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="volumes.csv of a study segmented with a structure model")
     parser.add_argument("--aseg", default=None,
                         help="glob of FreeSurfer-valued reference label maps, for their ratios")
+    parser.add_argument("--against", default=None, type=Path,
+                        help="volumes.csv of the same subjects in another study, for the ratios")
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
@@ -144,12 +203,15 @@ def main(argv: list[str] | None = None) -> None:
             refs = read_asegs(args.aseg, names)
             record["aseg"] = {n: ratios(refs, n) for n in names if f"Left-{n}" in refs[0]}
             record["aseg_files"] = sorted(glob.glob(args.aseg))
+        if args.against:
+            record["against"] = against(args.volumes, args.against)
+            record["against_volumes"] = str(args.against)
         args.output.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as exc:
         fail(str(exc))
-    (args.output / "symmetry.json").write_text(json.dumps(record, indent=1))
+    (args.output / "volume_consistency.json").write_text(json.dumps(record, indent=1))
     table = markdown(record)
-    (args.output / "symmetry.md").write_text(table)
+    (args.output / "volume_consistency.md").write_text(table)
     sys.stdout.write(table)
 
 
