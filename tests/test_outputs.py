@@ -21,7 +21,7 @@ from synthseg_lite.inference.postprocess import qc_scores
 from synthseg_lite.labels import TARGET_PRESETS
 from synthseg_lite.labels.lut import FREESURFER_COLORS, output_labels, read_lut
 from synthseg_lite.inference.outputs import find_scans, merge_volumes, read_volumes, select_part
-from synthseg_lite.inference.report import robust_z, write_report
+from synthseg_lite.inference.report import asymmetry, robust_z, write_report
 from helpers import _small_head, OPTS, _bids, _use_net, _write
 
 ANISO = np.array([[1.2, 0, 0, -20], [0, 0.9, 0, -15], [0, 0, 1.5, -10], [0, 0, 0, 1.0]])
@@ -218,6 +218,8 @@ def test_robust_z_marks_the_outlier():
     z = robust_z([100, 102, 98, 101, 99, 100, 160])
     assert abs(z[-1]) > 3 and np.all(np.abs(z[:-1]) < 3)
     assert np.all(robust_z([5, 5, 5]) == 0)
+    tight = [0.001, -0.001, 0.0, 0.002, -0.002, 0.001, 0.03]  # all within 3 % of each other
+    assert abs(robust_z(tight)[-1]) > 3 and abs(robust_z(tight, min_sd=0.05)[-1]) < 1
 
 
 def _study_csv(root: Path, n: int = 12) -> None:
@@ -245,6 +247,34 @@ def test_report_html_content(tmp_path):
     assert 'src="data:image/png;base64,' in page and 'src="case04_qc.png"' in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from elsewhere
     assert "1 flagged" in page
+
+
+def test_report_lists_left_right_asymmetry_outliers(tmp_path):
+    """A hippocampus drawn 30 % smaller on one side of one scan: its volume is within the study's
+    spread, its asymmetry index is not."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(12):
+        size = rng.normal(4000, 400)  # subjects differ in size, both sides alike
+        left, right = size * rng.normal(1, 0.01), size * rng.normal(1, 0.01)
+        if i == 5:
+            left *= 0.7
+        rows.append({"subject": f"case{i:02d}", "qc_score": 0.9, "qc_flag": False,
+                     "Left-Hippocampus_mm3": left, "Right-Hippocampus_mm3": right,
+                     "Left-Hippocampus_soft_mm3": left, "3rd-Ventricle_mm3": 900.0})
+    merge_volumes(tmp_path / "volumes.csv", rows)
+    header, read = read_volumes(tmp_path / "volumes.csv")
+    ai = asymmetry(read, header)
+    assert list(ai) == ["Hippocampus"]  # pairs of hard volumes only
+    assert ai["Hippocampus"][5] == pytest.approx(-0.3 / 0.85, abs=0.03)
+    page = write_report(tmp_path, 0.65).read_text()
+    volume_outliers = page[page.index("<h3>Outliers"):page.index("<h3>Left/right")]
+    assert "case05" not in volume_outliers
+    section = page[page.index("<h3>Left/right"):page.index("QC images")]
+    assert re.findall(r"<tr><td>(case\d\d)</td><td>Hippocampus</td>", section) == ["case05"]
+    assert "1 left/right asymmetry outlier(s)" in page
+    _study_csv(tmp_path / "tissue")  # a tissue study has no pairs: no such section
+    assert "Left/right" not in write_report(tmp_path / "tissue", 0.65).read_text()
 
 
 @pytest.mark.slow

@@ -3,7 +3,10 @@
 Built from the study's ``volumes.csv`` (every row, earlier runs included): the QC scores sorted
 worst first with flags, every scan's QC thumbnail (relative links to the QC PNGs beside the
 segmentations), a plot of each volume across scans with outliers (robust z-score
-``0.6745 (x - median) / MAD`` beyond :data:`OUTLIER_Z`) labelled by case (inline PNG), and the
+``0.6745 (x - median) / MAD`` beyond :data:`OUTLIER_Z`) labelled by case (inline PNG), the
+left/right asymmetry outliers of a structure study (ENIGMA's asymmetry index, the same robust z
+with a floor on its scale, :data:`ASYMMETRY_MIN_SD`: a structure drawn smaller on one side of one
+scan, which its volumes alone can hide), and the
 volumes table. No script, stylesheet or font is fetched from anywhere.
 """
 
@@ -28,13 +31,26 @@ from synthseg_lite._version import __version__
 from synthseg_lite.io import atomic_write
 from synthseg_lite.inference.outputs import read_volumes
 
-__all__ = ["OUTLIER_Z", "REPORT_HTML", "outliers", "robust_z", "volume_plot", "write_report"]
+__all__ = [
+    "ASYMMETRY_MIN_SD",
+    "OUTLIER_Z",
+    "REPORT_HTML",
+    "asymmetry",
+    "outliers",
+    "robust_z",
+    "volume_plot",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 #: |robust z| above this marks a volume as an outlier.
 OUTLIER_Z = 3.0
+#: Floor of the asymmetry index's robust standard deviation: with it an outlier differs from the
+#: study's median index by more than 0.15 (sides 15 % apart beyond the study's usual), whatever
+#: the spread of a small study (healthy subcortical indices spread by about 0.03-0.10).
+ASYMMETRY_MIN_SD = 0.05
 
 _CSS = """
 body{font-family:sans-serif;margin:1.5em;color:#222}
@@ -53,14 +69,21 @@ img.plot{max-width:100%}
 """
 
 
-def robust_z(values: Sequence[float]) -> np.ndarray:
-    """(N,) robust z-scores ``0.6745 (x - median) / MAD`` (NaN stays NaN; 0 when MAD is 0)."""
+def robust_z(values: Sequence[float], min_sd: float = 0.0) -> np.ndarray:
+    """(N,) robust z-scores ``(x - median) / max(MAD / 0.6745, min_sd)`` (NaN stays NaN; 0 when
+    the scale is 0).
+
+    Args:
+        min_sd: floor of the robust standard deviation, in the values' unit: a study whose scans
+            all agree closely (a small MAD) does not flag a difference too small to matter.
+    """
     x = np.asarray(values, dtype=float)
     med = np.nanmedian(x) if np.isfinite(x).any() else np.nan
     mad = np.nanmedian(np.abs(x - med)) if np.isfinite(x).any() else np.nan
-    if not mad or not np.isfinite(mad):
+    scale = max(mad / 0.6745, min_sd) if np.isfinite(mad) else np.nan
+    if not scale or not np.isfinite(scale):
         return np.where(np.isfinite(x), 0.0, np.nan)
-    return 0.6745 * (x - med) / mad
+    return (x - med) / scale
 
 
 def _float(v: str) -> float:
@@ -76,16 +99,36 @@ def _volume_columns(header: Sequence[str]) -> list[str]:
 
 
 def outliers(
-    rows: Sequence[Mapping[str, str]], columns: Sequence[str], z: float = OUTLIER_Z
+    rows: Sequence[Mapping[str, str]], columns: Sequence[str], z: float = OUTLIER_Z,
+    min_sd: float = 0.0,
 ) -> list[tuple[str, str, float, float]]:
-    """``(case, column, volume, robust z)`` for every volume with ``|robust z| > z``."""
+    """``(case, column, value, robust z)`` for every value with ``|robust z| > z``
+    (:func:`robust_z` with ``min_sd``)."""
     found = []
     for col in columns:
         vals = [_float(r.get(col, "")) for r in rows]
-        for r, v, s in zip(rows, vals, robust_z(vals)):
+        for r, v, s in zip(rows, vals, robust_z(vals, min_sd)):
             if np.isfinite(s) and abs(s) > z:
                 found.append((r["subject"], col, v, float(s)))
     return sorted(found, key=lambda t: -abs(t[3]))
+
+
+def asymmetry(rows: Sequence[Mapping[str, str]], header: Sequence[str]) -> dict[str, list[float]]:
+    """Per left/right pair of hard-volume columns (``Left-X_mm3``, ``Right-X_mm3``), each scan's
+    asymmetry index ``(L - R) / ((L + R) / 2)`` (ENIGMA's; NaN where both are empty), by ``X``."""
+    cols = set(_volume_columns(header))
+    out = {}
+    for col in _volume_columns(header):
+        if not col.startswith("Left-") or "Right-" + col[len("Left-"):] not in cols:
+            continue
+        left = np.array([_float(r.get(col, "")) for r in rows])
+        right = np.array([_float(r.get("Right-" + col[len("Left-"):], "")) for r in rows])
+        mean = (left + right) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[col[len("Left-"):-len("_mm3")]] = np.where(
+                mean > 0, (left - right) / mean, np.nan
+            ).tolist()
+    return out
 
 
 def volume_plot(rows: Sequence[Mapping[str, str]], columns: Sequence[str], ncols: int = 4) -> bytes:
@@ -180,6 +223,27 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
         if found
         else "<p>No volume with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
     )
+    indices = asymmetry(rows, header)
+    asym_rows = [{"subject": r["subject"], **{n: str(v[i]) for n, v in indices.items()}}
+                 for i, r in enumerate(rows)]
+    asym_found = outliers(asym_rows, list(indices), min_sd=ASYMMETRY_MIN_SD)
+    asym_table = (
+        _table(
+            ["case", "structure", "asymmetry index (L − R) / mean", "robust z"],
+            [[esc(c), esc(n), f"{v:+.3f}", f"{z:+.1f}"] for c, n, v, z in asym_found],
+            [False] * len(asym_found),
+        )
+        if asym_found
+        else "<p>No left/right asymmetry with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
+    )
+    asym_section = (
+        "<h3>Left/right asymmetry outliers</h3>\n<p>Asymmetry index (L &minus; R) / ((L + R) / 2) "
+        "of each left/right pair (ENIGMA's), outliers by the same robust z across the study, its "
+        f"standard deviation at least {ASYMMETRY_MIN_SD:g}: a structure drawn differently on the "
+        f"two sides of one scan, or an asymmetric brain.</p>\n{asym_table}"
+        if indices
+        else ""
+    )
     plot = base64.b64encode(volume_plot(rows, vol_cols)).decode() if vol_cols else ""
     plot_img = (
         f'<img class="plot" alt="volumes across scans" src="data:image/png;base64,{plot}">'
@@ -209,7 +273,8 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
 <body>
 <h1>synthseg_lite study report</h1>
 <p>{len(rows)} scan(s); <b>{len(flagged)} flagged</b> (QC score &lt; {qc_threshold:.2f});
-{len(found)} volume outlier(s) (|robust z| &gt; {OUTLIER_Z:.0f}).
+{len(found)} volume outlier(s) (|robust z| &gt; {OUTLIER_Z:.0f}){
+    f"; {len(asym_found)} left/right asymmetry outlier(s)" if indices else ""}.
 Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by synthseg_lite {__version__} from
 <a href="{esc(csv_name)}">{esc(csv_name)}</a>.</p>
 <p>QC score: for each structure group (tissue class for a tissue model), the mean over the voxels
@@ -223,6 +288,7 @@ red: outliers, labelled by case.</p>
 {plot_img}
 <h3>Outliers</h3>
 {out_table}
+{asym_section}
 <h2>QC images, worst first</h2>
 <div class="thumbs">
 {thumbs}
