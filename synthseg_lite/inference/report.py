@@ -234,7 +234,7 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
             [False] * len(asym_found),
         )
         if asym_found
-        else "<p>No left/right asymmetry with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
+        else f"<p>No left/right asymmetry with |robust z| &gt; {OUTLIER_Z:.0f}.</p>"
     )
     asym_section = (
         "<h3>Left/right asymmetry outliers</h3>\n<p>Asymmetry index (L &minus; R) / ((L + R) / 2) "
