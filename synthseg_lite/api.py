@@ -129,7 +129,8 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
 
     Args:
         scan_or_path: a NIfTI/MGZ file, a nibabel image, or a ``(data, affine)`` pair with data
-            (X, Y, Z) (or (X, Y, Z, 1)) in any intensity scale and affine (4, 4) voxel -> world in mm.
+            (X, Y, Z) (or (X, Y, Z, 1)) in any intensity scale and affine (4, 4) voxel -> world
+            in mm.
         model: ``"tissue"`` (GM, WM, ventricular CSF; shipped), ``"structures"`` (SynthSeg's
             structures; shipped when present), a run directory, a ``.ckpt`` or a ``.pt`` file.
         **options: any field of :class:`~synthseg_lite.inference.InferenceOptions`, e.g.
