@@ -179,6 +179,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], flags: Sequence
     return f'<div class="scroll"><table><tr>{head}</tr>\n{body}</table></div>'
 
 
+def _outlier_table(
+    found: Sequence[tuple[str, str, float, float]], heads: Sequence[str], fmt: str, what: str
+) -> str:
+    """:func:`outliers`' rows as a table (case, ``heads``: what and value, robust z), or one line
+    saying that there is no ``what`` outlier."""
+    if not found:
+        return f"<p>No {what} with |robust z| &gt; {OUTLIER_Z:.0f}.</p>"
+    rows = [[html.escape(c), html.escape(col), fmt.format(v), f"{z:+.1f}"]
+            for c, col, v, z in found]
+    return _table(["case", *heads, "robust z"], rows, [False] * len(found))
+
+
 def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes.csv") -> Path:
     """Write ``<root>/report.html`` from ``<root>/volumes.csv``.
 
@@ -214,27 +226,14 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
 
     vol_cols = _volume_columns(header)
     found = outliers(rows, vol_cols)
-    out_table = (
-        _table(
-            ["case", "volume", "mm³", "robust z"],
-            [[esc(c), esc(col), f"{v:.1f}", f"{z:+.1f}"] for c, col, v, z in found],
-            [False] * len(found),
-        )
-        if found
-        else "<p>No volume with |robust z| &gt; %.0f.</p>" % OUTLIER_Z
-    )
+    out_table = _outlier_table(found, ["volume", "mm³"], "{:.1f}", "volume")
     indices = asymmetry(rows, header)
     asym_rows = [{"subject": r["subject"], **{n: str(v[i]) for n, v in indices.items()}}
                  for i, r in enumerate(rows)]
     asym_found = outliers(asym_rows, list(indices), min_sd=ASYMMETRY_MIN_SD)
-    asym_table = (
-        _table(
-            ["case", "structure", "asymmetry index (L − R) / mean", "robust z"],
-            [[esc(c), esc(n), f"{v:+.3f}", f"{z:+.1f}"] for c, n, v, z in asym_found],
-            [False] * len(asym_found),
-        )
-        if asym_found
-        else f"<p>No left/right asymmetry with |robust z| &gt; {OUTLIER_Z:.0f}.</p>"
+    asym_table = _outlier_table(
+        asym_found, ["structure", "asymmetry index (L − R) / mean"], "{:+.3f}",
+        "left/right asymmetry",
     )
     asym_section = (
         "<h3>Left/right asymmetry outliers</h3>\n<p>Asymmetry index (L &minus; R) / ((L + R) / 2) "
