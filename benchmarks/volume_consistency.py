@@ -31,7 +31,6 @@ with ``--against``, per structure the per-subject ratios, median, range and how 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import sys
@@ -40,17 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from synthseg_lite.commands.common import fail
-
-
-def pairs_of(columns: list[str]) -> list[str]:
-    """Structure names X whose ``Left-X_mm3`` and ``Right-X_mm3`` columns are both present."""
-    cols = set(columns)
-    return [
-        c[len("Left-"):-len("_mm3")]
-        for c in columns
-        if c.startswith("Left-") and c.endswith("_mm3") and not c.endswith("_soft_mm3")
-        and "Right-" + c[len("Left-"):] in cols
-    ]
+from synthseg_lite.inference.outputs import read_volumes
+from synthseg_lite.inference.report import paired_structures
 
 
 def _finite(v: float) -> float | None:
@@ -76,37 +66,38 @@ def ratios(rows: list[dict[str, float]], name: str) -> dict:
     }
 
 
-def read_study(path: Path) -> tuple[list[str], list[dict[str, float]]]:
-    """The paired structures of a ``volumes.csv`` (``X`` of ``Left-X``) and its rows: per scan,
-    {``Left-X`` / ``Right-X``: mm^3 of the hard labels}."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+def read_study(path: Path) -> list[dict[str, str]]:
+    """The rows of a study's ``volumes.csv`` (:func:`read_volumes`).
+
+    Raises:
+        ValueError: no such file, or no scan in it.
+    """
+    rows = read_volumes(path)[1]
     if not rows:
-        raise ValueError(f"{path}: no scan in it")
-    names = pairs_of(list(rows[0]))
-    if not names:
-        raise ValueError(f"{path}: no Left-X_mm3 / Right-X_mm3 columns (a structure model's study?)")
-    return names, [
+        raise ValueError(f"{path}: no scan in it (a volumes.csv of synthseg-lite-infer?)")
+    return rows
+
+
+def sides(rows: list[dict[str, str]], names: list[str]) -> list[dict[str, float]]:
+    """Per scan, {``Left-X`` / ``Right-X``: mm^3 of the hard labels} of the structures ``names``."""
+    return [
         {f"{side}-{n}": float(r[f"{side}-{n}_mm3"]) for n in names for side in ("Left", "Right")}
         for r in rows
     ]
 
 
-def against(study: Path, other: Path) -> dict:
+def against(rows: list[dict[str, str]], other: list[dict[str, str]]) -> dict:
     """Per structure (every hard ``<name>_mm3`` column but the totals), the ratio of its volume
-    in ``study`` to that in ``other`` for each subject in both (structures empty in ``other``
-    for a subject leave that subject out)."""
-    def rows_of(path: Path) -> dict[str, dict[str, str]]:
-        with open(path, newline="") as f:
-            rows = {r["subject"]: r for r in csv.DictReader(f)} if path.is_file() else {}
-        if not rows:
-            raise ValueError(f"{path}: no scan in it (a volumes.csv of synthseg-lite-infer?)")
-        return rows
+    in ``rows`` to that in ``other`` for each subject in both (structures empty in ``other``
+    for a subject leave that subject out).
 
-    a, b = rows_of(study), rows_of(other)
+    Raises:
+        ValueError: no subject in both.
+    """
+    a, b = {r["subject"]: r for r in rows}, {r["subject"]: r for r in other}
     subjects = sorted(set(a) & set(b))
     if not subjects:
-        raise ValueError(f"{study} and {other} have no subject in common")
+        raise ValueError("the two studies have no subject in common")
     first = a[subjects[0]]
     names = [c[: -len("_mm3")] for c in first if c.endswith("_mm3")
              and not c.endswith("_soft_mm3") and not c.startswith("total_") and c in b[subjects[0]]]
@@ -194,7 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
-        names, rows = read_study(args.volumes)
+        study = read_study(args.volumes)
+        names = paired_structures(list(study[0]))
+        if not names:
+            raise ValueError(
+                f"{args.volumes}: no Left-X_mm3 / Right-X_mm3 columns (a structure model's study?)"
+            )
+        rows = sides(study, names)
         record: dict = {
             "volumes": str(args.volumes),
             "pairs": {n: ratios(rows, n) for n in names},
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             record["aseg"] = {n: ratios(refs, n) for n in names if f"Left-{n}" in refs[0]}
             record["aseg_files"] = sorted(glob.glob(args.aseg))
         if args.against:
-            record["against"] = against(args.volumes, args.against)
+            record["against"] = against(study, read_study(args.against))
             record["against_volumes"] = str(args.against)
         args.output.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as exc:

@@ -102,26 +102,25 @@ def _read(scan: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _in_memory(scan: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(data, affine) of a nibabel image or a ``(data, affine)`` pair, as given."""
+    """(data, affine) of a nibabel image or a ``(data, affine)`` pair, as given (one volume of a
+    4D one with a single volume, as a file's)."""
     if hasattr(scan, "affine") and hasattr(scan, "get_fdata"):
-        data = np.asarray(scan.dataobj, dtype=np.float32)
-        return np.squeeze(data, axis=3) if data.ndim == 4 and data.shape[3] == 1 else data, (
-            np.asarray(scan.affine, dtype=np.float64)
+        data, affine = np.asarray(scan.dataobj, dtype=np.float32), scan.affine
+    elif isinstance(scan, tuple) and len(scan) == 2:
+        data, affine = np.asarray(scan[0]), scan[1]
+    else:
+        raise ValueError(
+            "scan must be a file path, a nibabel image or a (data, affine) pair, got "
+            f"{type(scan).__name__}"
         )
-    if isinstance(scan, tuple) and len(scan) == 2:
-        data, affine = np.asarray(scan[0]), np.asarray(scan[1], dtype=np.float64)
-        if data.ndim == 4 and data.shape[3] == 1:  # one volume, as a file may hold it
-            data = data[..., 0]
-        if data.ndim != 3 or affine.shape != (4, 4):
-            raise ValueError(
-                f"expected a (X, Y, Z) array and a (4, 4) affine, got {data.shape} and "
-                f"{affine.shape}"
-            )
-        return data, affine
-    raise ValueError(
-        "scan must be a file path, a nibabel image or a (data, affine) pair, got "
-        f"{type(scan).__name__}"
-    )
+    affine = np.asarray(affine, dtype=np.float64)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 or affine.shape != (4, 4):
+        raise ValueError(
+            f"expected a (X, Y, Z) array and a (4, 4) affine, got {data.shape} and {affine.shape}"
+        )
+    return data, affine
 
 
 def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> SegmentationResult:

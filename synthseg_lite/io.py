@@ -96,9 +96,7 @@ def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialim
 def _first_volume(img: nib.spatialimages.SpatialImage) -> nib.spatialimages.SpatialImage:
     """The 3D image of a 4D image with one volume, still unread: its array proxy reshaped (the
     proxy keeps the file's scaling), so that a broken file fails where the data are read."""
-    data = img.dataobj
-    data = data.reshape(img.shape[:3]) if nib.is_proxy(data) else np.asanyarray(data)[..., 0]
-    return type(img)(data, img.affine, img.header, extra=img.extra)
+    return type(img)(img.dataobj.reshape(img.shape[:3]), img.affine, img.header, extra=img.extra)
 
 
 def load_volume(

@@ -133,7 +133,7 @@ def affine_problem(affine: np.ndarray, path: str | Path | None = None) -> str | 
         affine: (4, 4) voxel -> world (mm) matrix.
         path: the file, for the message (None: no prefix).
     """
-    where = f"{path}: " if path is not None else ""
+    where = _prefix(path)
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         return f"{where}the affine (voxel -> world matrix) is missing or not finite"
@@ -168,8 +168,13 @@ def check_scan(data: np.ndarray, affine: np.ndarray, path: str | Path | None = N
     )
     if problem:
         raise ValueError(problem)
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+    spacing = nib.affines.voxel_sizes(np.asarray(affine, dtype=np.float64))
     return scan_warnings(data.shape, tuple(float(s) for s in spacing), path)
+
+
+def _prefix(path: str | Path | None) -> str:
+    """``"<path>: "`` before a message about a file, nothing for a scan given in memory."""
+    return f"{path}: " if path is not None else ""
 
 
 def _integer_valued(data: np.ndarray) -> bool:
@@ -202,7 +207,7 @@ def fill_nan(data: np.ndarray, path: str | Path | None = None) -> tuple[np.ndarr
     finite = np.isfinite(data)
     if finite.all():
         return data, None
-    where = f"{path}: " if path is not None else ""
+    where = _prefix(path)
     if np.isinf(data).any():
         raise ValueError(f"{where}contains Inf values")
     if not finite.any():
@@ -224,7 +229,7 @@ def blank_problem(data: np.ndarray, path: str | Path | None = None) -> str | Non
         data: (X, Y, Z) voxel values, all of them (a subsample can miss the one voxel that differs).
         path: the file, for the message (None: no prefix).
     """
-    where = f"{path}: " if path is not None else ""
+    where = _prefix(path)
     lo, hi = (data.min(), data.max()) if data.size else (0, 0)
     if lo != hi:
         return None
@@ -246,7 +251,7 @@ def scan_problem(
         path: the file, for the message (None: no prefix).
         shape: the scan's full shape (default: ``data.shape``).
     """
-    where = f"{path}: " if path is not None else ""
+    where = _prefix(path)
     shape = tuple(int(n) for n in (shape or data.shape)[:3])
     if min(shape) < MIN_VOXELS_PER_AXIS:
         return (
@@ -278,7 +283,7 @@ def scan_warnings(
         spacing: voxel size along each axis (mm).
         path: the file, for the message (None: no prefix).
     """
-    where = f"{path}: " if path is not None else ""
+    where = _prefix(path)
     out = []
     sp = sorted(float(s) for s in spacing)
     if sp[-1] > MAX_SPACING_MM:

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks.volume_consistency import main, pairs_of
+from benchmarks.volume_consistency import main
+from synthseg_lite.inference.report import paired_structures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def _study(path: Path) -> Path:
 def test_pairs_are_the_left_right_columns_of_hard_volumes():
     cols = ["Left-A_mm3", "Left-A_soft_mm3", "Right-A_mm3", "Right-A_soft_mm3", "Left-B_mm3",
             "3rd-Ventricle_mm3"]
-    assert pairs_of(cols) == ["A"]  # B has no right column; soft volumes are not structures
+    assert paired_structures(cols) == ["A"]  # B has no right column; soft volumes are not structures
 
 
 def test_ratios_medians_and_the_reference(tmp_path, capsys):

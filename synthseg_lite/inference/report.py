@@ -37,6 +37,7 @@ __all__ = [
     "REPORT_HTML",
     "asymmetry",
     "outliers",
+    "paired_structures",
     "robust_z",
     "volume_plot",
     "write_report",
@@ -99,35 +100,48 @@ def _volume_columns(header: Sequence[str]) -> list[str]:
 
 
 def outliers(
-    rows: Sequence[Mapping[str, str]], columns: Sequence[str], z: float = OUTLIER_Z,
+    rows: Sequence[Mapping[str, str]], columns: Sequence[str], z: float = OUTLIER_Z
+) -> list[tuple[str, str, float, float]]:
+    """``(case, column, volume, robust z)`` for every volume with ``|robust z| > z``."""
+    values = {col: [_float(r.get(col, "")) for r in rows] for col in columns}
+    return _flag([r["subject"] for r in rows], values, z)
+
+
+def _flag(
+    cases: Sequence[str], values: Mapping[str, Sequence[float]], z: float = OUTLIER_Z,
     min_sd: float = 0.0,
 ) -> list[tuple[str, str, float, float]]:
-    """``(case, column, value, robust z)`` for every value with ``|robust z| > z``
-    (:func:`robust_z` with ``min_sd``)."""
+    """``(case, name, value, robust z)`` for every value of ``values`` (name -> one value per
+    case) with ``|robust z| > z`` (:func:`robust_z` with ``min_sd``), the largest first."""
     found = []
-    for col in columns:
-        vals = [_float(r.get(col, "")) for r in rows]
-        for r, v, s in zip(rows, vals, robust_z(vals, min_sd)):
+    for name, vals in values.items():
+        for case, v, s in zip(cases, vals, robust_z(vals, min_sd)):
             if np.isfinite(s) and abs(s) > z:
-                found.append((r["subject"], col, v, float(s)))
+                found.append((case, name, float(v), float(s)))
     return sorted(found, key=lambda t: -abs(t[3]))
 
 
-def asymmetry(rows: Sequence[Mapping[str, str]], header: Sequence[str]) -> dict[str, list[float]]:
-    """Per left/right pair of hard-volume columns (``Left-X_mm3``, ``Right-X_mm3``), each scan's
-    asymmetry index ``(L - R) / ((L + R) / 2)`` (ENIGMA's; NaN where both are empty), by ``X``."""
+def paired_structures(header: Sequence[str]) -> list[str]:
+    """Structure names ``X`` whose hard volumes ``Left-X_mm3`` and ``Right-X_mm3`` are both
+    columns of a ``volumes.csv`` header, in its order."""
     cols = set(_volume_columns(header))
+    return [
+        c[len("Left-"):-len("_mm3")]
+        for c in _volume_columns(header)
+        if c.startswith("Left-") and "Right-" + c[len("Left-"):] in cols
+    ]
+
+
+def asymmetry(rows: Sequence[Mapping[str, str]], header: Sequence[str]) -> dict[str, list[float]]:
+    """Per left/right pair of hard-volume columns (:func:`paired_structures`), each scan's
+    asymmetry index ``(L - R) / ((L + R) / 2)`` (ENIGMA's; NaN where both are empty), by ``X``."""
     out = {}
-    for col in _volume_columns(header):
-        if not col.startswith("Left-") or "Right-" + col[len("Left-"):] not in cols:
-            continue
-        left = np.array([_float(r.get(col, "")) for r in rows])
-        right = np.array([_float(r.get("Right-" + col[len("Left-"):], "")) for r in rows])
+    for name in paired_structures(header):
+        left = np.array([_float(r.get(f"Left-{name}_mm3", "")) for r in rows])
+        right = np.array([_float(r.get(f"Right-{name}_mm3", "")) for r in rows])
         mean = (left + right) / 2
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[col[len("Left-"):-len("_mm3")]] = np.where(
-                mean > 0, (left - right) / mean, np.nan
-            ).tolist()
+            out[name] = np.where(mean > 0, (left - right) / mean, np.nan).tolist()
     return out
 
 
@@ -228,9 +242,7 @@ def write_report(root: str | Path, qc_threshold: float, csv_name: str = "volumes
     found = outliers(rows, vol_cols)
     out_table = _outlier_table(found, ["volume", "mm³"], "{:.1f}", "volume")
     indices = asymmetry(rows, header)
-    asym_rows = [{"subject": r["subject"], **{n: str(v[i]) for n, v in indices.items()}}
-                 for i, r in enumerate(rows)]
-    asym_found = outliers(asym_rows, list(indices), min_sd=ASYMMETRY_MIN_SD)
+    asym_found = _flag([r["subject"] for r in rows], indices, min_sd=ASYMMETRY_MIN_SD)
     asym_table = _outlier_table(
         asym_found, ["structure", "asymmetry index (L − R) / mean"], "{:+.3f}",
         "left/right asymmetry",
