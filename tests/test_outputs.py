@@ -139,6 +139,7 @@ def test_provenance_sidecar(monkeypatch, tmp_path):
     assert prov["models"][0]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert prov["package_version"] and prov["command"] and prov["options"]["tta"] == "none"
     assert prov["input"] == str(scan.resolve()) and 0 <= prov["qc"]["qc_score"] <= 1
+    assert prov["pose"] is None  # a tissue model's classes carry no pose
 
 
 def test_mirrored_tree_keeps_scans_with_the_same_name_apart(monkeypatch, tmp_path):

@@ -238,6 +238,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
             "case": scan.case,
             "labels": {"convention": w.opts.labels, "desc": w.labels.desc},
             "qc": qc,
+            "pose": pred.pose,
             "outputs": {k: _rel(v, out["json"].parent) for k, v in written.items()},
         },
     )

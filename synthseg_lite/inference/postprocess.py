@@ -211,6 +211,8 @@ class NativePrediction:
             output_geometry`).
         posteriors: (K, X, Y, Z) float32 probabilities in on-disk order, or None.
         qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
+        pose: the brain's pose read by :mod:`~synthseg_lite.inference.pose` (``Pose.record``),
+            or None (not read), filled by the caller.
     """
 
     labels: np.ndarray
@@ -219,6 +221,7 @@ class NativePrediction:
     affine: np.ndarray
     posteriors: np.ndarray | None = None
     qc: dict[str, float] = field(default_factory=dict)
+    pose: dict | None = None
 
 
 def _sums(probs: torch.Tensor) -> np.ndarray:

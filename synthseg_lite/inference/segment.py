@@ -28,6 +28,7 @@ from synthseg_lite.inference.refine import (
     refine_with_intensities,
     shared_classes,
 )
+from synthseg_lite.inference.pose import POSE_MAX_DEG, segment_in_pose
 from synthseg_lite.inference.smooth import default_sigma_vox, smooth_probabilities_
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
@@ -136,6 +137,11 @@ class InferenceOptions:
             scan's field of view, in RAS voxel order, as SynthSeg writes 1 mm whatever the scan
             (``output_mm=1``: a 5 mm clinical scan gets a 1 mm segmentation, its thin structures
             and volumes as the network saw them; the posteriors and QC figure follow).
+        pose_max_deg: a brain tilted more than this (degrees) from the training maps' mean pose,
+            read from the first pass's structures, is segmented again turned into that pose and
+            its probabilities turned back (:mod:`synthseg_lite.inference.pose`; one more set of
+            network passes for such a scan); None: never. Structure models only (a tissue
+            model's classes carry no pose).
     """
 
     device: str = "auto"
@@ -164,6 +170,7 @@ class InferenceOptions:
     report: bool = True
     max_voxels: int = MAX_VOXELS
     output_mm: float | None = None
+    pose_max_deg: float | None = POSE_MAX_DEG
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -210,6 +217,12 @@ class InferenceOptions:
         if mm is not None and not (math.isfinite(mm) and mm > 0):
             raise ValueError(
                 f"output_mm must be a voxel size > 0 in mm (or null: the scan's grid), got {mm}"
+            )
+        deg = self.pose_max_deg
+        if deg is not None and not (math.isfinite(deg) and deg >= 0):
+            raise ValueError(
+                f"pose_max_deg must be an angle >= 0 in degrees (or null: never turn a scan), "
+                f"got {deg}"
             )
         if self.save_resampled and mm is None:
             raise ValueError(
@@ -376,9 +389,12 @@ def segment_volume(
             x, affine, meta.spacing_mm, divisor, tuple(opts.percentiles), opts.crop_foreground
         )
         del x
-        probs = predictor(image)[0]
-        sigma = opts.smooth_sigma_vox
         target = meta.label_table.target
+        probs, pose = segment_in_pose(
+            lambda im: predictor(im)[0], image, predictor(image)[0], target, meta.spacing_mm,
+            opts.pose_max_deg, divisor, name,
+        )
+        sigma = opts.smooth_sigma_vox
         smooth_probabilities_(probs, default_sigma_vox(target) if sigma is None else sigma)
         if opts.refine == "gmm":
             refine_with_intensities(
@@ -403,6 +419,7 @@ def segment_volume(
             geom = output_geometry(geom, opts.output_mm)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
         pred.qc = qc
+        pred.pose = None if pose is None else pose.record(opts.pose_max_deg)
         return pred
 
     return with_oom_fallback(attempt, predictor, device, name)

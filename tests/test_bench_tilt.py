@@ -1,0 +1,32 @@
+"""benchmarks/tilt.py: the turns it applies to a scan and its labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.tilt import main, parse_turns, tilt
+
+
+def test_turns_are_parsed_and_bad_ones_refused():
+    assert parse_turns("pitch:10,roll:-20,yaw:0") == [("pitch", 10.0), ("roll", -20.0), ("yaw", 0.0)]
+    for bad in ("tilt:10", "pitch:ten", "pitch"):
+        with pytest.raises(ValueError, match="pitch\\|roll\\|yaw"):
+            parse_turns(bad)
+
+
+def test_no_turn_is_identity_and_a_pitch_takes_the_front_up():
+    labels = np.zeros((21, 21, 21), np.int32)
+    labels[10, 16, 10] = 7  # in front of the centre (RAS: +y)
+    labels[4, 10, 10] = 3  # left of it
+    np.testing.assert_array_equal(tilt(labels, "pitch", 0, 0), labels)
+    up = tilt(labels, "pitch", 90, 0)  # about left-right, right-hand rule: front -> top
+    assert set(np.unique(up)) == {0, 3, 7}
+    assert up[10, 10, 16] == 7 and up[4, 10, 10] == 3  # left stays left
+    assert tilt(labels, "yaw", 90, 0)[4, 10, 10] == 7  # a yaw of 90 degrees: the front to the left
+
+
+def test_missing_data_is_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--output", str(tmp_path / "o"), "--scan", str(tmp_path / "none.nii.gz")])
+    assert e.value.code == 2 and "not found" in capsys.readouterr().err

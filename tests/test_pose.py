@@ -1,0 +1,162 @@
+"""Head pose (synthseg_lite.inference.pose): the rotation read from a segmentation's structures,
+and the second pass in the training maps' mean pose."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from synthseg_lite.inference import InferenceOptions
+from synthseg_lite.inference.pose import (
+    POSE_ATLAS,
+    estimate_pose,
+    kabsch,
+    pose_atlas,
+    segment_in_pose,
+    turn,
+)
+from synthseg_lite.labels.presets import TARGET_PRESETS
+
+SYNTHSEG = TARGET_PRESETS["synthseg"]
+SPACING = 2.0  # mm: the atlas's structures as 6 mm balls on a coarse grid keep the test small
+SHAPE = (44, 48, 42)
+LABEL_MAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps"
+
+
+def _labels(rotation: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) class indices of the synthseg target: a ball of 6 mm at each atlas centroid
+    turned by ``rotation`` about the grid's centre (nearest centroid where two balls meet)."""
+    centre = (np.asarray(SHAPE) - 1) / 2 * SPACING
+    classes = [k for k, v in enumerate(SYNTHSEG.values) if v in POSE_ATLAS]
+    points = np.array([POSE_ATLAS[SYNTHSEG.values[k]] for k in classes]) @ rotation.T + centre
+    grid = np.stack(np.meshgrid(*[np.arange(n) * SPACING for n in SHAPE], indexing="ij"), -1)
+    dist = np.linalg.norm(grid[..., None, :] - points, axis=-1)  # (X, Y, Z, N)
+    nearest = dist.argmin(-1)
+    return np.where(dist.min(-1) <= 6.0, np.asarray(classes)[nearest], 0)
+
+
+def _one_hot(labels: np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(labels, dtype=torch.long)
+    return torch.nn.functional.one_hot(t, SYNTHSEG.n_classes).permute(3, 0, 1, 2).float()
+
+
+def _image(labels: np.ndarray) -> torch.Tensor:
+    """(1, 1, X, Y, Z) image whose intensity is the class index / K."""
+    return torch.as_tensor(labels / SYNTHSEG.n_classes, dtype=torch.float32)[None, None]
+
+
+def _network(image: torch.Tensor) -> torch.Tensor:
+    """A 'network' that reads the class from the intensity, voxel by voxel: (K, X, Y, Z); an
+    intensity off every class's level (a blend at an edge) is background."""
+    level = image[0, 0] * SYNTHSEG.n_classes
+    k = torch.round(level).long().clamp(0, SYNTHSEG.n_classes - 1)
+    k[(level - k).abs() > 0.02] = 0
+    return torch.nn.functional.one_hot(k, SYNTHSEG.n_classes).permute(3, 0, 1, 2).float()
+
+
+def _interior(labels: np.ndarray) -> np.ndarray:
+    """Voxels whose 3 x 3 x 3 neighbourhood is one structure."""
+    from scipy import ndimage
+
+    lo = ndimage.minimum_filter(labels, 3)
+    return (lo == ndimage.maximum_filter(labels, 3)) & (labels > 0)
+
+
+def test_kabsch_recovers_a_rotation_and_never_mirrors():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(12, 3)) * 20
+    r = Rotation.from_euler("xyz", [25, -10, 40], degrees=True).as_matrix()
+    q = p @ r.T + [5.0, -3.0, 8.0]
+    np.testing.assert_allclose(kabsch(p, q), r, atol=1e-9)
+    mirrored = p * [-1, 1, 1]  # the best fit of a mirror image is still a proper rotation
+    assert np.linalg.det(kabsch(p, mirrored)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("euler", [(0, 0, 0), (25, 0, 0), (0, -20, 0), (12, 8, -15)])
+def test_the_pose_of_turned_structures_is_the_turn(euler):
+    turned = Rotation.from_euler("xyz", euler, degrees=True).as_matrix()
+    pose = estimate_pose(_one_hot(_labels(turned)), SYNTHSEG, SPACING)
+    assert pose is not None and pose.n_structures >= len(POSE_ATLAS) - 3  # balls that meet are split
+    # the pose takes the scan back to the atlas: the inverse of the turn
+    error = Rotation.from_matrix(pose.rotation @ turned).magnitude()
+    assert np.degrees(error) < 1.5
+    assert pose.degrees == pytest.approx(np.degrees(Rotation.from_matrix(turned).magnitude()),
+                                         abs=1.5)
+    assert pose.rms_mm < 1.0
+
+
+def test_no_pose_without_structures_or_for_a_tissue_model():
+    tissue = TARGET_PRESETS["tissue"]
+    probs = torch.rand(tissue.n_classes, 16, 16, 16)
+    assert estimate_pose(probs, tissue, 1.0) is None
+    empty = _one_hot(np.zeros(SHAPE, np.int64))
+    assert estimate_pose(empty, SYNTHSEG, SPACING) is None
+    # a scrambled segmentation (each structure somewhere else) does not pass for a pose
+    rng = np.random.default_rng(1)
+    values = [v for v in SYNTHSEG.values if v in POSE_ATLAS]
+    scrambled = dict(zip(values, rng.permutation([POSE_ATLAS[v] for v in values])))
+    assert estimate_pose(_one_hot(_labels(np.eye(3))), SYNTHSEG, SPACING, scrambled) is None
+
+
+def test_turn_by_identity_is_identity_and_a_quarter_turn_is_exact():
+    x = torch.rand(1, 2, 9, 11, 7)
+    assert torch.allclose(turn(x, np.eye(3), x.shape[2:]), x, atol=1e-5)
+    quarter = Rotation.from_euler("x", 90, degrees=True).as_matrix()
+    y = turn(x, quarter, (9, 7, 11))
+    assert torch.allclose(turn(y, quarter.T, x.shape[2:]), x, atol=1e-5)
+
+
+def test_a_tilted_scan_is_segmented_upright_and_turned_back():
+    """A quarter turn of roll: the network sees the upright brain, left stays left, and the
+    result on the scan's grid is the first pass's inside the structures."""
+    tilted = Rotation.from_euler("y", 90, degrees=True).as_matrix()
+    labels = _labels(tilted)
+    seen = []
+
+    def network(image):
+        seen.append(image)
+        return _network(image)
+
+    image = _image(labels)
+    first = _network(image)
+    probs, pose = segment_in_pose(network, image, first.clone(), SYNTHSEG, SPACING, 10.0)
+    assert pose is not None and pose.degrees == pytest.approx(90, abs=1)
+    assert len(seen) == 1  # one second pass
+    upright = estimate_pose(_network(seen[0]), SYNTHSEG, SPACING)
+    assert upright is not None and upright.degrees < 5.0  # (the edges blur the balls)
+    interior = torch.as_tensor(_interior(labels))
+    agree = (probs.argmax(0) == first.argmax(0))[interior].float().mean()
+    assert interior.sum() > 200 and agree > 0.99
+    torch.testing.assert_close(probs.sum(0), torch.ones(SHAPE))
+
+
+@pytest.mark.parametrize("max_deg", [None, 30.0])
+def test_a_scan_within_max_deg_is_left_as_it_lies(max_deg):
+    labels = _labels(Rotation.from_euler("x", 20, degrees=True).as_matrix())
+    calls = []
+    first = _one_hot(labels)
+    probs, pose = segment_in_pose(
+        lambda im: calls.append(im) or _network(im), _image(labels), first, SYNTHSEG, SPACING,
+        max_deg,
+    )
+    assert probs is first and not calls
+    assert (pose is None) == (max_deg is None)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_pose_max_deg_must_be_an_angle(bad):
+    with pytest.raises(ValueError, match="pose_max_deg"):
+        InferenceOptions(pose_max_deg=bad)
+
+
+@pytest.mark.skipif(not LABEL_MAPS.is_dir(), reason="shared training label maps absent")
+def test_the_atlas_is_the_training_maps_mean_pose():
+    atlas = pose_atlas(sorted(glob.glob(str(LABEL_MAPS / "*.nii.gz"))))
+    assert atlas.keys() == POSE_ATLAS.keys()
+    np.testing.assert_allclose([atlas[v] for v in atlas], [POSE_ATLAS[v] for v in atlas],
+                               atol=0.051)
