@@ -11,7 +11,7 @@ Each turn is a rotation about one axis of the scan's RAS voxel grid through the 
 up-down, in degrees (right-hand rule). The scan (trilinear) and its aseg (nearest neighbour) are
 padded by 32 voxels first, so that nothing is cut, and turned alike. Output: ``tilt.json`` (per
 turn and setting: the mean Dice over SynthSeg's 31 structures, the 4th ventricle's and the
-left inferior horn's, seconds) and ``tilt.md`` (the table).
+left inferior horn's, seconds, the pose read) and ``tilt.md`` (the table).
 """
 
 from __future__ import annotations
@@ -73,6 +73,21 @@ def padded_ras(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     return data, affine
 
 
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table of :func:`main`'s rows (``turn``, and per setting ``dice``,
+    ``seconds`` and the ``pose`` read)."""
+    header = "| turn | pose read (degrees) | with the pose step | without (`pose_max_deg=null`) |"
+    lines = [header + " seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        pose = r["pose"]["pose"]
+        read = "none" if pose is None else (
+            f"{pose['degrees']:.1f}{' (upright)' if pose['segmented_upright'] else ''}")
+        lines.append(f"| {r['turn']} | {read} | {r['pose']['dice']:.3f} | "
+                     f"{r['no pose']['dice']:.3f} | {r['pose']['seconds']:.0f} / "
+                     f"{r['no pose']['seconds']:.0f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", required=True, type=Path)
@@ -123,16 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 "4th_ventricle": round(dice[15]["Dice"], 4),
                 "left_inferior_horn": round(dice[5]["Dice"], 4),
                 "seconds": round(seconds, 1),
+                "pose": result.pose,  # the pose read (None without the pose step)
             }
             log.info("%s, %s: mean Dice %.4f (%.0f s)", tag, name, row[name]["dice"], seconds)
         rows.append(row)
     (args.output / "tilt.json").write_text(json.dumps(
         {"model": args.model, "scan": str(args.scan), "threads": args.threads, "turns": rows},
         indent=1))
-    lines = ["| turn | with the pose step | without (`pose_max_deg=null`) | seconds |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['turn']} | {r['pose']['dice']:.3f} | {r['no pose']['dice']:.3f} | "
-              f"{r['pose']['seconds']:.0f} / {r['no pose']['seconds']:.0f} |" for r in rows]
+    lines = table(rows)
     (args.output / "tilt.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

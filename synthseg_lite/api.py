@@ -46,6 +46,9 @@ class SegmentationResult:
             out.
         qc: QC scores in [0, 1] (``qc_score``: the lowest group confidence, as in ``volumes.csv``).
         model: the model file or run directory used.
+        pose: a structure model's reading of the brain's pose (degrees from the training maps'
+            mean pose, pitch / roll / yaw, ``segmented_upright``), as in the sidecar JSON; None
+            for a tissue model (:mod:`synthseg_lite.inference.pose`).
     """
 
     labels: np.ndarray
@@ -57,6 +60,7 @@ class SegmentationResult:
     soft_volumes: dict[str, float]
     qc: dict[str, float] = field(default_factory=dict)
     model: str = ""
+    pose: dict | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write the label volume (NIfTI, or MGZ for a ``.mgz`` name) atomically; returns ``path``.
@@ -173,4 +177,5 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         soft_volumes={n: float(v) for n, v in zip(out.names[1:], pred.volumes_mm3[1:])},
         qc=dict(pred.qc),
         model=str(path),
+        pose=pred.pose,
     )

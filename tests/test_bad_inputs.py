@@ -348,6 +348,8 @@ CASES: list[Case] = [
          stderr_has="roi_size"),
     Case("infer-threads-negative", "infer", _infer_args(["threads=-2"]), stderr_has="threads"),
     Case("infer-output-mm-zero", "infer", _infer_args(["output_mm=0"]), stderr_has="output_mm"),
+    Case("infer-pose-max-deg-negative", "infer", _infer_args(["pose_max_deg=-3"]),
+         stderr_has="pose_max_deg"),
     Case("infer-output-mm-word", "infer", _infer_args(["output_mm=fine"]),
          stderr_has="output_mm"),
     Case("infer-keep-largest", "infer", _infer_args(["keep_largest=maybe"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.tilt import main, parse_turns, tilt
+from benchmarks.tilt import main, parse_turns, table, tilt
 
 
 def test_turns_are_parsed_and_bad_ones_refused():
@@ -30,3 +30,14 @@ def test_missing_data_is_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--output", str(tmp_path / "o"), "--scan", str(tmp_path / "none.nii.gz")])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_the_table_gives_both_settings_and_the_pose_read():
+    row = {"turn": "roll+30",
+           "pose": {"dice": 0.8349, "seconds": 64.0,
+                    "pose": {"degrees": 27.2, "segmented_upright": True}},
+           "no pose": {"dice": 0.7198, "seconds": 28.0, "pose": None}}
+    unread = row | {"turn": "pitch+0", "pose": row["pose"] | {"pose": None}}
+    lines = table([row, unread])
+    assert lines[2] == "| roll+30 | 27.2 (upright) | 0.835 | 0.720 | 64 / 28 |"
+    assert lines[3].startswith("| pitch+0 | none |") and len(lines) == 4

@@ -88,6 +88,7 @@ def test_the_pose_of_turned_structures_is_the_turn(euler):
     assert pose.degrees == pytest.approx(np.degrees(Rotation.from_matrix(turned).magnitude()),
                                          abs=1.5)
     assert pose.rms_mm < 1.0
+    np.testing.assert_allclose(pose.euler, euler, atol=1.5)  # the tilt, as it was applied
 
 
 def test_no_pose_without_structures_or_for_a_tissue_model():

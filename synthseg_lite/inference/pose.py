@@ -19,7 +19,7 @@ network's grid, is turned by it into a grid that holds the first pass's brain (a
 it), segmented again, and the probabilities are turned back onto the first grid (trilinear). A scan within
 ``max_deg`` is left as the first pass has it: turning costs an interpolation of the image and a
 second set of network passes, and near the training poses it gains nothing (OASIS turned 11
-degrees from the mean pose: 0.835 as it lies, 0.834 turned back; 19 degrees: 0.821 and 0.834).
+degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19 degrees: 0.821 and 0.834).
 
 Only targets with at least :data:`MIN_STRUCTURES` of the atlas's structures have a pose (the
 structure models); a tissue model (GM, WM, CSF) is left as it is.
@@ -123,7 +123,9 @@ class Pose:
         rotation: (3, 3) proper rotation taking the scan's centred centroids (grid axes, mm) to
             the atlas's: ``atlas ~= rotation @ (p - centre)``.
         degrees: its angle (degrees).
-        euler: rotation about the x (pitch), y (roll) and z (yaw) axes, degrees (``xyz``).
+        euler: the brain's tilt from the mean pose (``rotation``'s inverse) as rotations about
+            the x (pitch: left-right), y (roll: front-back) and z (yaw: up-down) axes of the grid,
+            degrees (scipy's extrinsic ``xyz``, right-hand rule).
         rms_mm: RMS distance of the structures used from the atlas after the fit (mm).
         n_structures: structures used.
     """
@@ -251,7 +253,7 @@ def estimate_pose(
     rms = float(np.sqrt(np.mean(dist**2)))
     if rms > MAX_RMS_MM:
         return None
-    return Pose(rotation, _angle_deg(rotation), _euler_xyz(rotation), rms, len(points))
+    return Pose(rotation, _angle_deg(rotation), _euler_xyz(rotation.T), rms, len(points))
 
 
 def _index_grid(

@@ -140,7 +140,7 @@ class InferenceOptions:
         pose_max_deg: a brain tilted more than this (degrees) from the training maps' mean pose,
             read from the first pass's structures, is segmented again turned into that pose and
             its probabilities turned back (:mod:`synthseg_lite.inference.pose`; one more set of
-            network passes for such a scan); None: never. Structure models only (a tissue
+            network passes for such a scan); null: never. Structure models only (a tissue
             model's classes carry no pose).
     """
 
