@@ -169,6 +169,13 @@ def test_segment_api(tmp_path):
     np.testing.assert_array_equal(  # one volume of a 4D array, as a 4D file with one volume
         synthseg_lite.segment((data[..., None], affine), tta="none", threads=1).labels, res.labels
     )
+    # a flipped view (negative strides, as nibabel.as_closest_canonical gives) is the same scan
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = data.shape[0] - 1
+    np.testing.assert_array_equal(
+        synthseg_lite.segment((data[::-1], affine @ flip), tta="none", threads=1).labels,
+        res.labels[::-1],
+    )
 
 
 def test_segment_api_checks_a_scan_as_the_command_does(caplog):

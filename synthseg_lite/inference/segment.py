@@ -381,7 +381,8 @@ def segment_volume(
 
     @torch.inference_mode()
     def attempt(dev: torch.device) -> NativePrediction:
-        x = torch.as_tensor(np.asarray(data, dtype=np.float32), device=dev)
+        # contiguous: a flipped view (nibabel.as_closest_canonical) has negative strides
+        x = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32), device=dev)
         # a 2D network's slices are padded pass by pass: the volume, and the K-channel sum over
         # it, keep the box's own size (structures, OASIS: 28 % fewer voxels than padded)
         divisor = meta.unet.divisor if predictor.slices is None else 1
