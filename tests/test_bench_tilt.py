@@ -9,7 +9,8 @@ from benchmarks.tilt import main, parse_turns, table, tilt
 
 
 def test_turns_are_parsed_and_bad_ones_refused():
-    assert parse_turns("pitch:10,roll:-20,yaw:0") == [("pitch", 10.0), ("roll", -20.0), ("yaw", 0.0)]
+    turns = parse_turns("pitch:10,roll:-20,yaw:0")
+    assert turns == [("pitch", 10.0), ("roll", -20.0), ("yaw", 0.0)]
     for bad in ("tilt:10", "pitch:ten", "pitch"):
         with pytest.raises(ValueError, match="pitch\\|roll\\|yaw"):
             parse_turns(bad)

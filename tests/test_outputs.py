@@ -55,6 +55,41 @@ def test_structure_outputs_use_aseg_values_named_in_lut_and_dseg(monkeypatch, tm
     assert read_lut(res.outputs["tissue_lut"])[1][0] == "GM"
 
 
+def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp_path):
+    """A structure model whose pose reading says 20 degrees: the scan goes through the network a
+    second time, turned, and comes back on its own grid (the stand-in network's foreground is
+    its intensity voxel by voxel, so the head is where the first pass has it, but at the edges);
+    volumes.csv and the sidecar record the pose."""
+    from scipy.spatial.transform import Rotation
+
+    from synthseg_lite.inference import pose as pose_module
+
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    scan = _write(tmp_path / "case1.nii.gz")
+    (flat,) = segment_scans(scan, tmp_path / "flat", model, InferenceOptions(**OPTS, save_qc=False))
+    tilt = pose_module.Pose(
+        Rotation.from_euler("x", 20, degrees=True).as_matrix(), 20.0, (20.0, 0.0, 0.0), 2.0, 31
+    )
+    monkeypatch.setattr(pose_module, "estimate_pose", lambda probs, target, spacing: tilt)
+    seen = []
+    turn = pose_module.turn
+    monkeypatch.setattr(
+        pose_module, "turn", lambda *a, **k: seen.append(a[0].shape) or turn(*a, **k)
+    )
+    (res,) = segment_scans(scan, tmp_path / "out", model, InferenceOptions(**OPTS, save_qc=False))
+    assert len(seen) == 2 and seen[0][1] == 1  # the image turned upright, the probabilities back
+    row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
+    assert row["qc_pose_deg"] == "20.0" and row["qc_pose_upright"] == "1"
+    assert json.loads(res.outputs["json"].read_text())["pose"]["segmented_upright"]
+    a = np.asarray(nib.load(res.outputs["seg"]).dataobj)
+    b = np.asarray(nib.load(flat.outputs["seg"]).dataobj)
+    assert a.shape == b.shape == _small_head().shape
+    assert 2 * ((a > 0) & (b > 0)).sum() / ((a > 0).sum() + (b > 0).sum()) > 0.9
+    assert "qc_pose_deg" not in read_volumes(tmp_path / "flat" / "volumes.csv")[0] or (
+        _rows(tmp_path / "flat" / "volumes.csv")["case1"]["qc_pose_upright"] == "0"
+    )
+
+
 def test_volumes_are_voxel_counts_times_voxel_volume(monkeypatch, tmp_path):
     model = _use_net(monkeypatch, tmp_path, "synthseg")
     scan = _write(tmp_path / "case1.nii.gz")

@@ -81,7 +81,8 @@ def test_kabsch_recovers_a_rotation_and_never_mirrors():
 def test_the_pose_of_turned_structures_is_the_turn(euler):
     turned = Rotation.from_euler("xyz", euler, degrees=True).as_matrix()
     pose = estimate_pose(_one_hot(_labels(turned)), SYNTHSEG, SPACING)
-    assert pose is not None and pose.n_structures >= len(POSE_ATLAS) - 3  # balls that meet are split
+    # balls that meet are split between two structures, and some fall under the smallest volume
+    assert pose is not None and pose.n_structures >= len(POSE_ATLAS) - 3
     # the pose takes the scan back to the atlas: the inverse of the turn
     error = Rotation.from_matrix(pose.rotation @ turned).magnitude()
     assert np.degrees(error) < 1.5

@@ -201,6 +201,9 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
             row[f"{tissue.names[t]}_mm3"] = t_hard[t]
             row[f"{tissue.names[t]}_soft_mm3"] = t_soft[t]
     row |= {f"qc_{g}": v for g, v in qc.items() if g != "qc_score"}
+    if pred.pose is not None:  # a structure model's reading of the head's tilt
+        row["qc_pose_deg"] = pred.pose["degrees"]
+        row["qc_pose_upright"] = pred.pose["segmented_upright"]
     if pred.posteriors is not None:
         save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]

@@ -16,10 +16,11 @@ best aligns the two point sets (Kabsch, after centring; a proper rotation, so le
 A structure far from where the fit puts it (a cut field of view, a failed structure) is dropped
 and the rotation fitted again. When the rotation is larger than ``max_deg`` the scan, on the
 network's grid, is turned by it into a grid that holds the first pass's brain (and 8 mm around
-it), segmented again, and the probabilities are turned back onto the first grid (trilinear). A scan within
-``max_deg`` is left as the first pass has it: turning costs an interpolation of the image and a
-second set of network passes, and near the training poses it gains nothing (OASIS turned 11
-degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19 degrees: 0.821 and 0.834).
+it), segmented again, and the probabilities are turned back onto the first grid (trilinear). A
+scan within ``max_deg`` is left as the first pass has it: turning costs an interpolation of the
+image and a second set of network passes, and near the training poses it gains nothing (OASIS
+turned 11 degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19 degrees: 0.821 and
+0.834). Nor is a brain that the field of view cuts (:data:`CUT_MM2`).
 
 Only targets with at least :data:`MIN_STRUCTURES` of the atlas's structures have a pose (the
 structure models); a tissue model (GM, WM, CSF) is left as it is.
@@ -376,7 +377,8 @@ def segment_in_pose(
         )
         return probs, pose
     if pose.degrees <= max_deg:
-        log.debug("%s: pose %s, within %g deg: as it lies", name or "scan", pose.describe(), max_deg)
+        log.debug("%s: pose %s, within %g deg: as it lies", name or "scan", pose.describe(),
+                  max_deg)
         return probs, pose
     log.info(
         "%s: the brain is tilted %s from the training maps' mean pose: segmented again in it",
@@ -422,7 +424,9 @@ def pose_atlas(paths: Sequence[str | Path], iterations: int = 5) -> dict[int, tu
         c = ndimage.center_of_mass(np.ones(vol.data.shape, np.uint8), vol.data, values)
         shapes.append(np.asarray(c, np.float64) * np.asarray(vol.spacing))
     if not shapes or np.isnan(np.array(shapes)).any():
-        raise ValueError("pose_atlas needs label maps holding every structure of the synthseg target")
+        raise ValueError(
+            "pose_atlas needs label maps holding every structure of the synthseg target"
+        )
     shapes = [s - s.mean(0) for s in shapes]
     mean = shapes[0]
     for _ in range(iterations):
