@@ -81,6 +81,7 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
     assert row["qc_pose_deg"] == "20.0" and row["qc_pose_upright"] == "1"
     assert json.loads(res.outputs["json"].read_text())["pose"]["segmented_upright"]
+    assert "segmented again upright" in (tmp_path / "out" / "report.html").read_text()
     a = np.asarray(nib.load(res.outputs["seg"]).dataobj)
     b = np.asarray(nib.load(flat.outputs["seg"]).dataobj)
     assert a.shape == b.shape == _small_head().shape

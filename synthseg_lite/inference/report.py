@@ -290,7 +290,10 @@ Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by synthseg_lite {__version__} fr
 <a href="{esc(csv_name)}">{esc(csv_name)}</a>.</p>
 <p>QC score: for each structure group (tissue class for a tissue model), the mean over the voxels
 predicted in it of the network's highest class probability (averaged over folds and test-time
-passes); the scan's score is its lowest group. Flag: score below the threshold.</p>
+passes); the scan's score is its lowest group. Flag: score below the threshold.{
+    " qc_pose_deg: the head's tilt from the training maps' mean pose (degrees), read from the "
+    "structures; qc_pose_upright = 1: tilted beyond the limit, segmented again upright."
+    if "qc_pose_deg" in header else ""}</p>
 <h2>Quality control, worst first</h2>
 {qc_table}
 <h2>Volumes across scans</h2>
