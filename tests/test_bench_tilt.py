@@ -42,3 +42,15 @@ def test_the_table_gives_both_settings_and_the_pose_read():
     lines = table([row, unread])
     assert lines[2] == "| roll+30 | 27.2 (upright) | 0.835 | 0.720 | 64 / 28 |"
     assert lines[3].startswith("| pitch+0 | none |") and len(lines) == 4
+
+
+def test_the_figure_colours_labels_and_refuses_missing_outputs(tmp_path, capsys):
+    from benchmarks.tilt_figure import colour
+    from benchmarks.tilt_figure import main as figure
+
+    rgba = colour(np.array([[0, 17], [18, 0]]))
+    assert rgba.shape == (2, 2, 4) and rgba[0, 0, 3] == 0 and rgba[0, 1, 3] > 0
+    assert not np.allclose(rgba[0, 1], rgba[1, 0])  # hippocampus and amygdala: FreeSurfer's colours
+    with pytest.raises(SystemExit) as e:
+        figure(["--tilt-output", str(tmp_path), "--output", str(tmp_path / "f.png")])
+    assert e.value.code == 2 and "benchmarks/tilt.py" in capsys.readouterr().err
