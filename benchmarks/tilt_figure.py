@@ -3,7 +3,7 @@ structure model's segmentation without and with the pose step, on one coronal sl
 the middle of the brain::
 
     python -m benchmarks.tilt --output tilt/ --turns roll:30
-    python benchmarks/tilt_figure.py --tilt-output tilt/ --turn roll:30 --output docs/tilt.png
+    python -m benchmarks.tilt_figure --tilt-output tilt/ --turn roll:30 --output docs/tilt.png
 
 The scan is turned again from ``--scan`` exactly as ``tilt.py`` turned it (it writes the
 segmentations and the aseg, not the scan).
@@ -23,7 +23,6 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the root
 from benchmarks.tilt import DATA, padded_ras, parse_turns, tilt
 from synthseg_lite.commands.common import fail
 from synthseg_lite.labels.lut import FREESURFER_COLORS
