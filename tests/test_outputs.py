@@ -70,7 +70,7 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     tilt = pose_module.Pose(
         Rotation.from_euler("x", 20, degrees=True).as_matrix(), 20.0, (20.0, 0.0, 0.0), 2.0, 31
     )
-    monkeypatch.setattr(pose_module, "estimate_pose", lambda probs, target, spacing: tilt)
+    monkeypatch.setattr(pose_module, "estimate_pose", lambda probs, target, spacing, **k: tilt)
     seen = []
     turn = pose_module.turn
     monkeypatch.setattr(

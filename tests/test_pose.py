@@ -179,6 +179,24 @@ def test_a_brain_cut_by_the_field_of_view_is_left_as_it_lies():
     )
     assert probs is first and not calls
     assert pose is not None and pose.cut and pose.degrees > 15
-    record = pose.record(15.0)
+    record = pose.record()
     assert record["cut_by_field_of_view"] and not record["segmented_upright"]
-    assert whole.record(15.0)["segmented_upright"]
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_a_rough_reading_turns_the_scan_only_if_the_upright_pass_fits_better(monkeypatch, fits):
+    """A first pass a strong tilt spoiled gives a rough reading (RMS over MAX_RMS_MM): the scan
+    is turned by it, and the upright pass is kept only if its own reading fits the atlas within
+    MAX_RMS_MM; otherwise the first pass stands (a spurious reading turns nothing)."""
+    from synthseg_lite.inference import pose as module
+
+    turned = Rotation.from_euler("y", 90, degrees=True).as_matrix()
+    labels = _labels(turned)
+    rough = module.Pose(turned.T, 90.0, (0.0, 90.0, 0.0), 12.0, 31)
+    second = module.Pose(np.eye(3), 0.0, (0.0, 0.0, 0.0), 3.0, 31)
+    readings = iter([rough, second if fits else None])
+    monkeypatch.setattr(module, "estimate_pose", lambda *a, **k: next(readings))
+    first = _network(_image(labels))
+    probs, pose = segment_in_pose(_network, _image(labels), first, SYNTHSEG, SPACING, 15.0)
+    assert pose.upright == fits and pose.record()["segmented_upright"] == fits
+    assert (probs is first) != fits

@@ -420,7 +420,7 @@ def segment_volume(
             geom = output_geometry(geom, opts.output_mm)
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
         pred.qc = qc
-        pred.pose = None if pose is None else pose.record(opts.pose_max_deg)
+        pred.pose = None if pose is None else pose.record()
         return pred
 
     return with_oom_fallback(attempt, predictor, device, name)
