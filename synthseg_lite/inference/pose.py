@@ -16,10 +16,10 @@ best aligns the two point sets (Kabsch, after centring; a proper rotation, so le
 A structure far from where the fit puts it (a cut field of view, a failed structure) is dropped
 and the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
 :data:`ROUGH_RMS_MM` is a rough reading (a strong tilt spoils the first pass), which turns the
-scan only if the upright pass then fits within :data:`MAX_RMS_MM`. When the rotation is larger than ``max_deg`` the scan, on the
-network's grid, is turned by it into a grid that holds the first pass's brain (and 8 mm around
-it), segmented again, and the probabilities are turned back onto the first grid (trilinear). A
-scan within ``max_deg`` is left as the first pass has it: turning costs an interpolation of the
+scan only if the upright pass then fits within :data:`MAX_RMS_MM`. When the rotation is larger
+than ``max_deg`` the scan, on the network's grid, is turned by it into a grid that holds the
+first pass's brain (and 8 mm around it), segmented again, and the probabilities are turned back
+onto the first grid (trilinear). A scan within ``max_deg`` is left as the first pass has it: turning costs an interpolation of the
 image and a second set of network passes, and near the training poses it gains nothing (OASIS
 turned 11 degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19 degrees: 0.821 and
 0.834). Nor is a brain that the field of view cuts (:data:`CUT_MM2`).
