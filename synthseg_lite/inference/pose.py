@@ -9,20 +9,20 @@ scanner), the shipped model lost 0.02 of mean Dice at 10 degrees more pitch, 0.0
 at 30 degrees of roll; segmented again in the mean pose, each of these came back to 0.833-0.836
 (0.841 as it lies; ``benchmarks/tilt.py``, ``docs/structures.md``, "Tilted heads").
 
-The pose is read from the first pass's own segmentation, as a registration to landmarks would
-read it: the centroid of each structure (its probability-weighted centre, mm) is matched to
-:data:`POSE_ATLAS`, the same centroids in the training maps' mean pose, by the rotation that
-best aligns the two point sets (Kabsch, after centring; a proper rotation, so left stays left).
-A structure far from where the fit puts it (a cut field of view, a failed structure) is dropped
-and the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
-:data:`ROUGH_RMS_MM` is a rough reading (a strong tilt spoils the first pass), which turns the
-scan only if the upright pass then fits within :data:`MAX_RMS_MM`. When the rotation is larger
-than ``max_deg`` the scan, on the network's grid, is turned by it into a grid that holds the
-first pass's brain (and 8 mm around it), segmented again, and the probabilities are turned back
-onto the first grid (trilinear). A scan within ``max_deg`` is left as the first pass has it: turning costs an interpolation of the
-image and a second set of network passes, and near the training poses it gains nothing (OASIS
-turned 11 degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19 degrees: 0.821 and
-0.834). Nor is a brain that the field of view cuts (:data:`CUT_MM2`).
+The pose is read from the first pass's own segmentation, as a registration to landmarks would read
+it: the centroid of each structure (its probability-weighted centre, mm) is matched to
+:data:`POSE_ATLAS`, the same centroids in the training maps' mean pose, by the rotation that best
+aligns the two point sets (Kabsch, after centring; a proper rotation, so left stays left). A
+structure far from where the fit puts it (a cut field of view, a failed structure) is dropped and
+the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
+:data:`ROUGH_RMS_MM` is a rough reading (a strong tilt spoils the first pass), which turns the scan
+only if the upright pass then fits within :data:`MAX_RMS_MM`. When the rotation is larger than
+``max_deg`` the scan, on the network's grid, is turned by it into a grid that holds the first
+pass's brain (and 8 mm around it), segmented again, and the probabilities are turned back onto the
+first grid (trilinear). A scan within ``max_deg`` is left as the first pass has it: turning costs
+an interpolation of the image and a second set of network passes, and near the training poses it
+gains nothing (OASIS turned 11 degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19
+degrees: 0.821 and 0.834). Nor is a brain that the field of view cuts (:data:`CUT_MM2`).
 
 Only targets with at least :data:`MIN_STRUCTURES` of the atlas's structures have a pose (the
 structure models); a tissue model (GM, WM, CSF) is left as it is.
