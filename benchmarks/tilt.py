@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from synthseg_lite.commands.common import fail
+from synthseg_lite.io import load_volume, save_volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "oasis_vxm"
 TURNS = "pitch:0,pitch:10,pitch:20,pitch:30,pitch:-20,roll:15,roll:30,yaw:15,yaw:30"
@@ -66,9 +66,9 @@ def tilt(volume: np.ndarray, axis: str, degrees: float, order: int) -> np.ndarra
 
 def padded_ras(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     """A file in RAS order, padded by :data:`PAD` voxels, and its affine."""
-    img = nib.as_closest_canonical(nib.load(path))
-    data = np.pad(np.asarray(img.dataobj, dtype=dtype), PAD)
-    affine = img.affine.copy()
+    vol = load_volume(path, dtype=dtype)
+    data = np.pad(vol.data, PAD)
+    affine = vol.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.full(3, PAD)
     return data, affine
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{axis}{deg:+g}"
         image, ref = tilt(scan, axis, deg, 1), tilt(aseg, axis, deg, 0)
         ref_path = args.output / f"{tag}_aseg.nii.gz"
-        nib.save(nib.Nifti1Image(ref, affine), ref_path)
+        save_volume(ref, affine, ref_path)
         row = {"turn": tag}
         for name, options in settings.items():
             t = time.perf_counter()

@@ -20,11 +20,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import nibabel as nib
 import numpy as np
 
 from benchmarks.tilt import DATA, padded_ras, parse_turns, tilt
 from synthseg_lite.commands.common import fail
+from synthseg_lite.io import load_label_map
 from synthseg_lite.labels.lut import FREESURFER_COLORS
 
 
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     scores = {r["turn"]: r for r in rows}
     scan, _ = padded_ras(args.scan, np.float32)
     image = tilt(scan, axis, deg, 1)
-    labels = {
-        k: np.asarray(nib.as_closest_canonical(nib.load(p)).dataobj) for k, p in files.items()
-    }
+    labels = {k: load_label_map(p).data for k, p in files.items()}
     brain = np.argwhere(labels["aseg"] > 0)
     y = int(np.median(brain[:, 1]))  # a coronal slice through the middle of the brain
     lo, hi = brain.min(0) - 4, brain.max(0) + 5

@@ -67,9 +67,7 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     model = _use_net(monkeypatch, tmp_path, "synthseg")
     scan = _write(tmp_path / "case1.nii.gz")
     (flat,) = segment_scans(scan, tmp_path / "flat", model, InferenceOptions(**OPTS, save_qc=False))
-    tilt = pose_module.Pose(
-        Rotation.from_euler("x", 20, degrees=True).as_matrix(), 20.0, (20.0, 0.0, 0.0), 2.0, 31
-    )
+    tilt = pose_module.Pose(Rotation.from_euler("x", 20, degrees=True).as_matrix(), 2.0, 31)
     monkeypatch.setattr(pose_module, "estimate_pose", lambda probs, target, spacing, **k: tilt)
     seen = []
     turn = pose_module.turn

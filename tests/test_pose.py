@@ -192,8 +192,8 @@ def test_a_rough_reading_turns_the_scan_only_if_the_upright_pass_fits_better(mon
 
     turned = Rotation.from_euler("y", 90, degrees=True).as_matrix()
     labels = _labels(turned)
-    rough = module.Pose(turned.T, 90.0, (0.0, 90.0, 0.0), 12.0, 31)
-    second = module.Pose(np.eye(3), 0.0, (0.0, 0.0, 0.0), 3.0, 31)
+    rough = module.Pose(turned.T, 12.0, 31)
+    second = module.Pose(np.eye(3), 3.0, 31)
     readings = iter([rough, second if fits else None])
     monkeypatch.setattr(module, "estimate_pose", lambda *a, **k: next(readings))
     first = _network(_image(labels))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,9 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 
 from synthseg_lite.labels import TargetPreset
 from synthseg_lite.labels.atlas import POSE_ATLAS
+from synthseg_lite.synth.spatial import sampling_grid
 
 __all__ = [
     "MIN_STRUCTURES",
@@ -81,6 +84,11 @@ OUTLIER_MM = 6.0
 #: to 0.758 (the cerebellum cut obliquely to the slices: a cut the network never saw).
 CUT_MM2 = 100.0
 
+#: Largest RMS distance (mm) between the fitted centroids and the atlas's for a pose to be
+#: trusted: the 20 training maps fit their mean pose within 1.5-3.3 mm (the OASIS aseg 3.7, its
+#: inferior horns the structures most often dropped).
+MAX_RMS_MM = 8.0
+
 #: Largest RMS (mm) of a rough reading, from a first pass that a strong tilt spoiled (OASIS
 #: rolled 45 degrees: Dice 0.36, RMS 13.6 mm, read 32 degrees of roll): the scan is turned by
 #: it, and the upright pass is kept only if its own reading fits within :data:`MAX_RMS_MM`, as
@@ -90,12 +98,6 @@ ROUGH_RMS_MM = 16.0
 #: Room (mm) kept around the first pass's brain in the upright grid of the second pass.
 MARGIN_MM = 8.0
 
-#: Largest RMS distance (mm) between the fitted centroids and the atlas's for a pose to be
-#: trusted: the 20 training maps fit their mean pose within 1.5-3.3 mm (the OASIS aseg 3.7, its
-#: inferior horns the structures most often dropped); a segmentation that
-#: does not look like a brain is left unturned.
-MAX_RMS_MM = 8.0
-
 
 @dataclass(frozen=True)
 class Pose:
@@ -104,10 +106,6 @@ class Pose:
     Attributes:
         rotation: (3, 3) proper rotation taking the scan's centred centroids (grid axes, mm) to
             the atlas's: ``atlas ~= rotation @ (p - centre)``.
-        degrees: its angle (degrees).
-        euler: the brain's tilt from the mean pose (``rotation``'s inverse) as rotations about
-            the x (pitch: left-right), y (roll: front-back) and z (yaw: up-down) axes of the grid,
-            degrees (scipy's extrinsic ``xyz``, right-hand rule).
         rms_mm: RMS distance of the structures used from the atlas after the fit (mm).
         n_structures: structures used.
         cut: the field of view cuts the brain (at least :data:`CUT_MM2` of it on a face of
@@ -117,12 +115,25 @@ class Pose:
     """
 
     rotation: np.ndarray
-    degrees: float
-    euler: tuple[float, float, float]
     rms_mm: float
     n_structures: int
     cut: bool = False
     upright: bool = False
+
+    @property
+    def degrees(self) -> float:
+        """The rotation's angle (degrees)."""
+        return float(np.degrees(Rotation.from_matrix(self.rotation).magnitude()))
+
+    @property
+    def euler(self) -> tuple[float, float, float]:
+        """The brain's tilt from the mean pose (``rotation``'s inverse) as rotations about the x
+        (pitch: left-right), y (roll: front-back) and z (yaw: up-down) axes of the grid, degrees
+        (scipy's extrinsic ``xyz``, right-hand rule)."""
+        with warnings.catch_warnings():  # at 90 degrees of roll: scipy's gimbal-lock notice
+            warnings.simplefilter("ignore")
+            x, y, z = Rotation.from_matrix(self.rotation.T).as_euler("xyz", degrees=True)
+        return float(x), float(y), float(z)
 
     def describe(self) -> str:
         p, r, y = self.euler
@@ -141,36 +152,22 @@ class Pose:
         }
 
 
-def kabsch(moving: np.ndarray, fixed: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """The proper rotation R minimising ``sum w_i |R (m_i - m) - (f_i - f)|^2``, m and f the
-    weighted means (Kabsch's algorithm; a reflection is never returned).
+def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """The proper rotation R minimising ``sum |R (m_i - m) - (f_i - f)|^2``, m and f the means
+    (Kabsch's algorithm; a reflection is never returned).
 
     Args:
         moving, fixed: (N, 3) corresponding points, N >= 3.
-        weights: (N,) non-negative weights (None: equal).
 
     Returns:
         (3, 3) float64 rotation matrix, det +1.
     """
-    moving, fixed = np.asarray(moving, np.float64), np.asarray(fixed, np.float64)
-    w = np.ones(len(moving)) if weights is None else np.asarray(weights, np.float64)
-    w = w / w.sum()
-    m = moving - w @ moving
-    f = fixed - w @ fixed
-    u, _, vt = np.linalg.svd((m * w[:, None]).T @ f)
+    m = np.asarray(moving, np.float64)
+    f = np.asarray(fixed, np.float64)
+    m, f = m - m.mean(0), f - f.mean(0)
+    u, _, vt = np.linalg.svd(m.T @ f)
     d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
     return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-
-
-def _angle_deg(rotation: np.ndarray) -> float:
-    return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(rotation) - 1) / 2))))
-
-
-def _euler_xyz(rotation: np.ndarray) -> tuple[float, float, float]:
-    from scipy.spatial.transform import Rotation
-
-    x, y, z = Rotation.from_matrix(rotation).as_euler("xyz", degrees=True)
-    return float(x), float(y), float(z)
 
 
 def soft_centroids(
@@ -211,7 +208,7 @@ def estimate_pose(
     target: TargetPreset,
     spacing_mm: float,
     atlas: dict[int, tuple[float, float, float]] | None = None,
-    max_rms_mm: float | None = None,
+    max_rms_mm: float = MAX_RMS_MM,
 ) -> Pose | None:
     """The brain's pose on the network's grid, from a segmentation's probabilities.
 
@@ -220,7 +217,7 @@ def estimate_pose(
         target: the model's target (its FreeSurfer values name the classes).
         spacing_mm: the grid's voxel size (mm).
         atlas: centroids in the reference pose (default :data:`POSE_ATLAS`).
-        max_rms_mm: largest RMS of the fit (default :data:`MAX_RMS_MM`).
+        max_rms_mm: largest RMS of the fit (mm).
 
     Returns:
         The :class:`Pose`, or None when fewer than :data:`MIN_STRUCTURES` atlas structures of
@@ -243,31 +240,16 @@ def estimate_pose(
         points, ref = points[inlier], ref[inlier]
         rotation, dist = _fit(points, ref)
     rms = float(np.sqrt(np.mean(dist**2)))
-    if rms > (MAX_RMS_MM if max_rms_mm is None else max_rms_mm):
+    if rms > max_rms_mm:
         return None
     cut = _cut_area_mm2(probs[0] < 0.5) * spacing_mm**2 >= CUT_MM2
-    return Pose(rotation, _angle_deg(rotation), _euler_xyz(rotation.T), rms, len(points), cut)
+    return Pose(rotation, rms, len(points), cut)
 
 
 def _cut_area_mm2(brain: torch.Tensor) -> int:
     """Voxels of a (X, Y, Z) brain mask on the largest of the grid's six faces."""
     faces = [brain.select(axis, i) for axis in range(3) for i in (0, -1)]
     return max(int(face.sum()) for face in faces)
-
-
-def _index_grid(
-    shape: Sequence[int], rotation: np.ndarray, centre_out: np.ndarray, centre_in: np.ndarray,
-    in_shape: Sequence[int], device: torch.device,
-) -> torch.Tensor:
-    """grid_sample's (1, X, Y, Z, 3) grid: output voxel j reads input voxel
-    ``rotation @ (j - centre_out) + centre_in`` (voxel units), normalised (align_corners)."""
-    axes = [torch.arange(n, device=device, dtype=torch.float32) - float(c)
-            for n, c in zip(shape, centre_out)]
-    j = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (X, Y, Z, 3)
-    r = torch.as_tensor(rotation, dtype=torch.float32, device=device)
-    i = j @ r.T + torch.as_tensor(centre_in, dtype=torch.float32, device=device)
-    size = torch.as_tensor([max(n - 1, 1) for n in in_shape], dtype=torch.float32, device=device)
-    return (2 * i / size - 1).flip(-1)[None]  # grid_sample wants (z, y, x) = (W, H, D) order
 
 
 def turn(
@@ -291,12 +273,19 @@ def turn(
     Returns:
         (1, C, *shape) tensor of ``x``'s dtype and device.
     """
+    middle = (np.asarray(shape, np.float64) - 1) / 2
     c_in = (np.asarray(x.shape[2:], np.float64) - 1) / 2 if centre_in is None else centre_in
-    c_out = (np.asarray(shape, np.float64) - 1) / 2 if centre_out is None else centre_out
-    grid = _index_grid(shape, np.asarray(rotation).T, np.asarray(c_out), np.asarray(c_in),
-                       x.shape[2:], x.device)
+    c_out = middle if centre_out is None else centre_out
+    back = np.asarray(rotation, np.float64).T  # output offsets -> input offsets
+    # the generator's affine sampling grid (no deformation), centred on the output's middle
+    as_x = {"dtype": x.dtype, "device": x.device}
+    grid = sampling_grid(
+        torch.as_tensor(back, **as_x)[None],
+        torch.as_tensor(np.asarray(c_in) + back @ (middle - np.asarray(c_out)), **as_x)[None],
+        torch.zeros(1, 3, 1, 1, 1, **as_x), tuple(shape), 1.0, tuple(x.shape[2:]),
+    )
     # a contiguous input: grid_sample on the predictor's permuted sum buffer was 3x slower
-    return F.grid_sample(x.contiguous(), grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(x.contiguous(), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=True)
 
 
@@ -346,15 +335,15 @@ def segment_in_pose(
     if pose is None:
         log.debug("%s: no pose read (not enough structures, or not brain-like)", name or "scan")
         return probs, None
-    if pose.degrees > max_deg and pose.cut:
+    if pose.degrees <= max_deg:
+        log.debug("%s: pose %s, within %g deg: as it lies", name or "scan", pose.describe(),
+                  max_deg)
+        return probs, pose
+    if pose.cut:
         log.info(
             "%s: the brain is tilted %s from the training maps' mean pose, but the field of "
             "view cuts it: segmented as it lies", name or "scan", pose.describe(),
         )
-        return probs, pose
-    if pose.degrees <= max_deg:
-        log.debug("%s: pose %s, within %g deg: as it lies", name or "scan", pose.describe(),
-                  max_deg)
         return probs, pose
     log.info(
         "%s: the brain is tilted %s from the training maps' mean pose: segmented again in it",
@@ -363,20 +352,16 @@ def segment_in_pose(
     # the upright grid holds the first pass's brain and a margin, not the whole turned box
     margin = math.ceil(MARGIN_MM / spacing_mm)
     shape, centre, upright_centre = _upright_grid(probs[0] < 0.5, pose.rotation, margin, divisor)
-    rough = pose.rms_mm > MAX_RMS_MM
-    if not rough:
-        del probs  # the first pass's, no longer needed
-    upright = turn(image, pose.rotation, shape, centre, upright_centre)
-    second = predict(upright)
-    del upright
-    # a rough reading (a spoiled first pass): the upright pass is kept only if it fits the atlas
-    # within MAX_RMS_MM, which the first did not
-    if rough and estimate_pose(second, target, spacing_mm) is None:
-        log.info("%s: the upright pass does not fit the atlas either: segmented as it lies",
-                 name or "scan")
-        return probs, pose
-    if rough:
-        del probs
+    # a rough reading (a spoiled first pass) keeps the first pass to fall back on; else it goes
+    fallback = probs if pose.rms_mm > MAX_RMS_MM else None
+    del probs
+    second = predict(turn(image, pose.rotation, shape, centre, upright_centre))
+    if fallback is not None:  # the upright pass is kept only if it fits the atlas, as the first
+        if estimate_pose(second, target, spacing_mm) is None:  # did not
+            log.info("%s: the upright pass does not fit the atlas either: segmented as it lies",
+                     name or "scan")
+            return fallback, pose
+        del fallback
     back = turn(second[None], pose.rotation.T, image.shape[2:], upright_centre, centre)[0]
     del second
     # beyond the upright grid (outside the brain and its margin): background
@@ -398,7 +383,6 @@ def pose_atlas(paths: Sequence[str | Path], iterations: int = 5) -> dict[int, tu
         FreeSurfer value -> (x, y, z) in mm, rounded to 0.1 mm.
     """
     from scipy import ndimage
-    from scipy.spatial.transform import Rotation
 
     from synthseg_lite.io import load_label_map
     from synthseg_lite.labels.presets import TARGET_PRESETS
