@@ -68,7 +68,11 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     scan = _write(tmp_path / "case1.nii.gz")
     (flat,) = segment_scans(scan, tmp_path / "flat", model, InferenceOptions(**OPTS, save_qc=False))
     tilt = pose_module.Pose(Rotation.from_euler("x", 20, degrees=True).as_matrix(), 2.0, 31)
-    monkeypatch.setattr(pose_module, "estimate_pose", lambda probs, target, spacing, **k: tilt)
+    upright = pose_module.Pose(np.eye(3), 2.0, 31)  # what the upright pass reads
+    readings = iter([tilt, upright])
+    monkeypatch.setattr(
+        pose_module, "estimate_pose", lambda probs, target, spacing, **k: next(readings)
+    )
     seen = []
     turn = pose_module.turn
     monkeypatch.setattr(

@@ -95,6 +95,15 @@ MAX_RMS_MM = 8.0
 #: the first did not (else the first pass stands: not a brain the atlas describes).
 ROUGH_RMS_MM = 16.0
 
+#: A voxel counts towards a structure's centroid where the structure's probability is above
+#: this (:func:`soft_centroids`): the atlas's centroids are those of hard labels.
+CONFIDENT = 0.5
+
+#: Most upright passes of one scan: a strong tilt spoils the first pass and so the pose read from
+#: it (OASIS turned 45 degrees of yaw read 21 degrees); the upright pass, read again, gives what
+#: is left, and the scan is turned by both once more when that is beyond ``max_deg``.
+MAX_TURNS = 2
+
 #: Room (mm) kept around the first pass's brain in the upright grid of the second pass.
 MARGIN_MM = 8.0
 
@@ -171,29 +180,48 @@ def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
 
 
 def soft_centroids(
-    probs: torch.Tensor, classes: Sequence[int], spacing_mm: float
+    probs: torch.Tensor, classes: Sequence[int], spacing_mm: float, confident: float = CONFIDENT
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probability-weighted centroids and volumes of some classes.
+    """Probability-weighted centroids and volumes of some classes, over each class's confident
+    voxels (probability above ``confident``).
+
+    Only confident voxels count: a network leaves a little probability of every structure in
+    every voxel, and summed over a whole head (the face, the neck) that haze outweighs a small
+    structure and drags its centroid out of the brain. On the pydeface mean head pitched 25
+    degrees, centroids over all voxels gave a pose 14.5 degrees off at 18 mm RMS; over the
+    confident voxels, 1.3 degrees off at 3.2 mm.
 
     Args:
         probs: (K, X, Y, Z) class probabilities on an isotropic grid.
         classes: class indices.
         spacing_mm: the grid's voxel size (mm).
+        confident: a voxel counts for a class where its probability is above this (0: all).
 
     Returns:
-        ((N, 3) centroids in mm from voxel (0, 0, 0) along the grid's axes, (N,) volumes in mm^3);
-        a class of zero volume has a NaN centroid.
+        ((N, 3) centroids in mm from voxel (0, 0, 0) along the grid's axes, (N,) volumes in mm^3
+        of the confident voxels); a class with none has a NaN centroid.
     """
-    idx = torch.as_tensor(list(classes), dtype=torch.long, device=probs.device)
-    centre = []
-    for axis in range(3):  # marginals of every class (no copy of the volume), then the classes
-        other = tuple(d for d in (1, 2, 3) if d != axis + 1)
-        marginal = probs.sum(dim=other).index_select(0, idx).cpu().double()  # (N, n_axis)
-        coords = torch.arange(marginal.shape[1], dtype=torch.float64)
-        volume = marginal.sum(1)
-        centre.append((marginal @ coords) / volume)
-    c = torch.stack(centre, dim=1).numpy() * spacing_mm
-    return c, volume.numpy() * spacing_mm**3
+    lo = torch.zeros(3, dtype=torch.long)
+    if confident >= 0.5:  # a confident voxel is not background: only the brain's box is read
+        brain = probs[0] < 0.5
+        if brain.any():
+            box = [torch.nonzero(brain.any(dim=other)).flatten()
+                   for other in ((1, 2), (0, 2), (0, 1))]
+            lo = torch.stack([b[0] for b in box]).cpu()
+            probs = probs[:, box[0][0]:box[0][-1] + 1, box[1][0]:box[1][-1] + 1,
+                          box[2][0]:box[2][-1] + 1]
+    centre, volume = [], []
+    for k in classes:  # one class at a time: no copy of the whole (K, X, Y, Z) volume
+        p = probs[k]
+        w = torch.where(p > confident, p, torch.zeros((), dtype=p.dtype, device=p.device))
+        xy, z = w.sum(2).double(), w.sum((0, 1)).double()  # the class's marginals
+        mass = xy.sum()
+        c = [(m @ torch.arange(len(m), dtype=torch.float64, device=m.device)) / mass
+             for m in (xy.sum(1), xy.sum(0), z)]
+        centre.append(torch.stack(c).cpu())
+        volume.append(mass.cpu())
+    c = (torch.stack(centre).numpy() + lo.numpy()) * spacing_mm
+    return c, torch.stack(volume).numpy() * spacing_mm**3
 
 
 def _fit(points: np.ndarray, atlas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,18 +379,29 @@ def segment_in_pose(
     )
     # the upright grid holds the first pass's brain and a margin, not the whole turned box
     margin = math.ceil(MARGIN_MM / spacing_mm)
-    shape, centre, upright_centre = _upright_grid(probs[0] < 0.5, pose.rotation, margin, divisor)
+    brain = probs[0] < 0.5
     # a rough reading (a spoiled first pass) keeps the first pass to fall back on; else it goes
     fallback = probs if pose.rms_mm > MAX_RMS_MM else None
     del probs
-    second = predict(turn(image, pose.rotation, shape, centre, upright_centre))
-    if fallback is not None:  # the upright pass is kept only if it fits the atlas, as the first
-        if estimate_pose(second, target, spacing_mm) is None:  # did not
+    rotation = pose.rotation
+    for attempt in range(MAX_TURNS):
+        shape, centre, upright_centre = _upright_grid(brain, rotation, margin, divisor)
+        second = predict(turn(image, rotation, shape, centre, upright_centre))
+        again = estimate_pose(second, target, spacing_mm)
+        if fallback is not None and again is None:  # the upright pass does not fit the atlas
             log.info("%s: the upright pass does not fit the atlas either: segmented as it lies",
                      name or "scan")
             return fallback, pose
-        del fallback
-    back = turn(second[None], pose.rotation.T, image.shape[2:], upright_centre, centre)[0]
+        fallback = None
+        if again is None or again.degrees <= max_deg or attempt == MAX_TURNS - 1:
+            break
+        # a strong tilt spoiled the first reading: the upright pass reads what is left of it
+        rotation = again.rotation @ rotation
+        log.info("%s: still %.1f deg from the mean pose upright: turned again (%.1f deg in all)",
+                 name or "scan", again.degrees, replace(pose, rotation=rotation).degrees)
+        second = None  # freed before the next pass
+    pose = replace(pose, rotation=rotation)
+    back = turn(second[None], rotation.T, image.shape[2:], upright_centre, centre)[0]
     del second
     # beyond the upright grid (outside the brain and its margin): background
     back[0] += (1 - back.sum(0)).clamp_min_(0)
