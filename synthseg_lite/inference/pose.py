@@ -10,15 +10,16 @@ at 30 degrees of roll; segmented again in the mean pose, each of these came back
 (0.841 as it lies; ``benchmarks/tilt.py``, ``docs/structures.md``, "Tilted heads").
 
 The pose is read from the first pass's own segmentation, as a registration to landmarks would read
-it: the centroid of each structure (its probability-weighted centre, mm) is matched to
-:data:`POSE_ATLAS`, the same centroids in the training maps' mean pose, by the rotation that best
-aligns the two point sets (Kabsch, after centring; a proper rotation, so left stays left). A
-structure far from where the fit puts it (a cut field of view, a failed structure) is dropped and
-the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
+it: the centroid of each structure (over the voxels where it is more likely than not, mm) is
+matched to :data:`POSE_ATLAS`, the same centroids in the training maps' mean pose, by the rotation
+that best aligns the two point sets (Kabsch, after centring; a proper rotation, so left stays
+left). A structure far from where the fit puts it (a cut field of view, a failed structure) is
+dropped and the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
 :data:`ROUGH_RMS_MM` is a rough reading (a strong tilt spoils the first pass), which turns the scan
 only if the upright pass then fits within :data:`MAX_RMS_MM`. When the rotation is larger than
 ``max_deg`` the scan, on the network's grid, is turned by it into a grid that holds the first
-pass's brain (and 8 mm around it), segmented again, and the probabilities are turned back onto the
+pass's brain (and 8 mm around it), segmented again (and once more if the upright pass still reads
+a tilt beyond ``max_deg``: :data:`MAX_TURNS`), and the probabilities are turned back onto the
 first grid (trilinear). A scan within ``max_deg`` is left as the first pass has it: turning costs
 an interpolation of the image and a second set of network passes, and near the training poses it
 gains nothing (OASIS turned 11 degrees from the mean pose: 0.835 as it lies, 0.834 upright; 19
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
+from synthseg_lite.inference.postprocess import _box, _largest
 from synthseg_lite.labels import TargetPreset
 from synthseg_lite.labels.atlas import POSE_ATLAS
 from synthseg_lite.synth.spatial import sampling_grid
@@ -76,12 +78,10 @@ MIN_VOLUME_MM3 = 100.0
 #: where the fitted rotation puts it is dropped and the rotation fitted again.
 OUTLIER_MM = 6.0
 
-#: Brain (mm^2, probability of background < 0.5) on a face of the network's grid above which the
-#: field of view cuts the brain. The grid is the scan's non-zero voxels and 4 voxels around them
-#: (``crop_foreground``), so an uncut skull-stripped brain never reaches a face; a head scan's
-#: brain does where its field of view cuts it. OASIS with its lowest 40 mm cut away (through the
-#: cerebellum) read 15.9 degrees instead of 8.5, and turned upright its mean Dice fell from 0.829
-#: to 0.758 (the cerebellum cut obliquely to the slices: a cut the network never saw).
+#: Brain (mm^2; the largest component of background < 0.5) on a face of the network's grid above
+#: which the field of view cuts it (the grid holds the scan's non-zero voxels and 4 around them).
+#: OASIS with its lowest 40 mm cut away read 15.9 degrees instead of 8.5, and turned upright
+#: its mean Dice fell from 0.829 to 0.758 (the cerebellum cut obliquely to the slices).
 CUT_MM2 = 100.0
 
 #: Largest RMS distance (mm) between the fitted centroids and the atlas's for a pose to be
@@ -90,18 +90,15 @@ CUT_MM2 = 100.0
 MAX_RMS_MM = 8.0
 
 #: Largest RMS (mm) of a rough reading, from a first pass that a strong tilt spoiled (OASIS
-#: rolled 45 degrees: Dice 0.36, RMS 13.6 mm, read 32 degrees of roll): the scan is turned by
-#: it, and the upright pass is kept only if its own reading fits within :data:`MAX_RMS_MM`, as
-#: the first did not (else the first pass stands: not a brain the atlas describes).
+#: rolled 45 degrees: Dice 0.36, read 32 degrees at 9.6 mm RMS): the scan is turned by it, and
+#: the upright pass is kept only if its own reading fits within :data:`MAX_RMS_MM`.
 ROUGH_RMS_MM = 16.0
 
-#: A voxel counts towards a structure's centroid where the structure's probability is above
-#: this (:func:`soft_centroids`): the atlas's centroids are those of hard labels.
+#: A voxel counts towards a structure's centroid above this probability (the atlas: hard labels).
 CONFIDENT = 0.5
 
-#: Most upright passes of one scan: a strong tilt spoils the first pass and so the pose read from
-#: it (OASIS turned 45 degrees of yaw read 21 degrees); the upright pass, read again, gives what
-#: is left, and the scan is turned by both once more when that is beyond ``max_deg``.
+#: Most upright passes of one scan: the pose read from a spoiled first pass falls short (OASIS at
+#: 45 degrees of yaw read 19), and the upright pass's reading of the rest turns it once more.
 MAX_TURNS = 2
 
 #: Room (mm) kept around the first pass's brain in the upright grid of the second pass.
@@ -150,14 +147,12 @@ class Pose:
 
     def record(self) -> dict[str, float | int | bool]:
         """For a scan's sidecar JSON: the angles (degrees), the fit's RMS (mm), the structures
-        used, whether the field of view cuts the brain, and whether the scan was segmented again
-        upright."""
+        used, whether the field of view cuts the brain and whether it was segmented upright."""
         p, r, y = self.euler
         return {
             "degrees": round(self.degrees, 1), "pitch": round(p, 1), "roll": round(r, 1),
             "yaw": round(y, 1), "rms_mm": round(self.rms_mm, 2), "structures": self.n_structures,
-            "cut_by_field_of_view": bool(self.cut),
-            "segmented_upright": bool(self.upright),
+            "cut_by_field_of_view": bool(self.cut), "segmented_upright": bool(self.upright),
         }
 
 
@@ -180,47 +175,45 @@ def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
 
 
 def soft_centroids(
-    probs: torch.Tensor, classes: Sequence[int], spacing_mm: float, confident: float = CONFIDENT
+    probs: torch.Tensor,
+    classes: Sequence[int],
+    spacing_mm: float,
+    confident: float = CONFIDENT,
+    brain: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probability-weighted centroids and volumes of some classes, over each class's confident
-    voxels (probability above ``confident``).
+    voxels (probability above ``confident``) in the brain.
 
-    Only confident voxels count: a network leaves a little probability of every structure in
-    every voxel, and summed over a whole head (the face, the neck) that haze outweighs a small
-    structure and drags its centroid out of the brain. On the pydeface mean head pitched 25
-    degrees, centroids over all voxels gave a pose 14.5 degrees off at 18 mm RMS; over the
-    confident voxels, 1.3 degrees off at 3.2 mm.
+    A network leaves a little probability of every structure everywhere: summed over a whole
+    head's face and neck, it pulled the pydeface mean head's pose 14.5 degrees off (18 mm RMS;
+    over the confident voxels in the brain: 1.3 degrees, 3.2 mm).
 
     Args:
         probs: (K, X, Y, Z) class probabilities on an isotropic grid.
         classes: class indices.
         spacing_mm: the grid's voxel size (mm).
         confident: a voxel counts for a class where its probability is above this (0: all).
+        brain: (X, Y, Z) bool, the voxels that count (None: all).
 
     Returns:
         ((N, 3) centroids in mm from voxel (0, 0, 0) along the grid's axes, (N,) volumes in mm^3
-        of the confident voxels); a class with none has a NaN centroid.
+        of the voxels counted; a class with none has a NaN centroid).
     """
-    lo = torch.zeros(3, dtype=torch.long)
-    if confident >= 0.5:  # a confident voxel is not background: only the brain's box is read
-        brain = probs[0] < 0.5
-        if brain.any():
-            box = [torch.nonzero(brain.any(dim=other)).flatten()
-                   for other in ((1, 2), (0, 2), (0, 1))]
-            lo = torch.stack([b[0] for b in box]).cpu()
-            probs = probs[:, box[0][0]:box[0][-1] + 1, box[1][0]:box[1][-1] + 1,
-                          box[2][0]:box[2][-1] + 1]
+    lo = np.zeros(3)
+    if brain is not None and (box := _box(brain)) is not None:  # only the brain's box is read
+        lo, probs, brain = np.array([b.start for b in box]), probs[(slice(None), *box)], brain[box]
     centre, volume = [], []
     for k in classes:  # one class at a time: no copy of the whole (K, X, Y, Z) volume
         p = probs[k]
-        w = torch.where(p > confident, p, torch.zeros((), dtype=p.dtype, device=p.device))
+        keep = p > confident if brain is None else (p > confident) & brain
+        w = torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device))
         xy, z = w.sum(2).double(), w.sum((0, 1)).double()  # the class's marginals
         mass = xy.sum()
         c = [(m @ torch.arange(len(m), dtype=torch.float64, device=m.device)) / mass
              for m in (xy.sum(1), xy.sum(0), z)]
         centre.append(torch.stack(c).cpu())
         volume.append(mass.cpu())
-    c = (torch.stack(centre).numpy() + lo.numpy()) * spacing_mm
+    c = (torch.stack(centre).numpy() + lo) * spacing_mm
     return c, torch.stack(volume).numpy() * spacing_mm**3
 
 
@@ -256,7 +249,8 @@ def estimate_pose(
     pairs = [(k, v) for k, v in enumerate(target.values) if k and v in atlas]
     if len(pairs) < MIN_STRUCTURES:
         return None
-    centre, volume = soft_centroids(probs, [k for k, _ in pairs], spacing_mm)
+    brain = _brain(probs)
+    centre, volume = soft_centroids(probs, [k for k, _ in pairs], spacing_mm, brain=brain)
     keep = volume >= MIN_VOLUME_MM3
     if keep.sum() < MIN_STRUCTURES:
         return None
@@ -270,8 +264,16 @@ def estimate_pose(
     rms = float(np.sqrt(np.mean(dist**2)))
     if rms > max_rms_mm:
         return None
-    cut = _cut_area_mm2(probs[0] < 0.5) * spacing_mm**2 >= CUT_MM2
+    cut = _cut_area_mm2(brain) * spacing_mm**2 >= CUT_MM2
     return Pose(rotation, rms, len(points), cut)
+
+
+def _brain(probs: torch.Tensor) -> torch.Tensor:
+    """(X, Y, Z) bool: the largest component of background < 0.5 where it holds most of it (not
+    the haze over a whole head's face and neck: 0.2 of it on the pydeface mean head rolled)."""
+    mask = probs[0] < 0.5
+    largest = _largest(mask)
+    return largest if 2 * largest.sum() > mask.sum() else mask
 
 
 def _cut_area_mm2(brain: torch.Tensor) -> int:
@@ -379,7 +381,7 @@ def segment_in_pose(
     )
     # the upright grid holds the first pass's brain and a margin, not the whole turned box
     margin = math.ceil(MARGIN_MM / spacing_mm)
-    brain = probs[0] < 0.5
+    brain = _brain(probs)
     # a rough reading (a spoiled first pass) keeps the first pass to fall back on; else it goes
     fallback = probs if pose.rms_mm > MAX_RMS_MM else None
     del probs
