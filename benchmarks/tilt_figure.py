@@ -24,17 +24,18 @@ import numpy as np
 
 from benchmarks.tilt import DATA, padded_ras, parse_turns, tilt
 from synthseg_lite.commands.common import fail
+from synthseg_lite.evaluation.plots import structure_colors
+from synthseg_lite.inference.figures import save_figure
 from synthseg_lite.io import load_label_map
-from synthseg_lite.labels.lut import FREESURFER_COLORS
 
 
 def colour(labels: np.ndarray) -> np.ndarray:
-    """(W, H) FreeSurfer values -> (W, H, 4) RGBA, background transparent."""
+    """(W, H) FreeSurfer values -> (W, H, 4) RGBA in FreeSurfer's colours, background
+    transparent."""
     rgba = np.zeros((*labels.shape, 4))
-    for value in np.unique(labels):
-        if value:
-            rgba[labels == value] = (*np.asarray(FREESURFER_COLORS.get(int(value), (255, 0, 255)))
-                                     / 255, 0.55)
+    values = [int(v) for v in np.unique(labels) if v]
+    for value, rgb in zip(values, structure_colors(values)):
+        rgba[labels == value] = (*rgb, 0.55)
     return rgba
 
 
@@ -85,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.suptitle("A tilted head: mean Dice over the 31 structures (benchmarks/tilt.py)",
                  fontsize=10)
     fig.tight_layout()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=100)
-    print(args.output)
+    print(save_figure(fig, args.output))
     return 0
 
 

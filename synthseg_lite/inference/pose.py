@@ -175,14 +175,11 @@ def kabsch(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
 
 
 def soft_centroids(
-    probs: torch.Tensor,
-    classes: Sequence[int],
-    spacing_mm: float,
-    confident: float = CONFIDENT,
+    probs: torch.Tensor, classes: Sequence[int], spacing_mm: float,
     brain: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probability-weighted centroids and volumes of some classes, over each class's confident
-    voxels (probability above ``confident``) in the brain.
+    voxels (probability above :data:`CONFIDENT`) in the brain.
 
     A network leaves a little probability of every structure everywhere: summed over a whole
     head's face and neck, it pulled the pydeface mean head's pose 14.5 degrees off (18 mm RMS;
@@ -192,7 +189,6 @@ def soft_centroids(
         probs: (K, X, Y, Z) class probabilities on an isotropic grid.
         classes: class indices.
         spacing_mm: the grid's voxel size (mm).
-        confident: a voxel counts for a class where its probability is above this (0: all).
         brain: (X, Y, Z) bool, the voxels that count (None: all).
 
     Returns:
@@ -205,7 +201,7 @@ def soft_centroids(
     centre, volume = [], []
     for k in classes:  # one class at a time: no copy of the whole (K, X, Y, Z) volume
         p = probs[k]
-        keep = p > confident if brain is None else (p > confident) & brain
+        keep = p > CONFIDENT if brain is None else (p > CONFIDENT) & brain
         w = torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device))
         xy, z = w.sum(2).double(), w.sum((0, 1)).double()  # the class's marginals
         mass = xy.sum()
@@ -230,6 +226,7 @@ def estimate_pose(
     spacing_mm: float,
     atlas: dict[int, tuple[float, float, float]] | None = None,
     max_rms_mm: float = MAX_RMS_MM,
+    brain: torch.Tensor | None = None,
 ) -> Pose | None:
     """The brain's pose on the network's grid, from a segmentation's probabilities.
 
@@ -239,6 +236,7 @@ def estimate_pose(
         spacing_mm: the grid's voxel size (mm).
         atlas: centroids in the reference pose (default :data:`POSE_ATLAS`).
         max_rms_mm: largest RMS of the fit (mm).
+        brain: (X, Y, Z) bool, the brain's voxels (None: found from ``probs``).
 
     Returns:
         The :class:`Pose`, or None when fewer than :data:`MIN_STRUCTURES` atlas structures of
@@ -249,7 +247,7 @@ def estimate_pose(
     pairs = [(k, v) for k, v in enumerate(target.values) if k and v in atlas]
     if len(pairs) < MIN_STRUCTURES:
         return None
-    brain = _brain(probs)
+    brain = _brain(probs) if brain is None else brain
     centre, volume = soft_centroids(probs, [k for k, _ in pairs], spacing_mm, brain=brain)
     keep = volume >= MIN_VOLUME_MM3
     if keep.sum() < MIN_STRUCTURES:
@@ -361,7 +359,8 @@ def segment_in_pose(
     """
     if max_deg is None:
         return probs, None
-    pose = estimate_pose(probs, target, spacing_mm, max_rms_mm=ROUGH_RMS_MM)
+    brain = _brain(probs)  # read once: for the pose, then for the upright grid
+    pose = estimate_pose(probs, target, spacing_mm, max_rms_mm=ROUGH_RMS_MM, brain=brain)
     if pose is None:
         log.debug("%s: no pose read (not enough structures, or not brain-like)", name or "scan")
         return probs, None
@@ -381,7 +380,6 @@ def segment_in_pose(
     )
     # the upright grid holds the first pass's brain and a margin, not the whole turned box
     margin = math.ceil(MARGIN_MM / spacing_mm)
-    brain = _brain(probs)
     # a rough reading (a spoiled first pass) keeps the first pass to fall back on; else it goes
     fallback = probs if pose.rms_mm > MAX_RMS_MM else None
     del probs
