@@ -1,7 +1,8 @@
 """The README's results table: a model and the classical baseline on the shared real scans, as they
 are and degraded (inverted contrast as a T2-like check, thick slices), scored with evaluate.py.
 
-    python benchmarks/real_scans.py --output results/                # the shipped model
+    python benchmarks/real_scans.py --output results/                # the default model=tissue
+    python benchmarks/real_scans.py --model tissue_fast --output results_fast/  # its fast network
     python benchmarks/real_scans.py --model outputs/train/<run> --output results_run/
 
 Every number comes from the project's own command-line tools, run as subprocesses exactly as a
@@ -93,7 +94,10 @@ def dice(summary_path: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, type=Path, help="results folder (new)")
-    parser.add_argument("--model", default=None, help="model file or run dir (default: shipped)")
+    parser.add_argument(
+        "--model", default=None,
+        help="model=: a shipped name (tissue_fast, ...), file or run dir (default: tissue)",
+    )
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated")
     parser.add_argument("--no-baseline", action="store_true", help="score the model only")
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 log.info("%s %s %s: %s", cond, name, method, results[cond][name][method])
     record = {
-        "model": args.model or "shipped (synthseg_lite/resources/model_cpu.pt)",
+        "model": args.model or "tissue (the default: the shipped structure network as GM/WM/CSF)",
         "results": results,
         "seconds": round(time.perf_counter() - t0, 1),
         "commands": commands,

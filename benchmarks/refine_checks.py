@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--structures-model", nargs="+", default=["structures"],
                         help="structure model(s): shipped name or .pt file (results keyed by the "
                              "file's stem when not 'structures')")
-    parser.add_argument("--tissue-model", default="tissue",
+    parser.add_argument("--tissue-model", default="tissue_fast",
                         help="tissue model for the lesion check ('' skips it)")
     parser.add_argument("--lesion-contrasts", nargs="+", default=["t1"], choices=["t1", "inverted"])
     parser.add_argument("--figure", type=Path, default=None,
@@ -128,7 +128,7 @@ def main() -> None:
                                   "fluid": np.isin(labels, FLUID)}
                     groups["background"] = labels == 0
                     groups["other"] = ~np.any(list(groups.values()), axis=0)
-                    tag = kind if model in ("structures", "tissue") else Path(model).stem
+                    tag = kind if model in ("structures", "tissue_fast") else Path(model).stem
                     name = f"{tag}/refine={refine}" + ("" if contrast == "t1" else f"/{contrast}")
                     if kind == "structures":
                         panels.append((name, image, np.asarray(res.labels)))

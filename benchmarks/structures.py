@@ -38,8 +38,9 @@ Every number comes from the project's command-line tools, run as subprocesses as
   ``ref_labels=aseg_ventricular`` (OASIS) and ``ibsr`` (IBSR). A tissue model (values 1 GM, 2 WM,
   3 CSF, detected from its output) gets the tissue view only.
 
-With a structure model, the shipped tissue model (``--tissue-model``, default ``tissue``; ``''``
-for none) segments OASIS and IBSR as they are too, so the tissue view sits beside it.
+With a structure model, the shipped tissue network (``--tissue-model``, default ``tissue_fast``;
+``''`` for none; the default ``model=tissue`` is the structure network's own tissue view)
+segments OASIS and IBSR as they are too, so the tissue view sits beside it.
 
 Output: ``results.json`` (per condition: Dice per structure, structure mean, group means, the
 weakest structure, per structure the predicted and reference volume (mm^3) and their ratio with
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conditions", default=",".join(OASIS_CONDITIONS),
                         help="OASIS conditions, comma-separated (opt-in too: "
                              f"{', '.join([*PLANE_CONDITIONS, *BIAS_CONDITIONS, *CHAINS])})")
-    parser.add_argument("--tissue-model", default="tissue",
-                        help="tissue model segmented beside a structure model ('' for none)")
+    parser.add_argument("--tissue-model", default="tissue_fast",
+                        help="tissue network segmented beside a structure model ('' for none)")
     parser.add_argument("--ibsr-conditions", default="original",
                         help="IBSR conditions (tissue view), comma-separated, the OASIS ones but "
                              f"{HEAD_PROXY}; '' for none")

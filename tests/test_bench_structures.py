@@ -54,7 +54,7 @@ def _fake_tools(monkeypatch, bench, aseg):
             folder.mkdir(parents=True, exist_ok=True)
             pad = (np.array(img.shape) - np.array(pred.shape)) // 2  # the head proxy is padded
             out = np.pad(pred, [(p, p) for p in pad])
-            if model == "tissue":  # a tissue model: 1 GM, 2 WM, 3 CSF
+            if model.startswith("tissue"):  # a tissue model: 1 GM, 2 WM, 3 CSF
                 out = np.select([np.isin(out, (3, 10, 17)), out == 2], [1, 2], 0)
             name = Path(s).name.replace(".nii.gz", "_seg.nii.gz")
             nib.save(nib.Nifti1Image(out.astype(np.int16), img.affine), str(folder / name))
@@ -190,12 +190,12 @@ def test_structures_benchmark_head_proxy_volumes_and_tissue_model(tmp_path, monk
     wm = vol["Left-Cerebral-White-Matter"]
     assert wm["ref_mm3"] > 1000 and wm["within_35pct"] is True
     assert record["oasis"]["original"]["volume_check"]["n_checked"] == 1
-    assert record["tissue_model"]["model"] == "tissue"
+    assert record["tissue_model"]["model"] == "tissue_fast"
     assert record["tissue_model"]["oasis"]["WM"] == pytest.approx(r["tissue"]["WM"], abs=0.02)
     table = (out / "results.md").read_text()
     assert "| Left-Thalamus | 144 | 144 | 1.00 |  |" in table
     assert "| Left-Cerebral-White-Matter | 3,388 | 3,424 | 0.99 | ok |" in table
-    assert "| tissue (tissue model) | original | oasis |" in table
+    assert "| tissue_fast (tissue model) | original | oasis |" in table
     assert "| volumes within ±35 % (≥ 1,000 mm³) | 1/1 | 1/1 |" in table
 
 

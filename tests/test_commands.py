@@ -105,7 +105,8 @@ def test_resolve_model_names():
     assert resolve_model(None) == resolve_model("tissue") == default_model_path()
     assert resolve_model("runs/x") == Path("runs/x")
     assert resolve_model(Path("m.pt")) == Path("m.pt")
-    if not (Path(synthseg_lite.__file__).parent / SHIPPED_MODELS["structures"]).is_file():
+    assert set(SHIPPED_MODELS) == {"tissue", "tissue_fast", "structures"}
+    if not (Path(synthseg_lite.__file__).parent / SHIPPED_MODELS["structures"][0]).is_file():
         with pytest.raises(ValueError, match="^the structure model is not shipped"):
             resolve_model("structures")
 
@@ -193,8 +194,8 @@ def test_segment_api_checks_a_scan_as_the_command_does(caplog):
             synthseg_lite.segment(bad, tta="none", threads=1)
     coarse = affine.copy()
     coarse[2, 2] = 12.0  # 12 mm slices: segmented, with the command's warning
-    with caplog.at_level(logging.WARNING):
-        res = synthseg_lite.segment((data, coarse), tta="none", threads=1)
+    with caplog.at_level(logging.WARNING):  # the fast network: a 432 mm tall field of view
+        res = synthseg_lite.segment((data, coarse), model="tissue_fast", tta="none", threads=1)
     assert res.labels.shape == data.shape
     assert any("coarser than any training resolution" in r.getMessage() for r in caplog.records)
 

@@ -1,5 +1,5 @@
-"""The model shipped in the package: small, self-describing, the default of infer.py, and good on a
-real scan it never saw (the shared IBSR data, when present)."""
+"""The models shipped in the package: small, self-describing, the default of infer.py, and good on
+a real scan they never saw (the shared IBSR data, when present)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from synthseg_lite.inference import predictor as predictor_module
 from synthseg_lite.inference.precision import amx_bf16
-from synthseg_lite.inference.predictor import default_model_path
+from synthseg_lite.inference.predictor import default_model_path, resolve_model, tissue_output
 from synthseg_lite.model.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IBSR = ROOT.parent / "shared" / "data" / "real" / "ibsr" / "IBSR_01"
 
 
-def test_shipped_model_is_small_and_describes_itself() -> None:
-    path = default_model_path()
+def test_shipped_fast_tissue_model_is_small_and_describes_itself() -> None:
+    path = resolve_model("tissue_fast")
     assert path.stat().st_size <= 2 * 2**20  # <= 2 MiB
     _, meta = load_model(path)
     assert meta.unet.spatial_dims == 2 and meta.slices["axes"] == [0, 1, 2]
@@ -29,11 +30,43 @@ def test_shipped_model_is_small_and_describes_itself() -> None:
     assert meta.extra.get("command"), "the command that trained it is recorded"
 
 
+def test_default_tissue_model_is_the_structure_network_written_as_tissue() -> None:
+    """model=tissue (the default) runs the structure network and writes its tissue view; a
+    file's own classes are never merged, nor those of model=structures / tissue_fast."""
+    assert default_model_path() == resolve_model(None) == resolve_model("structures")
+    _, meta = load_model(resolve_model("tissue"))
+    group = tissue_output("tissue", meta)
+    values = meta.label_table.target.values
+    by_value = dict(zip(values, group.tolist()))
+    # cortex and deep grey matter -> GM, white matter and brainstem -> WM, ventricles -> CSF
+    assert [by_value[v] for v in (0, 3, 42, 17, 10, 8, 2, 41, 16, 7, 4, 43, 14, 15)] == [
+        0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    assert tissue_output(None, meta) is not None
+    for name in ("structures", "tissue_fast", resolve_model("structures")):
+        assert tissue_output(name, meta) is None
+    _, fast = load_model(resolve_model("tissue_fast"))
+    assert tissue_output("tissue", fast) is None  # a tissue network is written as it is
+
+
+def test_tissue_falls_back_to_the_fast_network_where_structures_are_not_shipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = predictor_module._shipped
+    monkeypatch.setattr(
+        predictor_module, "_shipped",
+        lambda f: None if f == predictor_module.STRUCTURES_MODEL else real(f),
+    )
+    assert resolve_model("tissue") == resolve_model("tissue_fast")
+    with pytest.raises(ValueError, match="structure model is not shipped"):
+        resolve_model("structures")
+
+
 @pytest.mark.skipif(not IBSR.is_dir(), reason="shared data absent")
-def test_infer_with_the_default_model_segments_a_real_scan(tmp_path: Path) -> None:
-    """infer.py without model= on IBSR_01, then Dice against its manual labels (1 CSF, 2 GM,
-    3 WM): the thresholds are below the measured values (README) and well above the mixture
-    baseline's CSF."""
+@pytest.mark.parametrize("model", [None, "tissue_fast"])
+def test_infer_with_the_default_model_segments_a_real_scan(tmp_path: Path, model) -> None:
+    """infer.py without model= (and with the fast tissue network) on IBSR_01, then Dice against
+    its manual labels (1 CSF, 2 GM, 3 WM): the thresholds are below the measured values (README)
+    and well above the mixture baseline's CSF."""
     out = tmp_path / "out"
     subprocess.run(
         [
@@ -42,6 +75,7 @@ def test_infer_with_the_default_model_segments_a_real_scan(tmp_path: Path) -> No
             f"input={IBSR / 'IBSR_01.nii.gz'}",
             f"output={out}",
             "tta=none",
+            *([f"model={model}"] if model else []),
         ],
         cwd=ROOT,
         check=True,

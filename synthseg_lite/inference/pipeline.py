@@ -169,8 +169,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     for warning in check_scan(vol.data, vol.affine, scan.path):  # a label map, a few voxels...
         log.warning(warning)
     pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device, str(scan.path))
-    target = w.predictor.meta.label_table.target
-    names = target.names
+    names = w.predictor.target.names
     written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
     _save_labels(w.labels.lut(), pred.labels, pred.affine, out["seg"])
     write_lut(out["lut"], w.labels, f"{scan.case}: {w.labels.desc} labels (synthseg_lite)")
@@ -304,7 +303,7 @@ def segment_scans(
         qc = ensemble_qc_threshold(meta, find_checkpoints(model_path)[1:], QC_THRESHOLD)
         opts = replace(opts, qc_threshold=qc)
         log.info("QC threshold %.2f (the model's; qc_threshold= to choose another)", qc)
-    target = meta.label_table.target
+    target = predictor.target
     root = study.root(output_dir)
     w = StudyContext(
         predictor, opts, device, output_labels(target, opts.labels),

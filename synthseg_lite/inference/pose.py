@@ -26,7 +26,8 @@ gains nothing (OASIS turned 11 degrees from the mean pose: 0.835 as it lies, 0.8
 degrees: 0.821 and 0.834). Nor is a brain that the field of view cuts (:data:`CUT_MM2`).
 
 Only targets with at least :data:`MIN_STRUCTURES` of the atlas's structures have a pose (the
-structure models); a tissue model (GM, WM, CSF) is left as it is.
+structure models, and so the default ``model=tissue``, the structure network written as GM / WM /
+CSF); a tissue network (``model=tissue_fast``: GM, WM, CSF) is left as it is.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "NativePrediction",
     "enclosed_by",
     "keep_largest_component",
+    "merge_classes",
     "qc_scores",
     "to_native",
 ]
@@ -312,6 +313,36 @@ def to_native(
     post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
     return NativePrediction(
         labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, geom.native_affine, post
+    )
+
+
+def merge_classes(pred: NativePrediction, group: np.ndarray, n: int) -> NativePrediction:
+    """The prediction with its classes merged into ``n`` (e.g. structures into background, GM,
+    WM, CSF: :func:`~synthseg_lite.labels.lut.tissue_view`): class k becomes ``group[k]``.
+
+    Labels are merged class by class (the merged label is the group of the argmax, as the tissue
+    view of a structure segmentation is written); probabilities and soft volumes are summed
+    within each group. QC scores and the pose are kept (they score the classes predicted).
+
+    Args:
+        pred: a prediction over K classes.
+        group: (K,) int64 in [0, n): the merged class of each class.
+        n: merged classes.
+    """
+    group = np.asarray(group, dtype=np.int64)
+    table = torch.from_numpy(group)
+    posteriors = None
+    if pred.posteriors is not None:
+        post = torch.from_numpy(pred.posteriors)
+        merged = torch.zeros((n, *post.shape[1:]), dtype=post.dtype)
+        merged.index_add_(0, table, post)
+        posteriors = merged.numpy()
+    return replace(
+        pred,
+        labels=table[torch.from_numpy(pred.labels)].numpy(),
+        labels_ras=table[torch.from_numpy(pred.labels_ras)].numpy(),
+        volumes_mm3=np.bincount(group, weights=pred.volumes_mm3, minlength=n),
+        posteriors=posteriors,
     )
 
 

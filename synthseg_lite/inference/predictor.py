@@ -18,10 +18,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from synthseg_lite.labels import TARGET_PRESETS, TargetPreset
+from synthseg_lite.labels.lut import tissue_view
 from synthseg_lite.model.artifact import ModelMeta, load_model
 from synthseg_lite.model.slicing import SliceConfig, accumulate_slicewise
 
@@ -33,6 +36,7 @@ __all__ = [
     "find_checkpoints",
     "load_ensemble",
     "resolve_model",
+    "tissue_output",
     "tta_flips",
     "with_oom_fallback",
 ]
@@ -43,24 +47,37 @@ log = logging.getLogger(__name__)
 #: whose training mirrors every axis; this package's generator flips left/right only).
 TTA_MODES = ("none", "flip", "mirror")
 
-#: The model shipped in the package (used when no ``model=`` is given).
-DEFAULT_MODEL = "resources/model_cpu.pt"
+#: The files of the models shipped in the package.
+TISSUE_FAST_MODEL = "resources/model_cpu.pt"
+STRUCTURES_MODEL = "resources/model_structures.pt"
+
+#: Shipped model names (``model=``) -> the files that serve it, in order of preference (the
+#: first one this installation has). ``tissue``, the default, is the structure network written as
+#: GM / WM / CSF (its tissue view: :func:`tissue_output`), which beats the dedicated tissue
+#: network on 47 of 50 class-and-condition figures on the shared real scans (README "Results on
+#: real scans") at about 2.6x its time; ``tissue_fast`` is that dedicated network.
+SHIPPED_MODELS: dict[str, tuple[str, ...]] = {
+    "tissue": (STRUCTURES_MODEL, TISSUE_FAST_MODEL),
+    "tissue_fast": (TISSUE_FAST_MODEL,),
+    "structures": (STRUCTURES_MODEL,),
+}
+
+#: Shipped names whose structure segmentation is written as tissue (GM, WM, CSF).
+TISSUE_OUTPUT = ("tissue",)
+
+
+def _shipped(file: str) -> Path | None:
+    path = Path(str(resources.files("synthseg_lite").joinpath(file)))
+    return path if path.is_file() else None
 
 
 def default_model_path() -> Path:
-    """Path of the model shipped in the package.
+    """Path of the model file behind the default ``model=tissue``.
 
     Raises:
         ValueError: the package has no shipped model.
     """
-    path = Path(str(resources.files("synthseg_lite").joinpath(DEFAULT_MODEL)))
-    if not path.is_file():
-        raise ValueError(f"no model is shipped at {path}; pass model=RUN_DIR_OR_CHECKPOINT")
-    return path
-
-
-#: Names of the shipped models (``model=tissue`` / ``model=structures``) -> file in the package.
-SHIPPED_MODELS = {"tissue": DEFAULT_MODEL, "structures": "resources/model_structures.pt"}
+    return resolve_model("tissue")
 
 
 def resolve_model(model: str | Path | None = None) -> Path:
@@ -68,9 +85,10 @@ def resolve_model(model: str | Path | None = None) -> Path:
     :func:`synthseg_lite.segment`.
 
     Args:
-        model: ``"tissue"`` (also None: the default) or ``"structures"``: a model shipped in the
-            package (a folder of that name is written ``./tissue``); anything else: a run
-            directory, a ``.ckpt`` or a ``.pt`` file (checked by :func:`find_checkpoints`).
+        model: ``"tissue"`` (also None: the default), ``"tissue_fast"`` or ``"structures"``: a
+            model shipped in the package (:data:`SHIPPED_MODELS`; a folder of that name is
+            written ``./tissue``); anything else: a run directory, a ``.ckpt`` or a ``.pt`` file
+            (checked by :func:`find_checkpoints`).
 
     Raises:
         ValueError: a shipped model that this installation does not have.
@@ -78,12 +96,23 @@ def resolve_model(model: str | Path | None = None) -> Path:
     name = "tissue" if model is None else str(model)
     if name not in SHIPPED_MODELS:
         return Path(model)
-    if name == "tissue":
-        return default_model_path()
-    path = Path(str(resources.files("synthseg_lite").joinpath(SHIPPED_MODELS[name])))
-    if not path.is_file():
-        raise ValueError(f"the {name.removesuffix('s')} model is not shipped in this installation")
-    return path
+    for file in SHIPPED_MODELS[name]:
+        path = _shipped(file)
+        if path is not None:
+            return path
+    what = "structure model" if name == "structures" else f"model {name!r}"
+    raise ValueError(f"the {what} is not shipped in this installation; pass model=<model file>")
+
+
+def tissue_output(model: str | Path | None, meta: ModelMeta) -> np.ndarray | None:
+    """(K,) int64 tissue class (0 background, 1 GM, 2 WM, 3 CSF) of each of the model's classes
+    when ``model`` names a shipped model written as tissue (:data:`TISSUE_OUTPUT`) and its file
+    is a structure model; None: its classes are written as they are."""
+    name = "tissue" if model is None else str(model)
+    if name not in TISSUE_OUTPUT:
+        return None
+    view = tissue_view(meta.label_table.target)
+    return None if view is None else view[0]
 
 
 def find_checkpoints(path: str | Path) -> list[Path]:
@@ -189,6 +218,10 @@ class Predictor:
             :data:`CPU_SLICE_PIXELS` pixels).
         views: 2D networks: slice along only the first ``views`` of the model's slicing axes
             (None: all of them; the fast mode takes 1).
+        tissue_group: (K,) tissue class (0 background, 1 GM, 2 WM, 3 CSF) of each class, when a
+            structure model's segmentation is written as tissue (:func:`tissue_output`): the
+            predictor still predicts, and is post-processed as, the model's own classes;
+            :attr:`target` is then the tissue preset. None: written as the model's classes.
     """
 
     def __init__(
@@ -200,6 +233,7 @@ class Predictor:
         overlap: float = 0.5,
         sw_batch_size: int = 1,
         views: int | None = None,
+        tissue_group: np.ndarray | None = None,
     ):
         if not nets:
             raise ValueError("at least one network is needed")
@@ -236,6 +270,16 @@ class Predictor:
         if views is not None and views < 1:
             raise ValueError(f"views must be >= 1 (or null), got {views}")
         self.axes = list(self.slices.axes[:views]) if self.slices is not None else []
+        k = meta.label_table.target.n_classes
+        if tissue_group is not None and np.shape(tissue_group) != (k,):
+            raise ValueError(f"tissue_group must give one tissue class per class ({k})")
+        self.tissue_group = None if tissue_group is None else np.asarray(tissue_group, np.int64)
+
+    @property
+    def target(self) -> TargetPreset:
+        """The classes written: the model's own, or the tissue preset's (:attr:`tissue_group`)."""
+        return self.meta.label_table.target if self.tissue_group is None else TARGET_PRESETS[
+            "tissue"]
 
     @property
     def n_passes(self) -> int:
@@ -250,7 +294,8 @@ class Predictor:
         parts = [f"{len(self.nets)} model(s)", f"{len(self.flips)} TTA flip(s)"]
         if self.slices is not None:
             parts.append(f"{axes} slicing axes")
-        return f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
+        text = f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
+        return text + (", written as tissue" if self.tissue_group is not None else "")
 
     @property
     def batch_size(self) -> int:

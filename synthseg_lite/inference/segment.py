@@ -18,6 +18,7 @@ from synthseg_lite.inference.postprocess import (
     KEEP_LARGEST,
     NativePrediction,
     keep_largest_component,
+    merge_classes,
     qc_scores,
     to_native,
 )
@@ -37,6 +38,7 @@ from synthseg_lite.inference.predictor import (
     Predictor,
     load_ensemble,
     resolve_model,
+    tissue_output,
     with_oom_fallback,
 )
 from synthseg_lite.data.preprocess import grid_for, output_geometry, preprocess
@@ -231,17 +233,21 @@ class InferenceOptions:
             )
 
 
-def build_predictor(nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions) -> Predictor:
+def build_predictor(
+    nets: Sequence[torch.nn.Module], meta, opts: InferenceOptions,
+    tissue_group: np.ndarray | None = None,
+) -> Predictor:
     """The :class:`Predictor` of ``opts`` (its ``fast`` mode: no TTA, one slicing axis; its
     ``onnx`` backend: each network run by ONNX Runtime; its ``precision``: each torch network run
-    under autocast, the dtype chosen per call from the input's device)."""
+    under autocast, the dtype chosen per call from the input's device; ``tissue_group``: a
+    structure model written as tissue, :func:`~synthseg_lite.inference.predictor.tissue_output`)."""
     if opts.backend == "onnx":
         nets = [OnnxNet(net) for net in nets]
     elif opts.precision != "float32":
         nets = [AutocastNet(net, opts.precision) for net in nets]
     return Predictor(
         nets, meta, "none" if opts.fast else opts.tta, opts.roi_size, opts.overlap,
-        opts.sw_batch_size, views=1 if opts.fast else None,
+        opts.sw_batch_size, views=1 if opts.fast else None, tissue_group=tissue_group,
     )
 
 
@@ -254,7 +260,8 @@ def load_predictor(
     or a cached version of it).
 
     Returns:
-        (predictor, the first member's metadata, device, resolved model path).
+        (predictor, the first member's metadata, device, resolved model path). The classes
+        written are ``predictor.target`` (the tissue preset for ``model=tissue``).
 
     Raises:
         ValueError: bad device (``backend=onnx``: the CPU only), missing or unusable model.
@@ -273,7 +280,11 @@ def load_predictor(
     nets, meta = load(path, device)
     if not onnx:
         log.info("network precision: %s", str(network_dtype(opts.precision, device))[6:])
-    return build_predictor(nets, meta, opts), meta, device, path
+    group = tissue_output(model, meta)
+    if group is not None:
+        log.info("model=tissue: the structure network, its structures written as GM, WM, CSF "
+                 "(model=tissue_fast: the dedicated tissue network, faster, less accurate)")
+    return build_predictor(nets, meta, opts, group), meta, device, path
 
 
 def _structure_index(target: TargetPreset) -> dict[int, int] | None:
@@ -356,8 +367,10 @@ def segment_volume(
         name: the scan, for the out-of-memory warning.
 
     Returns:
-        :class:`~synthseg_lite.inference.postprocess.NativePrediction`, with its QC scores
-        (:func:`~synthseg_lite.inference.postprocess.qc_scores` over :func:`qc_groups`).
+        :class:`~synthseg_lite.inference.postprocess.NativePrediction` in the classes of
+        ``predictor.target`` (a structure model written as tissue: merged after the clean-up),
+        with its QC scores (:func:`~synthseg_lite.inference.postprocess.qc_scores` over
+        :func:`qc_groups` of the model's own classes).
 
     Raises:
         ValueError: empty or constant image; a network grid (the field of view at the model's
@@ -423,4 +436,7 @@ def segment_volume(
         pred.pose = None if pose is None else pose.record()
         return pred
 
-    return with_oom_fallback(attempt, predictor, device, name)
+    pred = with_oom_fallback(attempt, predictor, device, name)
+    if predictor.tissue_group is not None:  # a structure model written as tissue
+        pred = merge_classes(pred, predictor.tissue_group, predictor.target.n_classes)
+    return pred
