@@ -418,3 +418,28 @@ def test_output_mm_grid_larger_than_max_voxels_is_refused():
     opts = InferenceOptions(output_mm=0.05, max_voxels=10**6)
     with pytest.raises(ValueError, match="max_voxels"):
         segment_volume(_phantom(), np.eye(4), predictor, opts, torch.device("cpu"))
+
+
+def test_merge_classes_groups_labels_and_sums_probabilities_and_volumes():
+    """A structure prediction written as tissue: each label becomes its group, probabilities and
+    soft volumes are summed within a group (still summing to 1), QC and pose are kept."""
+    from synthseg_lite.inference.postprocess import NativePrediction, merge_classes
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=(4, 3, 2)).transpose(3, 0, 1, 2).astype(np.float32)
+    labels = probs.argmax(0)
+    pred = NativePrediction(
+        labels, labels[::-1].copy(), np.array([10.0, 1.0, 2.0, 3.0, 4.0]), np.eye(4), probs,
+        qc={"qc_score": 0.8}, pose={"degrees": 3.0},
+    )
+    group = np.array([0, 1, 2, 1, 3])  # background, GM, WM, GM, CSF
+    merged = merge_classes(pred, group, 4)
+    np.testing.assert_array_equal(merged.labels, group[labels])
+    np.testing.assert_array_equal(merged.labels_ras, group[labels[::-1]])
+    np.testing.assert_allclose(merged.volumes_mm3, [10.0, 4.0, 2.0, 4.0])
+    np.testing.assert_allclose(merged.posteriors[1], probs[1] + probs[3], rtol=1e-6)
+    np.testing.assert_allclose(merged.posteriors.sum(0), 1.0, atol=1e-5)
+    assert merged.posteriors.shape == (4, 4, 3, 2) and merged.qc == pred.qc
+    assert merged.pose == pred.pose and pred.labels is labels  # the input is left as it was
+    no_post = merge_classes(NativePrediction(labels, labels, pred.volumes_mm3, np.eye(4)), group, 4)
+    assert no_post.posteriors is None
