@@ -1,17 +1,21 @@
-"""Tilted heads: a structure model on a real scan turned in its voxel grid, the header unchanged
-(a head tilted in the scanner, which no header can undo), with the pose step
+"""Tilted heads: a model on a real scan turned in its voxel grid, the header unchanged (a head
+tilted in the scanner, which no header can undo), with the pose step
 (:mod:`synthseg_lite.inference.pose`, ``pose_max_deg`` default) and without it
 (``pose_max_deg=null``), side by side in one run.
 
     python -m benchmarks.tilt --output tilt/                        # shipped structures, OASIS
     python -m benchmarks.tilt --output tilt/ --turns pitch:20,roll:30 --model my_model.pt
+    python -m benchmarks.tilt --output tilt_t/ --model tissue       # GM / WM / CSF only
 
 Each turn is a rotation about one axis of the scan's RAS voxel grid through the volume's centre:
 ``pitch`` about left-right (nodding), ``roll`` about front-back (ear to shoulder), ``yaw`` about
 up-down, in degrees (right-hand rule). The scan (trilinear) and its aseg (nearest neighbour) are
 padded by 32 voxels first, so that nothing is cut, and turned alike. Output: ``tilt.json`` (per
 turn and setting: the mean Dice over SynthSeg's 31 structures, the 4th ventricle's and the
-left inferior horn's, seconds, the pose read) and ``tilt.md`` (the table).
+left inferior horn's (a structure model), the GM / WM / CSF Dice of the tissue view (a structure
+model's structures grouped, or a tissue model's output; CSF: the ventricles, as
+``ref_labels=aseg_ventricular``), seconds, the pose read) and ``tilt.md`` (the table). A tissue
+network (``model=tissue_fast``) has no pose step: its two settings are the same.
 """
 
 from __future__ import annotations
@@ -73,18 +77,25 @@ def padded_ras(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     return data, affine
 
 
+def _tissue_text(setting: dict) -> str:
+    t = setting.get("tissue")
+    return "" if not t else " / ".join(f"{t[c]:.3f}" for c in ("GM", "WM", "CSF"))
+
+
 def table(rows: list[dict]) -> list[str]:
-    """The markdown table of :func:`main`'s rows (``turn``, and per setting ``dice``,
-    ``seconds`` and the ``pose`` read)."""
-    header = "| turn | pose read (degrees) | with the pose step | without (`pose_max_deg=null`) |"
-    lines = [header + " seconds |", "|---|---|---|---|---|"]
+    """The markdown table of :func:`main`'s rows (``turn``, and per setting ``dice`` (None for a
+    tissue model), ``tissue``, ``seconds`` and the ``pose`` read)."""
+    header = ("| turn | pose read (degrees) | with the pose step | without (`pose_max_deg=null`) |"
+              " GM / WM / CSF with | GM / WM / CSF without |")
+    lines = [header + " seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         pose = r["pose"]["pose"]
         read = "none" if pose is None else (
             f"{pose['degrees']:.1f}{' (upright)' if pose['segmented_upright'] else ''}")
-        lines.append(f"| {r['turn']} | {read} | {r['pose']['dice']:.3f} | "
-                     f"{r['no pose']['dice']:.3f} | {r['pose']['seconds']:.0f} / "
-                     f"{r['no pose']['seconds']:.0f} |")
+        dice = [("" if r[k]["dice"] is None else f"{r[k]['dice']:.3f}") for k in ("pose", "no pose")]
+        lines.append(f"| {r['turn']} | {read} | {dice[0]} | {dice[1]} | "
+                     f"{_tissue_text(r['pose'])} | {_tissue_text(r['no pose'])} | "
+                     f"{r['pose']['seconds']:.0f} / {r['no pose']['seconds']:.0f} |")
     return lines
 
 
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(e)
 
     import synthseg_lite
+    from synthseg_lite.evaluation.metrics import evaluate_pairs
     from synthseg_lite.evaluation.structure_metrics import evaluate_structures
 
     scan, affine = padded_ras(args.scan, np.float32)
@@ -131,16 +143,25 @@ def main(argv: list[str] | None = None) -> int:
             seg_path = args.output / f"{tag}_{name.replace(' ', '_')}.nii.gz"
             seg_path.unlink(missing_ok=True)
             result.save(seg_path)
-            s = evaluate_structures([(tag, seg_path, ref_path)], surface=False)
-            dice = s["mean"]
+            tissue = tuple(result.names[1:]) == ("GM", "WM", "CSF")
+            t = evaluate_pairs([(tag, seg_path, ref_path)], "tissue" if tissue else
+                               "aseg_ventricular", "aseg_ventricular", surface=False)
             row[name] = {
-                "dice": round(s["structure_mean"]["Dice"], 4),
-                "4th_ventricle": round(dice[15]["Dice"], 4),
-                "left_inferior_horn": round(dice[5]["Dice"], 4),
+                "dice": None,
+                "tissue": {c: round(t["mean"][k]["Dice"], 4) for k, c in
+                           enumerate(("GM", "WM", "CSF"), 1)},
                 "seconds": round(seconds, 1),
                 "pose": result.pose,  # the pose read (None without the pose step)
             }
-            log.info("%s, %s: mean Dice %.4f (%.0f s)", tag, name, row[name]["dice"], seconds)
+            if not tissue:
+                s = evaluate_structures([(tag, seg_path, ref_path)], surface=False)
+                row[name] |= {
+                    "dice": round(s["structure_mean"]["Dice"], 4),
+                    "4th_ventricle": round(s["mean"][15]["Dice"], 4),
+                    "left_inferior_horn": round(s["mean"][5]["Dice"], 4),
+                }
+            log.info("%s, %s: mean Dice %s, GM / WM / CSF %s (%.0f s)", tag, name,
+                     row[name]["dice"], _tissue_text(row[name]), seconds)
         rows.append(row)
     (args.output / "tilt.json").write_text(json.dumps(
         {"model": args.model, "scan": str(args.scan), "threads": args.threads, "turns": rows},

@@ -34,14 +34,19 @@ def test_missing_data_is_one_error_line(tmp_path, capsys):
 
 
 def test_the_table_gives_both_settings_and_the_pose_read():
+    tissue = {"GM": 0.8712, "WM": 0.93, "CSF": 0.9}
     row = {"turn": "roll+30",
-           "pose": {"dice": 0.8349, "seconds": 64.0,
+           "pose": {"dice": 0.8349, "seconds": 64.0, "tissue": tissue,
                     "pose": {"degrees": 27.2, "segmented_upright": True}},
            "no pose": {"dice": 0.7198, "seconds": 28.0, "pose": None}}
     unread = row | {"turn": "pitch+0", "pose": row["pose"] | {"pose": None}}
-    lines = table([row, unread])
-    assert lines[2] == "| roll+30 | 27.2 (upright) | 0.835 | 0.720 | 64 / 28 |"
-    assert lines[3].startswith("| pitch+0 | none |") and len(lines) == 4
+    fast = {"dice": None, "seconds": 9.0, "pose": None, "tissue": tissue}  # a tissue network
+    lines = table([row, unread, {"turn": "yaw+30", "pose": fast, "no pose": fast}])
+    assert lines[2] == ("| roll+30 | 27.2 (upright) | 0.835 | 0.720 | 0.871 / 0.930 / 0.900 "
+                        "|  | 64 / 28 |")
+    assert lines[3].startswith("| pitch+0 | none |") and len(lines) == 5
+    assert lines[4] == ("| yaw+30 | none |  |  | 0.871 / 0.930 / 0.900 | 0.871 / 0.930 / 0.900 "
+                        "| 9 / 9 |")
 
 
 def test_the_figure_colours_labels_and_refuses_missing_outputs(tmp_path, capsys):

@@ -294,8 +294,7 @@ class Predictor:
         parts = [f"{len(self.nets)} model(s)", f"{len(self.flips)} TTA flip(s)"]
         if self.slices is not None:
             parts.append(f"{axes} slicing axes")
-        text = f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
-        return text + (", written as tissue" if self.tissue_group is not None else "")
+        return f"{self.n_passes * axes} network passes ({' x '.join(parts)})"
 
     @property
     def batch_size(self) -> int:
