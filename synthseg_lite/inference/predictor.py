@@ -54,7 +54,7 @@ STRUCTURES_MODEL = "resources/model_structures.pt"
 #: Shipped model names (``model=``) -> the files that serve it, in order of preference (the
 #: first one this installation has). ``tissue``, the default, is the structure network written as
 #: GM / WM / CSF (its tissue view: :func:`tissue_output`), which beats the dedicated tissue
-#: network on 47 of 50 class-and-condition figures on the shared real scans (README "Results on
+#: network on 35 of 36 class-and-condition figures on the shared real scans (README "Results on
 #: real scans") at about 2.6x its time; ``tissue_fast`` is that dedicated network.
 SHIPPED_MODELS: dict[str, tuple[str, ...]] = {
     "tissue": (STRUCTURES_MODEL, TISSUE_FAST_MODEL),
