@@ -1,10 +1,10 @@
 """End-to-end seconds, CPU time, peak memory and a per-stage breakdown of ``infer.py``'s pipeline.
 
     python benchmarks/inference.py                                   # model=structures, 256^3 stripped
-    python benchmarks/inference.py --models tissue structures --cases stripped skull
+    python benchmarks/inference.py --models tissue_fast tissue structures --cases stripped skull
     python benchmarks/inference.py --trees /tmp/base .                # an older checkout beside this one
-    python benchmarks/inference.py --models tissue structures --backends torch onnx   # ONNX Runtime
-    python benchmarks/inference.py --models tissue structures --precisions float32 auto
+    python benchmarks/inference.py --models tissue_fast structures --backends torch onnx   # ONNX Runtime
+    python benchmarks/inference.py --models tissue_fast structures --precisions float32 auto
     python benchmarks/inference.py --models 3d-cpu:2.0 --cases phantom   # random cpu-preset 3D U-Net
 
 Each run is one fresh worker process (``--worker``) that imports the package of one code tree,
