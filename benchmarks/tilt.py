@@ -1,6 +1,6 @@
 """Tilted heads: a model on a real scan turned in its voxel grid, the header unchanged (a head
 tilted in the scanner, which no header can undo), with the pose step
-(:mod:`synthseg_lite.inference.pose`, ``pose_max_deg`` default) and without it
+(:mod:`synthseg_lite.inference.upright`, ``pose_max_deg`` default) and without it
 (``pose_max_deg=null``), side by side in one run.
 
     python -m benchmarks.tilt --output tilt/                        # shipped structures, OASIS

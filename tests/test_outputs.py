@@ -62,7 +62,7 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     volumes.csv and the sidecar record the pose."""
     from scipy.spatial.transform import Rotation
 
-    from synthseg_lite.inference import pose as pose_module
+    from synthseg_lite.inference import upright as pose_module
 
     model = _use_net(monkeypatch, tmp_path, "synthseg")
     scan = _write(tmp_path / "case1.nii.gz")

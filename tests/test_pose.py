@@ -1,5 +1,5 @@
 """Head pose (synthseg_lite.inference.pose): the rotation read from a segmentation's structures,
-and the second pass in the training maps' mean pose."""
+and (synthseg_lite.inference.upright) the second pass in the training maps' mean pose."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from synthseg_lite.inference.pose import (
     estimate_pose,
     kabsch,
     pose_atlas,
-    segment_in_pose,
-    turn,
 )
+from synthseg_lite.inference.upright import segment_in_pose, turn
 from synthseg_lite.labels.presets import TARGET_PRESETS
 
 SYNTHSEG = TARGET_PRESETS["synthseg"]
@@ -158,7 +157,7 @@ def test_a_tilted_scan_is_segmented_upright_and_turned_back():
 def test_a_reading_short_of_the_tilt_is_completed_by_the_upright_pass(monkeypatch):
     """A strong tilt spoils the first pass, and the pose read from it falls short (OASIS turned
     45 degrees of yaw read 21): the upright pass is read again and the scan turned by both."""
-    from synthseg_lite.inference import pose as module
+    from synthseg_lite.inference import upright as module
 
     tilted = Rotation.from_euler("y", 90, degrees=True).as_matrix()
     labels = _labels(tilted)
@@ -181,7 +180,7 @@ def test_a_reading_short_of_the_tilt_is_completed_by_the_upright_pass(monkeypatc
 
 
 def test_a_scan_is_turned_at_most_max_turns_times(monkeypatch):
-    from synthseg_lite.inference import pose as module
+    from synthseg_lite.inference import upright as module
 
     labels = _labels(np.eye(3))
     tilt = module.Pose(Rotation.from_euler("x", 20, degrees=True).as_matrix(), 3.0, 31)
@@ -243,7 +242,7 @@ def test_a_rough_reading_turns_the_scan_only_if_the_upright_pass_fits_better(mon
     """A first pass a strong tilt spoiled gives a rough reading (RMS over MAX_RMS_MM): the scan
     is turned by it, and the upright pass is kept only if its own reading fits the atlas within
     MAX_RMS_MM; otherwise the first pass stands (a spurious reading turns nothing)."""
-    from synthseg_lite.inference import pose as module
+    from synthseg_lite.inference import upright as module
 
     turned = Rotation.from_euler("y", 90, degrees=True).as_matrix()
     labels = _labels(turned)

@@ -29,7 +29,7 @@ from synthseg_lite.inference.refine import (
     refine_with_intensities,
     shared_classes,
 )
-from synthseg_lite.inference.pose import POSE_MAX_DEG, segment_in_pose
+from synthseg_lite.inference.upright import POSE_MAX_DEG, segment_in_pose
 from synthseg_lite.inference.smooth import default_sigma_vox, smooth_probabilities_
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
 from synthseg_lite.inference.precision import PRECISIONS, AutocastNet, network_dtype
@@ -141,7 +141,7 @@ class InferenceOptions:
             and volumes as the network saw them; the posteriors and QC figure follow).
         pose_max_deg: a brain tilted more than this (degrees) from the training maps' mean pose,
             read from the first pass's structures, is segmented again turned into that pose and
-            its probabilities turned back (:mod:`synthseg_lite.inference.pose`; one more set of
+            its probabilities turned back (:mod:`synthseg_lite.inference.upright`; one more set of
             network passes for such a scan); null: never. Structure models only (a tissue
             model's classes carry no pose).
     """
