@@ -101,7 +101,7 @@ def resolve_model(model: str | Path | None = None) -> Path:
         if path is not None:
             return path
     what = "structure model" if name == "structures" else f"model {name!r}"
-    raise ValueError(f"the {what} is not shipped in this installation; pass model=<model file>")
+    raise ValueError(f"the {what} is not shipped in this installation")
 
 
 def tissue_output(model: str | Path | None, meta: ModelMeta) -> np.ndarray | None:
