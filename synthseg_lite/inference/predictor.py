@@ -66,6 +66,11 @@ SHIPPED_MODELS: dict[str, tuple[str, ...]] = {
 TISSUE_OUTPUT = ("tissue",)
 
 
+def _name(model: str | Path | None) -> str:
+    """The name ``model=`` gives (None: the default, ``tissue``)."""
+    return "tissue" if model is None else str(model)
+
+
 def _shipped(file: str) -> Path | None:
     path = Path(str(resources.files("synthseg_lite").joinpath(file)))
     return path if path.is_file() else None
@@ -93,7 +98,7 @@ def resolve_model(model: str | Path | None = None) -> Path:
     Raises:
         ValueError: a shipped model that this installation does not have.
     """
-    name = "tissue" if model is None else str(model)
+    name = _name(model)
     if name not in SHIPPED_MODELS:
         return Path(model)
     for file in SHIPPED_MODELS[name]:
@@ -108,8 +113,7 @@ def tissue_output(model: str | Path | None, meta: ModelMeta) -> np.ndarray | Non
     """(K,) int64 tissue class (0 background, 1 GM, 2 WM, 3 CSF) of each of the model's classes
     when ``model`` names a shipped model written as tissue (:data:`TISSUE_OUTPUT`) and its file
     is a structure model; None: its classes are written as they are."""
-    name = "tissue" if model is None else str(model)
-    if name not in TISSUE_OUTPUT:
+    if _name(model) not in TISSUE_OUTPUT:
         return None
     view = tissue_view(meta.label_table.target)
     return None if view is None else view[0]

@@ -142,8 +142,8 @@ class InferenceOptions:
         pose_max_deg: a brain tilted more than this (degrees) from the training maps' mean pose,
             read from the first pass's structures, is segmented again turned into that pose and
             its probabilities turned back (:mod:`synthseg_lite.inference.upright`; one more set of
-            network passes for such a scan); null: never. Structure models only (a tissue
-            model's classes carry no pose).
+            network passes for such a scan); null: never. Structure networks only, so also the
+            default ``model=tissue`` (a tissue network's classes, ``tissue_fast``, carry no pose).
     """
 
     device: str = "auto"
