@@ -298,3 +298,41 @@ def test_resampling_back_only_the_crops_reach_equals_the_whole_grid(spacing, box
     fast = to_native(crop, geom, chunk=3)  # without posteriors: same labels and volumes
     assert np.array_equal(fast.labels, got.labels)
     assert np.allclose(fast.volumes_mm3, got.volumes_mm3)
+
+
+@pytest.mark.parametrize("posteriors", [True, False])
+@pytest.mark.parametrize("spacing", [(1.5, 1.0, 0.7), (1.0, 1.0, 1.0)])  # resampled; shortcut
+def test_merging_as_the_posteriors_are_resampled_equals_merging_afterwards(
+    posteriors, spacing
+) -> None:
+    """to_native(group=...) (a structure model written as tissue: only the merged channels are
+    ever held at the scan's size) gives what merge_classes gives on the unmerged prediction:
+    the same labels, volumes and summed posteriors, on a permuted and flipped on-disk grid."""
+    from synthseg_lite.data.preprocess import Geometry
+    from synthseg_lite.inference.postprocess import merge_classes
+
+    g = torch.Generator().manual_seed(5)
+    grid, box = (16, 12, 22), ((3, 11), (0, 9), (5, 17))
+    ratios = tuple(1.0 / s for s in spacing)
+    ras = tuple(max(1, round(n * r)) for n, r in zip(grid, ratios))
+    ornt = np.array([[2, -1], [0, 1], [1, -1]])  # native axis i holds RAS axis ornt[i, 0]
+    native = tuple(ras[int(a)] for a in ornt[:, 0])
+    k, group = 7, np.array([0, 1, 1, 2, 3, 1, 3])
+    sizes = [b - a for a, b in box]
+    crop = torch.softmax(torch.randn(k, *sizes, generator=g) * 3, 0)
+    geom = Geometry(native, np.eye(4), ornt, ras, np.diag([*spacing, 1.0]), grid, np.eye(4),
+                    ratios, box, tuple(sizes))
+    want = merge_classes(to_native(crop, geom, keep_posteriors=posteriors, chunk=3), group, 4)
+    got = to_native(crop, geom, keep_posteriors=posteriors, chunk=3, group=group, n_groups=4)
+    assert got.labels.shape == native and set(np.unique(got.labels)) <= {0, 1, 2, 3}
+    assert np.array_equal(got.labels, want.labels)
+    assert np.array_equal(got.labels_ras, want.labels_ras)
+    assert np.allclose(got.volumes_mm3, want.volumes_mm3)
+    if posteriors:
+        assert got.posteriors.shape == (4, *native)
+        assert np.abs(got.posteriors - want.posteriors).max() < 1e-6
+        assert np.allclose(got.posteriors.sum(0), 1, atol=1e-5)
+    else:
+        assert got.posteriors is None
+    with pytest.raises(ValueError, match="group"):
+        to_native(crop, geom, group=group[:-1], n_groups=4)

@@ -237,6 +237,8 @@ def to_native(
     keep_posteriors: bool = False,
     chunk: int = 4,
     labels: torch.Tensor | None = None,
+    group: np.ndarray | None = None,
+    n_groups: int | None = None,
 ) -> NativePrediction:
     """Map probabilities on the (cropped, padded) network grid back to the scan's grid (or to
     the grid of :func:`~synthseg_lite.data.preprocess.output_geometry`).
@@ -248,11 +250,19 @@ def to_native(
         chunk: classes resampled at a time (bounds memory for many-class models).
         labels: (*geom.padded_shape) int64 argmax of ``probs`` when the caller has it (used when
             the network grid is the scan's grid).
+        group: (K,) int64 in [0, ``n_groups``): write the prediction in these merged classes
+            (:func:`merge_classes`); the posteriors are summed per group as each chunk is
+            resampled, so only ``n_groups`` channels of the scan's size are ever held (a
+            structure model written as tissue: 4 instead of 32).
+        n_groups: merged classes (with ``group``).
 
     Returns:
-        :class:`NativePrediction`.
+        :class:`NativePrediction` (in the classes of ``group`` when given).
     """
     n_classes = probs.shape[0]
+    if group is not None and (n_groups is None or np.shape(group) != (n_classes,)):
+        raise ValueError(f"group must give each of the {n_classes} classes a merged class, "
+                         "and n_groups their number")
     inner = tuple(slice(0, b - a) for a, b in geom.box)  # the network grid without its padding
     crop = probs[(slice(None), *inner)]
     box = tuple(slice(a, b) for a, b in geom.box)
@@ -268,14 +278,20 @@ def to_native(
         best_k = torch.zeros(geom.ras_shape, dtype=torch.long, device=probs.device)
         best_k[box] = _argmax(crop) if labels is None else labels[inner]
         labels = from_ras(best_k, geom.ornt).contiguous()  # on-disk order, C-contiguous
-        return NativePrediction(
+        pred = NativePrediction(
             labels.cpu().numpy(), best_k.cpu().numpy(), volumes, geom.native_affine
         )
+        return pred if group is None else merge_classes(pred, group, n_groups)
     # only the output voxels the crop reaches are resampled: elsewhere the full grid is background
     back_ratios = tuple(1.0 / r for r in geom.ratios)
     ras_shape = tuple(geom.ras_shape)
     best_p = best_k = None
-    posteriors = [] if keep_posteriors else None
+    posteriors = None
+    table = None if group is None else torch.as_tensor(np.asarray(group), dtype=torch.long)
+    if keep_posteriors:  # filled chunk by chunk, in on-disk order: never a second copy
+        native_shape = tuple(ras_shape[int(geom.ornt[i, 0])] for i in range(3))
+        n_out = n_classes if group is None else n_groups
+        posteriors = torch.zeros((n_out, *native_shape), dtype=torch.float32)
     for start in range(0, n_classes, chunk):
         stop = min(start + chunk, n_classes)
 
@@ -304,16 +320,21 @@ def to_native(
             if start == 0:
                 post[0] = 1
             post[(slice(None), *out_win)] = ras
-            posteriors.append(from_ras(post, geom.ornt).cpu())
-            del post
+            native = from_ras(post, geom.ornt).float().cpu()
+            if table is None:
+                posteriors[start:stop] = native
+            else:
+                posteriors.index_add_(0, table[start:stop], native)
+            del post, native
         del ras, p, k
     labels_ras = torch.zeros(ras_shape, dtype=torch.long, device=probs.device)
     labels_ras[out_win] = best_k
     labels = from_ras(labels_ras, geom.ornt).contiguous()
-    post = torch.cat(posteriors).float().numpy() if posteriors is not None else None
-    return NativePrediction(
-        labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes, geom.native_affine, post
-    )
+    pred = NativePrediction(labels.cpu().numpy(), labels_ras.cpu().numpy(), volumes,
+                            geom.native_affine)
+    if group is not None:
+        pred = merge_classes(pred, group, n_groups)
+    return replace(pred, posteriors=None if posteriors is None else posteriors.numpy())
 
 
 def merge_classes(pred: NativePrediction, group: np.ndarray, n: int) -> NativePrediction:
@@ -323,6 +344,8 @@ def merge_classes(pred: NativePrediction, group: np.ndarray, n: int) -> NativePr
     Labels are merged class by class (the merged label is the group of the argmax, as the tissue
     view of a structure segmentation is written); probabilities and soft volumes are summed
     within each group. QC scores and the pose are kept (they score the classes predicted).
+    :func:`to_native` with ``group`` gives the same without ever holding the K unmerged
+    probability channels at the scan's size.
 
     Args:
         pred: a prediction over K classes.

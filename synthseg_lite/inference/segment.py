@@ -18,7 +18,6 @@ from synthseg_lite.inference.postprocess import (
     KEEP_LARGEST,
     NativePrediction,
     keep_largest_component,
-    merge_classes,
     qc_scores,
     to_native,
 )
@@ -431,12 +430,12 @@ def segment_volume(
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
         if opts.output_mm is not None:
             geom = output_geometry(geom, opts.output_mm)
-        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels)
+        # a structure model written as tissue is merged here, after the clean-up and the QC
+        # (they work on its own classes), as its posteriors are resampled
+        pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels,
+                         group=predictor.tissue_group, n_groups=predictor.target.n_classes)
         pred.qc = qc
         pred.pose = None if pose is None else pose.record()
         return pred
 
-    pred = with_oom_fallback(attempt, predictor, device, name)
-    if predictor.tissue_group is not None:  # a structure model written as tissue
-        pred = merge_classes(pred, predictor.tissue_group, predictor.target.n_classes)
-    return pred
+    return with_oom_fallback(attempt, predictor, device, name)
