@@ -336,3 +336,38 @@ def test_merging_as_the_posteriors_are_resampled_equals_merging_afterwards(
         assert got.posteriors is None
     with pytest.raises(ValueError, match="group"):
         to_native(crop, geom, group=group[:-1], n_groups=4)
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 0.7), (1.5, 1.0, 0.7), (0.94, 1.5, 0.94)])
+def test_labels_resampled_class_by_class_in_their_boxes_equal_all_classes_everywhere(spacing):
+    """Without posteriors, to_native resamples each structure only over the output voxels that
+    read its voxels at or above half of 1/K: the labels are exactly those of resampling every
+    class over the whole grid (the posteriors' path), for small localised structures, a class
+    that never comes near winning, and classes cut by the crop's edge."""
+    from synthseg_lite.data.preprocess import Geometry
+
+    g = torch.Generator().manual_seed(11)
+    grid, box = (30, 26, 28), ((2, 27), (0, 26), (4, 24))
+    sizes = [b - a for a, b in box]
+    ratios = tuple(1.0 / s for s in spacing)
+    ras = tuple(max(1, round(n * r)) for n, r in zip(grid, ratios))
+    k = 12
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in sizes],
+                                     indexing="ij"))
+    centres = torch.rand(k, 3, generator=g) * torch.tensor(sizes, dtype=torch.float32)
+    radius = 1.5 + 5 * torch.rand(k, generator=g)
+    dist = ((idx[None] - centres[:, :, None, None, None]) ** 2).sum(1).sqrt()
+    # crowded: away from its centre a structure stays near the others (winners at p ~ 0.1-0.3)
+    logits = (1.5 * (radius[:, None, None, None] - dist) / radius[:, None, None, None]).clamp(-0.5)
+    logits[0] = 0.0  # background: wherever no structure is
+    logits[5] = -30.0  # a class far below 1/K everywhere
+    crop = torch.softmax(logits + 0.3 * torch.randn(logits.shape, generator=g), 0)
+    ornt = np.array([[1, 1], [0, -1], [2, 1]])
+    geom = Geometry(tuple(ras[int(a)] for a in ornt[:, 0]), np.eye(4), ornt, ras,
+                    np.diag([*spacing, 1.0]), grid, np.eye(4), ratios, box, tuple(sizes))
+    every = to_native(crop, geom, keep_posteriors=True, chunk=5)
+    boxes = to_native(crop, geom)
+    assert len(np.unique(every.labels)) >= 8  # most structures win somewhere
+    assert np.array_equal(boxes.labels, every.labels)
+    assert np.array_equal(boxes.labels_ras, every.labels_ras)
+    assert np.array_equal(boxes.labels, every.posteriors.argmax(0))
