@@ -91,6 +91,29 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     assert "qc_pose_deg" not in read_volumes(tmp_path / "flat" / "volumes.csv")[0] or (
         _rows(tmp_path / "flat" / "volumes.csv")["case1"]["qc_pose_upright"] == "0"
     )
+    assert row["qc_fov_cut"] == ""  # the brain lies inside the field of view
+
+
+def test_a_brain_cut_by_the_field_of_view_is_named_in_volumes_csv_and_the_log(
+    monkeypatch, tmp_path, caplog
+):
+    """Where the pose step finds the field of view cutting the brain, volumes.csv says on which
+    side (qc_fov_cut) and the log warns once that the volumes there are partial."""
+    from synthseg_lite.inference import upright as pose_module
+
+    model = _use_net(monkeypatch, tmp_path, "synthseg")
+    scan = _write(tmp_path / "case1.nii.gz")
+    cut = pose_module.Pose(np.eye(3), 2.0, 31, cut="inferior")
+    monkeypatch.setattr(pose_module, "estimate_pose", lambda *a, **k: cut)
+    with caplog.at_level("WARNING"):
+        (res,) = segment_scans(scan, tmp_path / "out", model,
+                               InferenceOptions(**OPTS, save_qc=False))
+    row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
+    assert row["qc_fov_cut"] == "inferior" and row["qc_pose_upright"] == "0"
+    said = [r.getMessage() for r in caplog.records if "field of view cuts" in r.getMessage()]
+    assert len(said) == 1 and "case1" in said[0] and "inferior" in said[0]
+    assert json.loads(res.outputs["json"].read_text())["pose"]["cut_side"] == "inferior"
+    assert "qc_fov_cut" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_volumes_are_voxel_counts_times_voxel_volume(monkeypatch, tmp_path):

@@ -232,9 +232,27 @@ def test_a_brain_cut_by_the_field_of_view_is_left_as_it_lies():
         lambda im: calls.append(im) or _network(im), _image(cut), first, SYNTHSEG, SPACING, 15.0
     )
     assert probs is first and not calls
-    assert pose is not None and pose.cut and pose.degrees > 15
+    assert pose is not None and pose.cut == "inferior" and pose.degrees > 15
     record = pose.record()
     assert record["cut_by_field_of_view"] and not record["segmented_upright"]
+    assert record["cut_side"] == "inferior" and whole.record()["cut_side"] is None
+
+
+@pytest.mark.parametrize("face", range(6))
+def test_the_cut_side_is_the_face_of_the_ras_grid_the_brain_lies_on(face):
+    """A ball of brain pushed through one face of a RAS grid is cut on that side (axis 0 runs
+    left to right, 1 posterior to anterior, 2 inferior to superior); one that only touches a
+    face over less than CUT_MM2, or lies inside, is not cut."""
+    from synthseg_lite.inference.pose import FACES, cut_side
+
+    axis, end = divmod(face, 2)
+    idx = torch.stack(torch.meshgrid(*[torch.arange(40.0)] * 3, indexing="ij"))
+    centre = torch.full((3, 1, 1, 1), 19.5)
+    centre[axis] = 37.0 if end else 2.0
+    ball = ((idx - centre) ** 2).sum(0) < 12.0**2
+    assert cut_side(ball, 1.0) == FACES[face]
+    assert cut_side(ball, 0.1) == ""  # the same voxels at 0.1 mm: 4.4 mm^2 on that face
+    assert cut_side(((idx - 19.5) ** 2).sum(0) < 15.0**2, 1.0) == ""
 
 
 @pytest.mark.parametrize("fits", [True, False])

@@ -41,10 +41,12 @@ from synthseg_lite.labels import TargetPreset
 from synthseg_lite.labels.atlas import POSE_ATLAS
 
 __all__ = [
+    "FACES",
     "MIN_STRUCTURES",
     "POSE_ATLAS",
     "Pose",
     "brain_mask",
+    "cut_side",
     "estimate_pose",
     "kabsch",
     "pose_atlas",
@@ -91,9 +93,12 @@ class Pose:
             the atlas's: ``atlas ~= rotation @ (p - centre)``.
         rms_mm: RMS distance of the structures used from the atlas after the fit (mm).
         n_structures: structures used.
-        cut: the field of view cuts the brain (at least :data:`CUT_MM2` of it on a face of
-            the grid): such a brain is left as it lies, whatever its pose (a cut shifts the
-            centroids, and the network has only seen cuts along its slices).
+        cut: the side of the head where the field of view cuts the brain (at least
+            :data:`CUT_MM2` of it on that face of the grid; the face with most): ``"left"``,
+            ``"right"``, ``"posterior"``, ``"anterior"``, ``"inferior"``, ``"superior"``, or
+            ``""`` (not cut). Such a brain is left as it lies, whatever its pose (a cut shifts
+            the centroids, and the network has only seen cuts along its slices), and the
+            volumes of what lies at that side are partial.
         upright: the scan was segmented again upright
             (:func:`synthseg_lite.inference.upright.segment_in_pose`).
     """
@@ -101,7 +106,7 @@ class Pose:
     rotation: np.ndarray
     rms_mm: float
     n_structures: int
-    cut: bool = False
+    cut: str = ""
     upright: bool = False
 
     @property
@@ -125,12 +130,14 @@ class Pose:
 
     def record(self) -> dict[str, float | int | bool]:
         """For a scan's sidecar JSON: the angles (degrees), the fit's RMS (mm), the structures
-        used, whether the field of view cuts the brain and whether it was segmented upright."""
+        used, whether (and on which side) the field of view cuts the brain and whether it was
+        segmented upright."""
         p, r, y = self.euler
         return {
             "degrees": round(self.degrees, 1), "pitch": round(p, 1), "roll": round(r, 1),
             "yaw": round(y, 1), "rms_mm": round(self.rms_mm, 2), "structures": self.n_structures,
-            "cut_by_field_of_view": bool(self.cut), "segmented_upright": bool(self.upright),
+            "cut_by_field_of_view": bool(self.cut), "cut_side": self.cut or None,
+            "segmented_upright": bool(self.upright),
         }
 
 
@@ -240,8 +247,7 @@ def estimate_pose(
     rms = float(np.sqrt(np.mean(dist**2)))
     if rms > max_rms_mm:
         return None
-    cut = _cut_area_mm2(brain) * spacing_mm**2 >= CUT_MM2
-    return Pose(rotation, rms, len(points), cut)
+    return Pose(rotation, rms, len(points), cut_side(brain, spacing_mm))
 
 
 def brain_mask(probs: torch.Tensor) -> torch.Tensor:
@@ -252,10 +258,18 @@ def brain_mask(probs: torch.Tensor) -> torch.Tensor:
     return largest if 2 * largest.sum() > mask.sum() else mask
 
 
-def _cut_area_mm2(brain: torch.Tensor) -> int:
-    """Voxels of a (X, Y, Z) brain mask on the largest of the grid's six faces."""
-    faces = [brain.select(axis, i) for axis in range(3) for i in (0, -1)]
-    return max(int(face.sum()) for face in faces)
+#: The six faces of a RAS grid, in the order (axis 0 first, last), (axis 1 ...), (axis 2 ...).
+FACES = ("left", "right", "posterior", "anterior", "inferior", "superior")
+
+
+def cut_side(brain: torch.Tensor, spacing_mm: float) -> str:
+    """The side where the field of view cuts a brain: the face of the RAS grid with the most
+    of the (X, Y, Z) brain mask on it, if that is at least :data:`CUT_MM2` (one of
+    :data:`FACES`); ``""`` where no face has that much."""
+    areas = [int(brain.select(axis, i).sum()) for axis in range(3) for i in (0, -1)]
+    best = max(range(6), key=areas.__getitem__)
+    return FACES[best] if areas[best] * spacing_mm**2 >= CUT_MM2 else ""
+
 
 def pose_atlas(paths: Sequence[str | Path], iterations: int = 5) -> dict[int, tuple[float, ...]]:
     """:data:`POSE_ATLAS` from label maps: each map's centroids of SynthSeg's structures (RAS
