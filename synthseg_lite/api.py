@@ -35,7 +35,9 @@ class SegmentationResult:
             (``model="tissue"`` or ``"tissue_fast"``) 1 GM, 2 WM, 3 CSF (``labels="fast"``: 1 CSF,
             2 GM, 3 WM); structure model FreeSurfer aseg values. 0 is background.
         probabilities: (K, X, Y, Z) float32 class probabilities (sum 1 over K); class k is
-            ``names[k]`` and has the value ``values[k]``.
+            ``names[k]`` and has the value ``values[k]``. None with ``save_posteriors=False``
+            (labels and volumes only: no K-channel volume of the scan's size in memory, and
+            faster on a scan that is not at the model's voxel size).
         affine: (4, 4) float64 voxel -> world (mm) matrix of ``labels`` (the scan's, unless
             ``output_mm`` is given).
         names: class names, background first.
@@ -53,7 +55,7 @@ class SegmentationResult:
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     affine: np.ndarray
     names: tuple[str, ...]
     values: tuple[int, ...]
@@ -141,8 +143,9 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
             (SynthSeg's structures; shipped when present), a run directory, a ``.ckpt`` or a
             ``.pt`` file.
         **options: any field of :class:`~synthseg_lite.inference.InferenceOptions`, e.g.
-            ``tta="none"``, ``device="cuda"``, ``threads=1``, ``labels="fast"`` (the options about
-            files, studies and reports have no effect here).
+            ``tta="none"``, ``device="cuda"``, ``threads=1``, ``labels="fast"``,
+            ``save_posteriors=False`` (no ``probabilities``); the options about files, studies
+            and reports have no effect here.
 
     Returns:
         :class:`SegmentationResult`.
@@ -160,7 +163,7 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; options are {sorted(known)}")
-    opts = InferenceOptions(**(options | {"save_posteriors": True, "progress": False}))
+    opts = InferenceOptions(**({"save_posteriors": True} | options | {"progress": False}))
     data, affine = _read(scan_or_path)
     for warning in check_scan(data, affine):  # the checks of synthseg-lite-infer's scans
         log.warning(warning)

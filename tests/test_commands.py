@@ -177,6 +177,11 @@ def test_segment_api(tmp_path):
         synthseg_lite.segment((data[::-1], affine @ flip), tta="none", threads=1).labels,
         res.labels[::-1],
     )
+    # labels only (no K-channel volume at the scan's size): the same labels and volumes
+    lean = synthseg_lite.segment((data, affine), tta="none", threads=1, save_posteriors=False)
+    assert lean.probabilities is None
+    np.testing.assert_array_equal(lean.labels, res.labels)
+    assert lean.volumes == res.volumes and lean.soft_volumes == pytest.approx(res.soft_volumes)
 
 
 def test_segment_api_checks_a_scan_as_the_command_does(caplog):
