@@ -18,9 +18,21 @@ import numpy as np
 from nibabel.imageglobals import LoggingOutputSuppressor
 from nibabel.openers import ImageOpener
 
-__all__ = ["Volume", "load_volume", "load_label_map", "read_image", "save_volume", "atomic_write",
-           "add_write_hook", "remove_write_hook", "IMAGE_SUFFIXES", "TMP_MARK", "strip_suffix",
-           "load_segmentation"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "TMP_MARK",
+    "Volume",
+    "add_write_hook",
+    "atomic_write",
+    "broken_link",
+    "load_label_map",
+    "load_segmentation",
+    "load_volume",
+    "read_image",
+    "remove_write_hook",
+    "save_volume",
+    "strip_suffix",
+]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
@@ -56,6 +68,18 @@ def strip_suffix(path: str | Path) -> str:
     return name
 
 
+def broken_link(path: str | Path) -> str | None:
+    """Why a path that is a link to nothing cannot be read (None where it is not one): a
+    git-annex / DataLad file whose content is not on this machine is such a link."""
+    path = Path(path)
+    if not path.is_symlink() or path.exists():
+        return None
+    target = os.readlink(path)
+    hint = (": a git-annex / DataLad file whose content is not here (`datalad get` it)"
+            if "annex" in target else "")
+    return f"a broken link (to {target}){hint}"
+
+
 def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialimages.SpatialImage:
     """Open a NIfTI/MGZ image lazily, in its on-disk orientation, as 3D (a 4D file with one
     volume is sliced to it). Header warnings (no qform/sform) are logged once, naming the file.
@@ -72,7 +96,7 @@ def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialim
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise ValueError(f"{path}: {broken_link(path) or 'no such file'}")
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
         raise ValueError(f"{path}: not a NIfTI or MGZ file (expected one of {IMAGE_SUFFIXES})")
     raw = None

@@ -21,6 +21,7 @@ import fcntl
 import glob
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthseg_lite._version import __version__
-from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, strip_suffix
+from synthseg_lite.io import IMAGE_SUFFIXES, atomic_write, broken_link, strip_suffix
 
 __all__ = [
     "BIDS_SUFFIXES",
@@ -115,7 +116,11 @@ class Study:
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+    """A NIfTI/MGZ file, or a link to nothing named like one (a git-annex / DataLad file not
+    fetched): that scan is skipped with its reason, not left out unsaid."""
+    return p.name.lower().endswith(IMAGE_SUFFIXES) and (
+        p.is_file() or (p.is_symlink() and not p.exists())
+    )
 
 
 def is_bids_dataset(folder: Path) -> bool:
@@ -214,13 +219,14 @@ def find_scans(
                     rel = where.parent.relative_to(base) if base in where.parents else Path(".")
                     scans.append(Scan(f, (rel / strip_suffix(f)).as_posix(), rel))
         else:
-            raise ValueError(f"input {item}: no such file or folder")
+            raise ValueError(f"input {item}: {broken_link(p) or 'no such file or folder'}")
     unique: dict[Path, Scan] = {}
     for s in scans:
         unique.setdefault(s.path.resolve(), s)
     scans = list(unique.values())
     if not scans:
-        raise ValueError(f"input {inputs}: no scans found (NIfTI or MGZ files)")
+        dicom = _dicom_hint([Path(i) for i in items if Path(i).is_dir()])
+        raise ValueError(f"input {inputs}: no scans found (NIfTI or MGZ files){dicom}")
     # Same case id from different inputs (two folders with the same layout): mirror each path
     # below the scans' common folder instead.
     if len({s.case for s in scans}) < len(scans):
@@ -231,6 +237,29 @@ def find_scans(
         if dup:
             raise ValueError(f"several scans have the case id {dup[0]!r}: rename or split them")
     return Study(sorted(scans, key=lambda s: s.case), bids_roots, protected)
+
+
+def _dicom_hint(folders: Sequence[Path], look: int = 200) -> str:
+    """``"; <folder> holds DICOM files: ..."`` for the first of ``folders`` whose first ``look``
+    files include a DICOM file, else ``""``."""
+    for folder in folders:
+        files = itertools.islice((p for p in folder.rglob("*") if p.is_file()), look)
+        if any(_is_dicom(f) for f in files):
+            return (f"; {folder} holds DICOM files: convert them to NIfTI first (e.g. "
+                    f"`dcm2niix -z y -o <folder> {folder}`)")
+    return ""
+
+
+def _is_dicom(path: Path) -> bool:
+    """A ``.dcm`` / ``.ima`` file, or one with DICOM's ``DICM`` mark at byte 128."""
+    if path.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _glob(pattern: str) -> list[str]:
