@@ -13,7 +13,8 @@ from torch import nn
 
 from synthseg_lite.inference import InferenceOptions, Predictor, resolve_device, segment_volume
 from synthseg_lite.inference.segment import build_predictor
-from synthseg_lite.inference.postprocess import keep_largest_component, qc_scores, to_native
+from synthseg_lite.inference.native import to_native
+from synthseg_lite.inference.postprocess import keep_largest_component, qc_scores
 from synthseg_lite.data.preprocess import preprocess
 from synthseg_lite.inference.study import ScanReader, StudyProgress
 from synthseg_lite.labels import LabelTable
@@ -309,7 +310,7 @@ def test_merging_as_the_posteriors_are_resampled_equals_merging_afterwards(
     ever held at the scan's size) gives what merge_classes gives on the unmerged prediction:
     the same labels, volumes and summed posteriors, on a permuted and flipped on-disk grid."""
     from synthseg_lite.data.preprocess import Geometry
-    from synthseg_lite.inference.postprocess import merge_classes
+    from synthseg_lite.inference.native import merge_classes
 
     g = torch.Generator().manual_seed(5)
     grid, box = (16, 12, 22), ((3, 11), (0, 9), (5, 17))

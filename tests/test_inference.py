@@ -423,7 +423,7 @@ def test_output_mm_grid_larger_than_max_voxels_is_refused():
 def test_merge_classes_groups_labels_and_sums_probabilities_and_volumes():
     """A structure prediction written as tissue: each label becomes its group, probabilities and
     soft volumes are summed within a group (still summing to 1), QC and pose are kept."""
-    from synthseg_lite.inference.postprocess import NativePrediction, merge_classes
+    from synthseg_lite.inference.native import NativePrediction, merge_classes
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(5), size=(4, 3, 2)).transpose(3, 0, 1, 2).astype(np.float32)

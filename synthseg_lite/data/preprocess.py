@@ -11,7 +11,7 @@ The steps follow SynthSeg's ``predict.preprocess``:
    skull-stripped scans) and pad at the end to a multiple of the network's divisor.
 
 Everything is done in torch on the device of the input tensor. :class:`Geometry` records each step
-so :mod:`synthseg_lite.inference.postprocess` can map predictions back onto the scan's own grid.
+so :mod:`synthseg_lite.inference.native` can map predictions back onto the scan's own grid.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def grid_for(
 def output_geometry(geom: Geometry, output_mm: float) -> Geometry:
     """``geom`` with its scan grid replaced by an isotropic grid of ``output_mm`` voxels over the
     scan's field of view, in RAS voxel order (the scan's axes permuted and flipped to RAS, its
-    direction cosines kept): :func:`~synthseg_lite.inference.postprocess.to_native` with it
+    direction cosines kept): :func:`~synthseg_lite.inference.native.to_native` with it
     writes the segmentation on that grid (SynthSeg's 1 mm output) instead of the scan's.
 
     The grid is :func:`grid_for`'s: its first voxel edge is the scan's, as is the network

@@ -2,9 +2,10 @@
 
 ``segment_scans(inputs, output_dir, model, options)`` is the entry point (``infer.py`` wraps it).
 The steps live in :mod:`.preprocess` (RAS, resampling, intensity rescaling, cropping),
-:mod:`.predictor` (ensemble x TTA over MONAI's sliding window) and :mod:`.postprocess`
-(connected components, back to the scan's grid); :mod:`.segment` runs them on one scan in
-memory, :mod:`.pipeline` on a study (files, record, ``volumes.csv``, report).
+:mod:`.predictor` (ensemble x TTA over MONAI's sliding window), :mod:`.postprocess`
+(connected components, QC) and :mod:`.native` (back to the scan's grid); :mod:`.segment` runs
+them on one scan in memory, :mod:`.pipeline` on a study (files, record, ``volumes.csv``,
+report).
 """
 
 from synthseg_lite.inference.pipeline import (

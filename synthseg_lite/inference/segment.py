@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from synthseg_lite.inference.native import NativePrediction, to_native
 from synthseg_lite.inference.postprocess import (
     KEEP_LARGEST,
-    NativePrediction,
     keep_largest_component,
     qc_scores,
-    to_native,
 )
 from synthseg_lite.inference.refine import (
     REFINE,
@@ -366,7 +365,7 @@ def segment_volume(
         name: the scan, for the out-of-memory warning.
 
     Returns:
-        :class:`~synthseg_lite.inference.postprocess.NativePrediction` in the classes of
+        :class:`~synthseg_lite.inference.native.NativePrediction` in the classes of
         ``predictor.target`` (a structure model written as tissue: merged after the clean-up),
         with its QC scores (:func:`~synthseg_lite.inference.postprocess.qc_scores` over
         :func:`qc_groups` of the model's own classes).
