@@ -52,6 +52,9 @@ class SegmentationResult:
             maps' mean pose, pitch / roll / yaw, ``segmented_upright``), as in the sidecar JSON
             (``model="tissue"`` too: a structure network); None for a tissue network
             (``tissue_fast``; :mod:`synthseg_lite.inference.pose`).
+        fov_cut: the side where the field of view cuts the segmented brain (``"inferior"``,
+            ``"superior"``, ``"anterior"``, ``"posterior"``, ``"left"``, ``"right"``), ``""``
+            where it does not: the volumes there are partial (``qc_fov_cut`` in ``volumes.csv``).
     """
 
     labels: np.ndarray
@@ -64,6 +67,7 @@ class SegmentationResult:
     qc: dict[str, float] = field(default_factory=dict)
     model: str = ""
     pose: dict | None = None
+    fov_cut: str = ""
 
     def save(self, path: str | Path) -> Path:
         """Write the label volume (NIfTI, or MGZ for a ``.mgz`` name) atomically; returns ``path``.
@@ -185,4 +189,5 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         qc=dict(pred.qc),
         model=str(path),
         pose=pred.pose,
+        fov_cut=pred.fov_cut,
     )

@@ -22,7 +22,7 @@ from synthseg_lite.labels import TARGET_PRESETS
 from synthseg_lite.labels.lut import FREESURFER_COLORS, output_labels, read_lut
 from synthseg_lite.inference.outputs import find_scans, merge_volumes, read_volumes, select_part
 from synthseg_lite.inference.report import asymmetry, robust_z, write_report
-from helpers import _small_head, OPTS, _bids, _use_net, _write
+from helpers import ANISO, _small_head, OPTS, _bids, _use_net, _write
 
 ANISO = np.array([[1.2, 0, 0, -20], [0, 0.9, 0, -15], [0, 0, 1.5, -10], [0, 0, 0, 1.0]])
 
@@ -94,25 +94,26 @@ def test_a_tilted_scan_is_segmented_again_and_its_pose_recorded(monkeypatch, tmp
     assert row["qc_fov_cut"] == ""  # the brain lies inside the field of view
 
 
+@pytest.mark.parametrize("target", ["synthseg", "tissue"])
 def test_a_brain_cut_by_the_field_of_view_is_named_in_volumes_csv_and_the_log(
-    monkeypatch, tmp_path, caplog
+    monkeypatch, tmp_path, caplog, target
 ):
-    """Where the pose step finds the field of view cutting the brain, volumes.csv says on which
-    side (qc_fov_cut) and the log warns once that the volumes there are partial."""
-    from synthseg_lite.inference import upright as pose_module
-
-    model = _use_net(monkeypatch, tmp_path, "synthseg")
-    scan = _write(tmp_path / "case1.nii.gz")
-    cut = pose_module.Pose(np.eye(3), 2.0, 31, cut="inferior")
-    monkeypatch.setattr(pose_module, "estimate_pose", lambda *a, **k: cut)
+    """A head whose lower half the field of view cuts away (any model): volumes.csv says on
+    which side (qc_fov_cut), the sidecar too, and the log warns once that the volumes there are
+    partial; the whole head beside it is not cut."""
+    model = _use_net(monkeypatch, tmp_path, target)
+    head = _small_head()  # RAS (ANISO): the third axis runs inferior to superior
+    _write(tmp_path / "in" / "whole.nii.gz")
+    nib.save(nib.Nifti1Image(head[:, :, 18:], ANISO), str(tmp_path / "in" / "cut.nii.gz"))
     with caplog.at_level("WARNING"):
-        (res,) = segment_scans(scan, tmp_path / "out", model,
-                               InferenceOptions(**OPTS, save_qc=False))
-    row = _rows(tmp_path / "out" / "volumes.csv")["case1"]
-    assert row["qc_fov_cut"] == "inferior" and row["qc_pose_upright"] == "0"
+        results = segment_scans(tmp_path / "in", tmp_path / "out", model,
+                                InferenceOptions(**OPTS, save_qc=False))
+    rows = _rows(tmp_path / "out" / "volumes.csv")
+    assert rows["cut"]["qc_fov_cut"] == "inferior" and rows["whole"]["qc_fov_cut"] == ""
     said = [r.getMessage() for r in caplog.records if "field of view cuts" in r.getMessage()]
-    assert len(said) == 1 and "case1" in said[0] and "inferior" in said[0]
-    assert json.loads(res.outputs["json"].read_text())["pose"]["cut_side"] == "inferior"
+    assert len(said) == 1 and "cut" in said[0] and "inferior" in said[0]
+    sidecars = {r.case: json.loads(r.outputs["json"].read_text()) for r in results}
+    assert sidecars["cut"]["fov_cut"] == "inferior" and sidecars["whole"]["fov_cut"] is None
     assert "qc_fov_cut" in (tmp_path / "out" / "report.html").read_text()
 
 

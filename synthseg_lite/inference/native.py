@@ -39,6 +39,9 @@ class NativePrediction:
         qc: QC scores in [0, 1] (see :func:`qc_scores`), filled by the caller.
         pose: the brain's pose read by :mod:`~synthseg_lite.inference.pose` (``Pose.record``),
             or None (not read), filled by the caller.
+        fov_cut: the side where the field of view cuts the segmented brain
+            (:func:`~synthseg_lite.inference.pose.cut_side`), ``""`` where it does not, filled
+            by the caller.
     """
 
     labels: np.ndarray
@@ -48,6 +51,7 @@ class NativePrediction:
     posteriors: np.ndarray | None = None
     qc: dict[str, float] = field(default_factory=dict)
     pose: dict | None = None
+    fov_cut: str = ""
 
 
 def _sums(probs: torch.Tensor) -> np.ndarray:
@@ -119,11 +123,11 @@ def to_native(
         )
         if start == 0:
             full[0] = 1  # outside the crop: background
-        over = [(max(a, w.start), min(b, w.stop)) for (a, b), w in zip(geom.box, win)]
-        if all(lo < hi for lo, hi in over):
-            full[(slice(None), *(slice(lo - w.start, hi - w.start) for (lo, hi), w in
-                                 zip(over, win)))] = crop[(slice(start, stop), *(
-                slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(over, geom.box)))]
+        inside = [(max(a, w.start), min(b, w.stop)) for (a, b), w in zip(geom.box, win)]
+        if all(lo < hi for lo, hi in inside):  # the part of the crop the window holds
+            to = tuple(slice(lo - w.start, hi - w.start) for (lo, hi), w in zip(inside, win))
+            of = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, geom.box))
+            full[(slice(None), *to)] = crop[(slice(start, stop), *of)]
         return full
 
     def resampled(

@@ -203,13 +203,13 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     if pred.pose is not None:  # a structure model's reading of the head's tilt
         row["qc_pose_deg"] = pred.pose["degrees"]
         row["qc_pose_upright"] = pred.pose["segmented_upright"]
-        row["qc_fov_cut"] = pred.pose["cut_side"] or ""
-        if pred.pose["cut_side"]:
-            log.warning(
-                "%s: the field of view cuts the brain (%s): the volumes there, and "
-                "total_intracranial_mm3, are partial (qc_fov_cut in %s)", scan.case,
-                pred.pose["cut_side"], VOLUMES_CSV,
-            )
+    row["qc_fov_cut"] = pred.fov_cut
+    if pred.fov_cut:
+        log.warning(
+            "%s: the field of view cuts the brain (%s): the volumes there, and "
+            "total_intracranial_mm3, are partial (qc_fov_cut in %s)", scan.case, pred.fov_cut,
+            VOLUMES_CSV,
+        )
     if pred.posteriors is not None:
         save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
         written["posteriors"] = out["posteriors"]
@@ -248,6 +248,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
             "labels": {"convention": w.opts.labels, "desc": w.labels.desc},
             "qc": qc,
             "pose": pred.pose,
+            "fov_cut": pred.fov_cut or None,
             "outputs": {k: _rel(v, out["json"].parent) for k, v in written.items()},
         },
     )

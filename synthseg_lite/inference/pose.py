@@ -17,7 +17,8 @@ left). A structure far from where the fit puts it (a cut field of view, a failed
 dropped and the rotation fitted again. A fit within :data:`MAX_RMS_MM` is trusted; one within
 :data:`ROUGH_RMS_MM` is a rough reading (a strong tilt spoils the first pass), which turns the scan
 only if the upright pass then fits within :data:`MAX_RMS_MM`. A brain that the field of view cuts
-(:data:`CUT_MM2`) is marked so, and left as it lies.
+(:data:`CUT_MM2`) is marked so, and left as it lies. :func:`field_of_view_cut` names the side
+where it cuts any model's final labels (``qc_fov_cut`` in ``volumes.csv``).
 
 Only targets with at least :data:`MIN_STRUCTURES` of the atlas's structures have a pose (the
 structure models, and so the default ``model=tissue``, the structure network written as GM / WM /
@@ -36,18 +37,21 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from synthseg_lite.data.preprocess import Geometry
 from synthseg_lite.inference.postprocess import _box, _largest
 from synthseg_lite.labels import TargetPreset
 from synthseg_lite.labels.atlas import POSE_ATLAS
 
 __all__ = [
     "FACES",
+    "FOV_SIGNAL",
     "MIN_STRUCTURES",
     "POSE_ATLAS",
     "Pose",
     "brain_mask",
     "cut_side",
     "estimate_pose",
+    "field_of_view_cut",
     "kabsch",
     "pose_atlas",
     "soft_centroids",
@@ -93,12 +97,11 @@ class Pose:
             the atlas's: ``atlas ~= rotation @ (p - centre)``.
         rms_mm: RMS distance of the structures used from the atlas after the fit (mm).
         n_structures: structures used.
-        cut: the side of the head where the field of view cuts the brain (at least
-            :data:`CUT_MM2` of it on that face of the grid; the face with most): ``"left"``,
-            ``"right"``, ``"posterior"``, ``"anterior"``, ``"inferior"``, ``"superior"``, or
-            ``""`` (not cut). Such a brain is left as it lies, whatever its pose (a cut shifts
-            the centroids, and the network has only seen cuts along its slices), and the
-            volumes of what lies at that side are partial.
+        cut: the field of view cuts the first pass's brain (at least :data:`CUT_MM2` of it on
+            a face of the grid, :func:`cut_side`): such a brain is left as it lies, whatever its
+            pose (a cut shifts the centroids, and the network has only seen cuts along its
+            slices). What ``volumes.csv`` reports (``qc_fov_cut``) is read from the final
+            labels instead (an artefact's haze in a first pass is not a cut brain).
         upright: the scan was segmented again upright
             (:func:`synthseg_lite.inference.upright.segment_in_pose`).
     """
@@ -106,7 +109,7 @@ class Pose:
     rotation: np.ndarray
     rms_mm: float
     n_structures: int
-    cut: str = ""
+    cut: bool = False
     upright: bool = False
 
     @property
@@ -130,14 +133,12 @@ class Pose:
 
     def record(self) -> dict[str, float | int | bool]:
         """For a scan's sidecar JSON: the angles (degrees), the fit's RMS (mm), the structures
-        used, whether (and on which side) the field of view cuts the brain and whether it was
-        segmented upright."""
+        used, whether the field of view cuts the brain and whether it was segmented upright."""
         p, r, y = self.euler
         return {
             "degrees": round(self.degrees, 1), "pitch": round(p, 1), "roll": round(r, 1),
             "yaw": round(y, 1), "rms_mm": round(self.rms_mm, 2), "structures": self.n_structures,
-            "cut_by_field_of_view": bool(self.cut), "cut_side": self.cut or None,
-            "segmented_upright": bool(self.upright),
+            "cut_by_field_of_view": bool(self.cut), "segmented_upright": bool(self.upright),
         }
 
 
@@ -247,7 +248,7 @@ def estimate_pose(
     rms = float(np.sqrt(np.mean(dist**2)))
     if rms > max_rms_mm:
         return None
-    return Pose(rotation, rms, len(points), cut_side(brain, spacing_mm))
+    return Pose(rotation, rms, len(points), bool(cut_side(brain, spacing_mm)))
 
 
 def brain_mask(probs: torch.Tensor) -> torch.Tensor:
@@ -262,13 +263,47 @@ def brain_mask(probs: torch.Tensor) -> torch.Tensor:
 FACES = ("left", "right", "posterior", "anterior", "inferior", "superior")
 
 
-def cut_side(brain: torch.Tensor, spacing_mm: float) -> str:
+def cut_side(
+    brain: torch.Tensor, spacing_mm: float, faces: Sequence[bool] = (True,) * 6
+) -> str:
     """The side where the field of view cuts a brain: the face of the RAS grid with the most
     of the (X, Y, Z) brain mask on it, if that is at least :data:`CUT_MM2` (one of
-    :data:`FACES`); ``""`` where no face has that much."""
-    areas = [int(brain.select(axis, i).sum()) for axis in range(3) for i in (0, -1)]
+    :data:`FACES`); ``""`` where no face has that much.
+
+    Args:
+        brain: (X, Y, Z) bool mask on a RAS grid of ``spacing_mm`` voxels.
+        spacing_mm: the grid's voxel size (mm).
+        faces: which of the six faces (:data:`FACES` order) are the field of view's edges.
+    """
+    areas = [int(brain.select(axis, i).sum()) if use else 0
+             for (axis, i), use in zip(((a, i) for a in range(3) for i in (0, -1)), faces)]
     best = max(range(6), key=areas.__getitem__)
     return FACES[best] if areas[best] * spacing_mm**2 >= CUT_MM2 else ""
+
+
+#: Rescaled intensity (0 and 1: the scan's 0.5th and 99.5th percentiles) from which a voxel on
+#: an edge of the scan holds signal, for ``qc_fov_cut``.
+FOV_SIGNAL = 0.1
+
+
+def field_of_view_cut(
+    labels: torch.Tensor, signal: torch.Tensor, geom: Geometry, spacing_mm: float
+) -> str:
+    """The side where the field of view cuts the segmented brain: the crop's faces that are the
+    scan's own edges (the crop holds the non-zero voxels and a margin; elsewhere the scan goes
+    on, empty), with brain labels on voxels of signal over at least
+    :data:`CUT_MM2` of one of them.
+
+    Args:
+        labels: class indices on the padded network grid.
+        signal: bool, same grid: the network's input at or above :data:`FOV_SIGNAL` (not a
+            skull-stripped scan's zeros, nor what resampling smears into them).
+        geom: where the crop lies on the network grid.
+        spacing_mm: the network grid's voxel size (mm).
+    """
+    inner = tuple(slice(0, b - a) for a, b in geom.box)
+    edges = [edge for (a, b), n in zip(geom.box, geom.grid_shape) for edge in (a == 0, b == n)]
+    return cut_side((labels[inner] > 0) & signal[inner], spacing_mm, edges)
 
 
 def pose_atlas(paths: Sequence[str | Path], iterations: int = 5) -> dict[int, tuple[float, ...]]:

@@ -292,9 +292,10 @@ Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by synthseg_lite {__version__} fr
 predicted in it of the network's highest class probability (averaged over folds and test-time
 passes); the scan's score is its lowest group. Flag: score below the threshold.{
     " qc_pose_deg: the head's tilt from the training maps' mean pose (degrees), read from the "
-    "structures; qc_pose_upright = 1: tilted beyond the limit, segmented again upright; "
-    "qc_fov_cut: the side where the field of view cuts the brain (the volumes there partial)."
-    if "qc_pose_deg" in header else ""}</p>
+    "structures; qc_pose_upright = 1: tilted beyond the limit, segmented again upright."
+    if "qc_pose_deg" in header else ""}{
+    " qc_fov_cut: the side where the field of view cuts the brain (the volumes there partial)."
+    if "qc_fov_cut" in header else ""}</p>
 <h2>Quality control, worst first</h2>
 {qc_table}
 <h2>Volumes across scans</h2>

@@ -27,6 +27,7 @@ from synthseg_lite.inference.refine import (
     refine_with_intensities,
     shared_classes,
 )
+from synthseg_lite.inference.pose import FOV_SIGNAL, field_of_view_cut
 from synthseg_lite.inference.upright import POSE_MAX_DEG, segment_in_pose
 from synthseg_lite.inference.smooth import default_sigma_vox, smooth_probabilities_
 from synthseg_lite.inference.onnx_backend import BACKENDS, OnnxNet
@@ -416,6 +417,7 @@ def segment_volume(
                 interior_mean=interior_means(target),
                 guard=guard_voxels(meta.spacing_mm),
             )
+        signal = image[0, 0] >= FOV_SIGNAL  # for the field-of-view check after the clean-up
         del image
         # one argmax over the K channels serves the clean-up, the QC scores and the labels
         probs, labels = keep_largest_component(
@@ -427,13 +429,15 @@ def segment_volume(
             enclosures=white_matter_enclosures(meta.label_table.target),
         )
         qc = qc_scores(probs, qc_groups(meta.label_table.target), labels)
+        fov_cut = field_of_view_cut(labels, signal, geom, meta.spacing_mm)
+        del signal
         if opts.output_mm is not None:
             geom = output_geometry(geom, opts.output_mm)
         # a structure model written as tissue is merged here, after the clean-up and the QC
         # (they work on its own classes), as its posteriors are resampled
         pred = to_native(probs, geom, keep_posteriors=opts.save_posteriors, labels=labels,
                          group=predictor.tissue_group, n_groups=predictor.target.n_classes)
-        pred.qc = qc
+        pred.qc, pred.fov_cut = qc, fov_cut
         pred.pose = None if pose is None else pose.record()
         return pred
 
