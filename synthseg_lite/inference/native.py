@@ -138,7 +138,7 @@ def to_native(
 
     posteriors = None
     if not keep_posteriors:
-        out_win, best_p, best_k = _resampled_argmax(crop, geom.box, resampled)
+        out_win, best_k = _resampled_argmax(crop, geom.box, resampled)
     else:  # every class everywhere, a chunk at a time, filled in on-disk order: never a copy
         table = None if group is None else torch.as_tensor(np.asarray(group), dtype=torch.long)
         native_shape = tuple(ras_shape[int(geom.ornt[i, 0])] for i in range(3))
@@ -179,7 +179,7 @@ def _resampled_argmax(
     crop: torch.Tensor,
     box: tuple[tuple[int, int], ...],
     resampled: Callable[..., tuple[tuple[slice, ...], torch.Tensor]],
-) -> tuple[tuple[slice, ...], torch.Tensor, torch.Tensor]:
+) -> tuple[tuple[slice, ...], torch.Tensor]:
     """The argmax of the K classes of ``crop`` resampled back (background 1 around the crop),
     without resampling every class everywhere.
 
@@ -198,7 +198,7 @@ def _resampled_argmax(
             classes [start, stop) resampled over the output voxels reading ``box``.
 
     Returns:
-        (output window, its (*sizes) float highest probability, its int64 argmax).
+        (output window, its (*sizes) int64 argmax).
     """
     out_win, ras = resampled(0, 1, box)
     best_p = ras[0]
@@ -214,7 +214,7 @@ def _resampled_argmax(
         better = ras[0] > best_p[at]
         best_p[at] = torch.where(better, ras[0], best_p[at])
         best_k[at] = best_k[at].masked_fill(better, k)
-    return out_win, best_p, best_k
+    return out_win, best_k
 
 
 def merge_classes(pred: NativePrediction, group: np.ndarray, n: int) -> NativePrediction:

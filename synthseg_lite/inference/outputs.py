@@ -118,9 +118,7 @@ class Study:
 def _is_image(p: Path) -> bool:
     """A NIfTI/MGZ file, or a link to nothing named like one (a git-annex / DataLad file not
     fetched): that scan is skipped with its reason, not left out unsaid."""
-    return p.name.lower().endswith(IMAGE_SUFFIXES) and (
-        p.is_file() or (p.is_symlink() and not p.exists())
-    )
+    return p.name.lower().endswith(IMAGE_SUFFIXES) and (p.is_file() or bool(broken_link(p)))
 
 
 def is_bids_dataset(folder: Path) -> bool:

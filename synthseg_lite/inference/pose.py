@@ -275,8 +275,8 @@ def cut_side(
         spacing_mm: the grid's voxel size (mm).
         faces: which of the six faces (:data:`FACES` order) are the field of view's edges.
     """
-    areas = [int(brain.select(axis, i).sum()) if use else 0
-             for (axis, i), use in zip(((a, i) for a in range(3) for i in (0, -1)), faces)]
+    ends = [(axis, i) for axis in range(3) for i in (0, -1)]  # in FACES order
+    areas = [int(brain.select(axis, i).sum()) if use else 0 for (axis, i), use in zip(ends, faces)]
     best = max(range(6), key=areas.__getitem__)
     return FACES[best] if areas[best] * spacing_mm**2 >= CUT_MM2 else ""
 
