@@ -439,3 +439,30 @@ def test_init_weights_starts_from_a_model_file_and_refuses_another_network(
     other = compose([f"paths.output_dir={tmp_path / 'd'}", *tiny, "data.target=synthseg"])
     with pytest.raises(ValueError, match="init_weights=.*data.target must match"):
         init_weights(train_script.build(other)[1], pt)
+
+
+def test_init_weights_merges_the_hemispheres_of_the_shipped_structure_model(
+    toy_maps: str, tmp_path: Path
+) -> None:
+    """The sagittal view starts from the shipped structure model: every layer as the file's and
+    each merged class's logit the mean of its left/right pair's plus log 2 (their log-sum-exp
+    where they agree), so the function is the file's up to the pairs' disagreement."""
+    from synthseg_lite.inference.predictor import resolve_model
+    from synthseg_lite.labels.presets import TARGET_PRESETS, hemispheres_merged
+    from synthseg_lite.training.start import init_weights
+
+    over = [f"paths.output_dir={tmp_path}", "experiment=structures_sagittal192",
+            f"data.label_maps={toy_maps}", "logger=none"]
+    module = train_script.build(compose(over))[1]
+    shipped, meta = load_model(resolve_model("structures"))
+    merged, index = hemispheres_merged(meta.label_table.target)
+    assert module.table.target == merged == TARGET_PRESETS["synthseg_fs_hemispheres"]
+    init_weights(module, resolve_model("structures"))
+    x = torch.randn(2, 7, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, half = shipped.eval()(x), module.net.eval()(x)
+    idx = torch.as_tensor(index)
+    count = torch.bincount(idx).float()
+    want = torch.zeros(2, len(count), 64, 48).index_add_(1, idx, full) / count.view(1, -1, 1, 1)
+    torch.testing.assert_close(half, want + count.log().view(1, -1, 1, 1), atol=1e-4, rtol=1e-4)
+    assert half.shape[1] == 18 and (count == 2).sum() == 14

@@ -149,6 +149,8 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
     "synthseg_fs": _synthseg(temporal_choroid=4),
     # SynthSeg's structures, hemispheres merged: the target of a sagittal view network
     "synthseg_hemispheres": hemispheres_merged(_synthseg())[0],
+    # The same for the shipped structure model's convention (``synthseg_fs``)
+    "synthseg_fs_hemispheres": hemispheres_merged(_synthseg(temporal_choroid=4))[0],
 }
 
 #: Conventions of *reference* segmentations (evaluation): raw value -> tissue class index.

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from synthseg_lite.labels.presets import hemispheres_merged
 from synthseg_lite.model.artifact import load_model
 from synthseg_lite.model.widen import stage_widths, widen_state
 from synthseg_lite.safety import load_torch_file
@@ -79,7 +80,9 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
     Two changes of network start exactly as the file's network (same logits): a wider slice
     context (``model.slices.context``, the new outer slices at weight 0) and wider stages
     (``model.unet.base_features`` / ``max_features``: Net2WiderNet,
-    :mod:`synthseg_lite.model.widen`).
+    :mod:`synthseg_lite.model.widen`). A third starts near it: the file's classes with each
+    left/right pair merged (``data.target=<its target>_hemispheres``, FastSurfer's sagittal
+    view), whose output layer averages each pair's two rows (:func:`_merge_pairs`).
 
     Args:
         module: the LightningModule built from the current configuration (``.net``,
@@ -98,12 +101,22 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
     except ValueError as exc:
         raise ValueError(f"init_weights={exc}") from exc
     want = list(module.table.target.names)
-    if list(meta.label_table.target.names) != want:
+    state, target = net.state_dict(), module.net.state_dict()
+    merged, index = hemispheres_merged(meta.label_table.target)
+    if list(meta.label_table.target.names) != want and merged == module.table.target:
+        state = _merge_pairs(state, torch.as_tensor(index))
+        log.info(
+            "init_weights: %d classes -> %d (each left/right pair one class: its output row "
+            "the mean of the pair's)",
+            len(index),
+            len(merged.names),
+        )
+    elif list(meta.label_table.target.names) != want:
         raise ValueError(
             f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
-            f"configured target is {want[:4]}... (data.target must match the model's)"
+            f"configured target is {want[:4]}... (data.target must match the model's, or be "
+            "it with the hemispheres merged)"
         )
-    state, target = net.state_dict(), module.net.state_dict()
     have = {k: tuple(v.shape) for k, v in target.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if have != got and set(have) == set(got) and stage_widths(got) != stage_widths(have):
@@ -137,6 +150,24 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
         )
     module.net.load_state_dict(state)
     return dict(meta.extra)
+
+
+def _merge_pairs(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A network's weights with its classes merged by ``index`` ((K,) int64, merged class of each
+    class): each merged class's row of the output layer (1x1 convolution weight and bias) is the
+    mean of its classes' rows, plus log(count) on the bias, so that where the classes' logits
+    agree the merged logit is their log-sum-exp. The rest of the network is unchanged."""
+    count = torch.bincount(index)
+    out = dict(state)
+    for key in ("output_block.conv.conv.weight", "output_block.conv.conv.bias"):
+        w = state[key]
+        if w.shape[0] != index.numel():
+            raise ValueError(f"{key} has {w.shape[0]} classes, the file's target {index.numel()}")
+        sums = w.new_zeros((len(count), *w.shape[1:])).index_add_(0, index, w)
+        out[key] = sums / count.view(-1, *[1] * (w.ndim - 1)).to(w.dtype)
+        if w.ndim == 1:
+            out[key] = out[key] + count.to(w.dtype).log()
+    return out
 
 
 def _widen_features(
