@@ -73,6 +73,7 @@ class ViewAggregate:
     def __init__(self, main, side, index: torch.Tensor, weight: float):
         self.main, self.side, self.index, self.weight = main, side, index, weight
         self.meta, self.slices = main.meta, main.slices
+        self.target, self.tissue_group = main.target, main.tissue_group
         self._last: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sagittal", type=Path, required=True,
-                   help="a model of experiment=structures_sagittal")
+                   help="a model of experiment=structures_sagittal192 (or structures_sagittal)")
     p.add_argument("--model", default="structures", help="the structure model (infer.py's model=)")
     p.add_argument("--scans", type=Path, required=True,
                    help="a benchmarks/structures.py output's scans/ (the degraded OASIS scans)")

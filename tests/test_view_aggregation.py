@@ -52,3 +52,17 @@ def test_a_weight_outside_0_1_is_refused():
     merged, index = hemispheres_merged(full)
     with pytest.raises(ValueError, match="weight"):
         combine(_probs(full.n_classes, 0), _probs(merged.n_classes, 1), torch.as_tensor(index), 1.5)
+
+
+def test_the_aggregate_stands_in_for_a_predictor_in_segment_scans() -> None:
+    """Everything the pipeline reads from a Predictor, the stand-in gives as its main model's."""
+    from benchmarks.view_aggregation import ViewAggregate
+    from synthseg_lite.inference.predictor import Predictor, load_ensemble, resolve_model
+
+    nets, meta = load_ensemble(resolve_model("structures"), torch.device("cpu"))
+    main = Predictor(nets, meta)
+    _, index = hemispheres_merged(meta.label_table.target)
+    agg = ViewAggregate(main, main, torch.as_tensor(index), 0.2)
+    for name in ("target", "tissue_group", "meta", "slices", "batch_size"):
+        assert getattr(agg, name) == getattr(main, name), name
+    assert agg.passes_text.startswith(main.passes_text) and "w=0.2" in agg.passes_text
