@@ -223,7 +223,7 @@ def test_tissue_lut_and_overlay() -> None:
      "structures_context7",
      "structures_rim", "structures_tie", "structures_wide", "structures_broad",
      "structures_broad_keepres", "structures_cortex", "structures_white_rim", "structures_texture",
-     "structures_fov160", "structures_fov192"],
+     "structures_fov160", "structures_fov192", "structures_sagittal192"],
 )
 def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Path) -> None:
     exp = [] if experiment == "default" else [f"experiment={experiment}"]
@@ -242,7 +242,7 @@ def test_presets_train_at_tiny_size(experiment: str, toy_maps: str, tmp_path: Pa
     structures = experiment.startswith("structures")
     k = 32 if structures else 4  # SynthSeg 1.0's 31 structures + background
     first = "Left-Cerebral-White-Matter" if structures else "GM"
-    if experiment == "structures_sagittal":  # hemispheres merged: 17 structures + background
+    if experiment.startswith("structures_sagittal"):  # hemispheres merged: 17 + background
         k, first = 18, "Cerebral-White-Matter"
     assert {"train/loss", "val/dice", f"val/dice_{first}"} <= set(trainer.callback_metrics)
     net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
@@ -452,6 +452,7 @@ def test_init_weights_merges_the_hemispheres_of_the_shipped_structure_model(
     from synthseg_lite.training.start import init_weights
 
     over = [f"paths.output_dir={tmp_path}", "experiment=structures_sagittal192",
+            "init_weights=structures",
             f"data.label_maps={toy_maps}", "logger=none"]
     module = train_script.build(compose(over))[1]
     shipped, meta = load_model(resolve_model("structures"))
