@@ -104,7 +104,10 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
     state, target = net.state_dict(), module.net.state_dict()
     merged, index = hemispheres_merged(meta.label_table.target)
     if list(meta.label_table.target.names) != want and merged == module.table.target:
-        state = _merge_pairs(state, torch.as_tensor(index))
+        try:
+            state = _merge_pairs(state, torch.as_tensor(index))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"init_weights={path}: cannot merge the classes ({exc})") from exc
         log.info(
             "init_weights: %d classes -> %d (each left/right pair one class: its output row "
             "the mean of the pair's)",
