@@ -102,8 +102,14 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
         raise ValueError(f"init_weights={exc}") from exc
     want = list(module.table.target.names)
     state, target = net.state_dict(), module.net.state_dict()
-    merged, index = hemispheres_merged(meta.label_table.target)
-    if list(meta.label_table.target.names) != want and merged == module.table.target:
+    if list(meta.label_table.target.names) != want:
+        merged, index = hemispheres_merged(meta.label_table.target)
+        if merged != module.table.target:
+            raise ValueError(
+                f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
+                f"configured target is {want[:4]}... (data.target must match the model's, or be "
+                "it with the hemispheres merged)"
+            )
         try:
             state = _merge_pairs(state, torch.as_tensor(index))
         except (KeyError, ValueError) as exc:
@@ -113,12 +119,6 @@ def init_weights(module: torch.nn.Module, path: str | Path, seed: int = 0) -> di
             "the mean of the pair's)",
             len(index),
             len(merged.names),
-        )
-    elif list(meta.label_table.target.names) != want:
-        raise ValueError(
-            f"init_weights={path}: predicts {list(meta.label_table.target.names)[:4]}..., the "
-            f"configured target is {want[:4]}... (data.target must match the model's, or be "
-            "it with the hemispheres merged)"
         )
     have = {k: tuple(v.shape) for k, v in target.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
