@@ -216,3 +216,23 @@ def test_an_error_in_a_configured_class_names_the_setting_and_its_cause():
     line = describe(info.value)
     assert "\n" not in line and line.startswith("trainer: Error in call to target")
     assert line.endswith("TypeError: unsupported type for timedelta weeks component: str")
+
+
+def test_a_log_file_that_cannot_be_opened_is_named_with_its_reason(tmp_path):
+    """logging says only "Unable to configure handler 'file'" (an output folder that cannot be
+    written, say): the line names the log file and the system's reason. In a child process, as
+    logging's configuration closes every handler of the process it runs in."""
+    log_file = tmp_path / "missing" / "infer.log"
+    code = (
+        "import logging.config\n"
+        "from synthseg_lite.commands.common import describe\n"
+        "try:\n"
+        "    logging.config.dictConfig({'version': 1, 'handlers': {'file': {\n"
+        f"        'class': 'logging.FileHandler', 'filename': {str(log_file)!r}}}}}}})\n"
+        "except ValueError as exc:\n"
+        "    print(str(exc).splitlines()[0]); print(describe(exc))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    raw, line = out.stdout.splitlines()
+    assert raw == "Unable to configure handler 'file'"
+    assert line == f"{log_file}: No such file or directory"

@@ -298,6 +298,10 @@ def describe(exc: BaseException) -> str:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    cause = exc.__cause__
+    if not isinstance(exc, OSError) and isinstance(cause, OSError) and cause.strerror:
+        # logging's "Unable to configure handler 'file'" hides the log file and the reason
+        return describe(cause)
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:
@@ -323,7 +327,6 @@ def describe(exc: BaseException) -> str:
         key = getattr(exc, "full_key", None)
         if key and key not in msg:
             msg = f"{key}: {msg}"
-    cause = exc.__cause__
     if isinstance(exc, InstantiationException) and cause is not None and msg.endswith(":"):
         # "Error in call to target 'X':" says nothing on its own: add the setting and the cause
         key = re.search(r"^full_key: (\S+)$", str(exc), re.MULTILINE)
