@@ -103,20 +103,22 @@ def _read(scan: Any) -> tuple[np.ndarray, np.ndarray]:
 
         vol = load_volume(scan, canonical=False, nan="fill")
         return np.asarray(vol.data), np.asarray(vol.affine, dtype=np.float64)
-    from synthseg_lite.validate import fill_nan
+    from synthseg_lite.io import cast_volume
+    from synthseg_lite.validate import check_dtype, fill_nan
 
     data, affine = _in_memory(scan)
+    check_dtype(data.dtype)
     data, warning = fill_nan(data)
     if warning:
         log.warning(warning)
-    return data, affine
+    return cast_volume(data, np.float32), affine
 
 
 def _in_memory(scan: Any) -> tuple[np.ndarray, np.ndarray]:
     """(data, affine) of a nibabel image or a ``(data, affine)`` pair, as given (one volume of a
     4D one with a single volume, as a file's)."""
     if hasattr(scan, "affine") and hasattr(scan, "get_fdata"):
-        data, affine = np.asarray(scan.dataobj, dtype=np.float32), scan.affine
+        data, affine = np.asanyarray(scan.dataobj), scan.affine  # scaled as stored
     elif isinstance(scan, tuple) and len(scan) == 2:
         data, affine = np.asarray(scan[0]), scan[1]
     else:
@@ -155,7 +157,8 @@ def segment(scan_or_path: Any, model: str | Path = "tissue", **options: Any) -> 
         :class:`SegmentationResult`.
 
     Raises:
-        ValueError: unknown option, unreadable, empty or constant scan, a label map, fewer than
+        ValueError: unknown option, unreadable, empty or constant scan, RGB or complex voxels,
+            values beyond float32's range, a folder, a label map, fewer than
             8 voxels along an axis, a zero, singular or non-finite affine, missing model
             (:func:`synthseg_lite.validate.check_scan`, as ``synthseg-lite-infer`` skips a scan).
     """

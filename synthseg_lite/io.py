@@ -95,6 +95,8 @@ def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialim
     from synthseg_lite.validate import MAX_VOXELS, check_header
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not an image file")
     if not path.is_file():
         raise ValueError(f"{path}: {broken_link(path) or 'no such file'}")
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
@@ -121,6 +123,26 @@ def _first_volume(img: nib.spatialimages.SpatialImage) -> nib.spatialimages.Spat
     """The 3D image of a 4D image with one volume, still unread: its array proxy reshaped (the
     proxy keeps the file's scaling), so that a broken file fails where the data are read."""
     return type(img)(img.dataobj.reshape(img.shape[:3]), img.affine, img.header, extra=img.extra)
+
+
+def cast_volume(data: np.ndarray, dtype: np.dtype, path: str | Path | None = None) -> np.ndarray:
+    """``data`` as ``dtype`` (no copy when it already is), refusing values a narrower float
+    cannot hold (float64 beyond float32's 3.4e38 would become Inf).
+
+    Raises:
+        ValueError: finite values that overflow ``dtype``, named with ``path``.
+    """
+    with np.errstate(over="ignore"):  # reported below, in one line
+        out = data.astype(dtype, copy=False)
+    narrowed = (np.issubdtype(data.dtype, np.floating) and out.dtype.kind == "f"
+                and out.itemsize < data.itemsize)
+    if narrowed and not np.isfinite(out).all():  # only a narrower float can overflow
+        where = f"{path}: " if path else ""
+        raise ValueError(
+            f"{where}{data.dtype} values up to {float(np.abs(data).max()):.3g} exceed "
+            f"the {out.dtype} range"
+        )
+    return out
 
 
 def load_volume(
@@ -166,15 +188,7 @@ def load_volume(
     elif floating and not np.isfinite(data).all():
         raise ValueError(f"{path}: contains NaN or Inf values")
     if dtype is not None:
-        with np.errstate(over="ignore"):  # reported below, in one line
-            out = data.astype(dtype, copy=False)
-        narrowed = floating and out.dtype.kind == "f" and out.itemsize < data.itemsize
-        if narrowed and not np.isfinite(out).all():  # only a narrower float can overflow
-            raise ValueError(
-                f"{path}: {data.dtype} values up to {float(np.abs(data).max()):.3g} exceed "
-                f"the {out.dtype} range"
-            )
-        data = out
+        data = cast_volume(data, dtype, path)
     return Volume(np.ascontiguousarray(data), np.asarray(img.affine, dtype=np.float64), str(path))
 
 

@@ -59,6 +59,21 @@ MAX_LABEL_VALUES = 300
 _FS_LABELS = frozenset(int(v) for v in FREESURFER_NAMES)
 
 
+def check_dtype(dtype: np.dtype, path: str | Path | None = None) -> None:
+    """Refuse voxels that are not one real number each (RGB, structured, complex, strings...).
+
+    Raises:
+        ValueError: any dtype but bool, integer or floating, named with ``path``.
+    """
+    dtype, where = np.dtype(dtype), _prefix(path)
+    if dtype.fields is not None or dtype.kind == "V":
+        raise ValueError(f"{where}unsupported data type {dtype} (RGB or structured voxels)")
+    if dtype.kind == "c":
+        raise ValueError(f"{where}unsupported data type {dtype} (complex voxels)")
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{where}unsupported data type {dtype}")
+
+
 def check_header(
     img: nib.spatialimages.SpatialImage,
     path: str | Path,
@@ -82,12 +97,7 @@ def check_header(
             zero or singular affine.
     """
     dtype = np.dtype(img.get_data_dtype())
-    if dtype.fields is not None or dtype.kind == "V":
-        raise ValueError(f"{path}: unsupported data type {dtype} (RGB or structured voxels)")
-    if dtype.kind == "c":
-        raise ValueError(f"{path}: unsupported data type {dtype} (complex voxels)")
-    if dtype.kind not in "biuf":
-        raise ValueError(f"{path}: unsupported data type {dtype}")
+    check_dtype(dtype, path)
     shape = [int(n) for n in img.shape[:3]]
     if min(shape) < 1:
         raise ValueError(f"{path}: the header gives dimensions {shape}: not a volume")

@@ -184,7 +184,15 @@ def test_segment_api(tmp_path):
     assert lean.volumes == res.volumes and lean.soft_volumes == pytest.approx(res.soft_volumes)
 
 
-def test_segment_api_checks_a_scan_as_the_command_does(caplog):
+def _rgb(data: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) grey levels as NIfTI's RGB24 voxels (a structured uint8 triplet)."""
+    rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for channel in "RGB":
+        rgb[channel] = np.clip(data, 0, 255).astype(np.uint8)
+    return rgb
+
+
+def test_segment_api_checks_a_scan_as_the_command_does(caplog, tmp_path):
     """A pair in memory is refused or warned about where ``synthseg-lite-infer`` would skip or
     warn about the same scan in a file (:func:`synthseg_lite.validate.check_scan`)."""
     data, affine = _head()
@@ -194,7 +202,11 @@ def test_segment_api_checks_a_scan_as_the_command_does(caplog):
         (((data > 80).astype(np.int16) * 2, affine), "label map"),
         ((data > 80, affine), "label map"),
         ((data[:, :, :5], affine), "only"),
-    ]:
+        ((data.astype(np.complex64), affine), "complex voxels"),
+        ((data.astype(np.float64) * 1e300, affine), "float64 values up to .* exceed the float32"),
+        (nib.Nifti1Image(_rgb(data), affine), "RGB or structured voxels"),
+        (tmp_path, "a folder, not an image file"),
+    ]:  # as a file's header or values are refused (read_image, load_volume)
         with pytest.raises(ValueError, match=match):
             synthseg_lite.segment(bad, tta="none", threads=1)
     coarse = affine.copy()
