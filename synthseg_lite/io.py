@@ -47,11 +47,14 @@ class Volume:
         data: (X, Y, Z) array in the voxel order of ``affine``.
         affine: (4, 4) float64 voxel -> world (mm) matrix.
         path: where it was read from.
+        oriented: False for a NIfTI with neither qform nor sform (``affine`` is then nibabel's
+            fallback from the voxel sizes, x flipped: :func:`has_orientation`).
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: str = ""
+    oriented: bool = True
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -78,6 +81,14 @@ def broken_link(path: str | Path) -> str | None:
     hint = (": a git-annex / DataLad file whose content is not here (`datalad get` it)"
             if "annex" in target else "")
     return f"a broken link (to {target}){hint}"
+
+
+def has_orientation(img: nib.spatialimages.SpatialImage) -> bool:
+    """False for a NIfTI with neither qform nor sform (qform_code = sform_code = 0): its voxels'
+    place in the world is unknown and nibabel's affine a fallback (pixdim, x flipped: LAS)."""
+    hdr = img.header
+    return not (isinstance(hdr, nib.Nifti1Header)  # NIfTI-2 too; MGZ always has its matrix
+                and int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0)
 
 
 def read_image(path: str | Path, max_voxels: int | None = None) -> nib.spatialimages.SpatialImage:
@@ -172,6 +183,7 @@ def load_volume(
     if nan not in ("error", "fill"):
         raise ValueError(f"nan must be 'error' or 'fill', got {nan!r}")
     img = read_image(path, max_voxels)
+    oriented = has_orientation(img)  # before reorienting: a new image gets new codes
     try:  # the voxels are read here (reorienting reads them too): a truncated or corrupt file
         if canonical:
             img = nib.as_closest_canonical(img)
@@ -189,7 +201,8 @@ def load_volume(
         raise ValueError(f"{path}: contains NaN or Inf values")
     if dtype is not None:
         data = cast_volume(data, dtype, path)
-    return Volume(np.ascontiguousarray(data), np.asarray(img.affine, dtype=np.float64), str(path))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Volume(np.ascontiguousarray(data), affine, str(path), oriented)
 
 
 def load_label_map(path: str | Path, canonical: bool = True) -> Volume:
@@ -279,7 +292,8 @@ def atomic_write(path: str | Path, write) -> Path:
 
 
 def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path,
-                dtype: np.dtype | None = None, header: nib.Nifti1Header | None = None) -> Path:
+                dtype: np.dtype | None = None, header: nib.Nifti1Header | None = None,
+                oriented: bool = True) -> Path:
     """Write a 3D (or 4D, channels last) array as NIfTI or MGZ, atomically.
 
     Args:
@@ -287,6 +301,9 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path,
         affine: (4, 4) voxel -> world matrix (mm).
         path: destination; its suffix picks the format.
         dtype: on-disk dtype (default: the array's).
+        oriented: NIfTI qform and sform codes 1 (scanner); False writes codes 0, as a scan
+            without them (:func:`has_orientation`), so that a viewer places the output where
+            it places that scan, whatever its fallback.
     """
     data = np.asarray(data if dtype is None else data.astype(dtype))
     path = Path(path)
@@ -294,8 +311,8 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path,
         img = nib.MGHImage(data.astype(np.float32) if data.dtype == np.float64 else data, affine)
     else:
         img = nib.Nifti1Image(data, affine, header=header)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=int(oriented))
+        img.set_sform(affine, code=int(oriented))
     return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 

@@ -120,7 +120,9 @@ def check_header(
         if int(raw["qform_code"]) == 0 and int(raw["sform_code"]) == 0:
             warnings.append(
                 f"{path}: no qform or sform in the header: voxel sizes taken from pixdim "
-                f"{[round(float(z), 3) for z in zooms]} mm, orientation unknown (assumed RAS)"
+                f"{[round(float(z), 3) for z in zooms]} mm, orientation unknown: nibabel's "
+                "fallback assumed (x flipped, LAS), so left and right may be swapped; outputs "
+                "keep no qform or sform either"
             )
     else:
         zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)

@@ -791,3 +791,23 @@ def test_outputs_never_replace_inputs_or_foreign_files(tmp_path: Path) -> None:
     ours.write_bytes(b"changed by the user since")
     assert not written_by_tool(ours)
     assert check_outputs([tmp_path / "out" / "new.nii.gz"], [scan]) == []
+
+
+def test_a_scan_without_qform_or_sform_gives_outputs_without_them(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Such a scan's place in the world is unknown (nibabel falls back to LAS, the NIfTI standard's
+    method 1 to RAS): its segmentation keeps codes 0 on the same grid, so that any viewer puts both
+    where it puts the scan; a scan with an sform gives codes 1 as before."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _raw_nifti(inp / "noform.nii.gz", codes=(0, 0))
+    _save(_head(), inp / "sform.nii.gz")
+    args = [f"input={inp}", f"output={out}", f"model={tiny_model}", "progress=false",
+            "report=false", "tta=none", "save_qc=false"]
+    assert run_in_process("infer", args) == 0
+    for case, code in (("noform", 0), ("sform", 1)):
+        scan, seg = nib.load(inp / f"{case}.nii.gz"), nib.load(out / f"{case}_seg.nii.gz")
+        assert (int(seg.header["qform_code"]), int(seg.header["sform_code"])) == (code, code)
+        np.testing.assert_allclose(seg.affine, scan.affine)
+        assert seg.shape == scan.shape

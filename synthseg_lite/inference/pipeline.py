@@ -139,9 +139,10 @@ class StudyContext:
     reader: ScanReader | None = None
 
 
-def _save_labels(lut: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _save_labels(lut: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: Path,
+                 oriented: bool = True) -> None:
     """Write ``lut[labels]`` in the smallest integer dtype that holds the LUT's values."""
-    save_volume(_lookup(lut.astype(label_dtype(lut)), labels), affine, path)
+    save_volume(_lookup(lut.astype(label_dtype(lut)), labels), affine, path, oriented=oriented)
 
 
 def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -171,7 +172,9 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
     pred = segment_volume(vol.data, vol.affine, w.predictor, w.opts, w.device, str(scan.path))
     names = w.predictor.target.names
     written = {"seg": out["seg"], "lut": out["lut"], "tsv": out["tsv"]}
-    _save_labels(w.labels.lut(), pred.labels, pred.affine, out["seg"])
+    # a scan without qform/sform: outputs on its grid without them too (io.has_orientation)
+    oriented = vol.oriented or not np.array_equal(pred.affine, vol.affine)
+    _save_labels(w.labels.lut(), pred.labels, pred.affine, out["seg"], oriented)
     write_lut(out["lut"], w.labels, f"{scan.case}: {w.labels.desc} labels (synthseg_lite)")
     write_dseg_tsv(out["tsv"], w.labels)
     voxel_mm3 = float(abs(np.linalg.det(pred.affine[:3, :3])))
@@ -190,7 +193,7 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
         row[f"{names[k]}_soft_mm3"] = soft[k]
     if w.tissue is not None:
         group, tissue = w.tissue
-        _save_labels(tissue.lut()[group], pred.labels, pred.affine, out["tissue"])
+        _save_labels(tissue.lut()[group], pred.labels, pred.affine, out["tissue"], oriented)
         write_lut(out["tissue_lut"], tissue, f"{scan.case}: tissue view (synthseg_lite)")
         write_dseg_tsv(out["tissue_tsv"], tissue)
         written |= {k: out[k] for k in ("tissue", "tissue_lut", "tissue_tsv")}
@@ -211,7 +214,8 @@ def _segment_one(scan: Scan, out: dict[str, Path], w: StudyContext) -> ScanResul
             VOLUMES_CSV,
         )
     if pred.posteriors is not None:
-        save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"])
+        save_volume(np.moveaxis(pred.posteriors, 0, -1), pred.affine, out["posteriors"],
+                    oriented=oriented)
         written["posteriors"] = out["posteriors"]
     # the scan on the segmentation's grid (RAS), for the resampled file and the QC figure
     if w.opts.output_mm is not None and (w.opts.save_qc or w.opts.save_resampled):
