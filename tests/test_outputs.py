@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -451,3 +452,19 @@ def test_output_mm_writes_every_file_on_the_1mm_grid(monkeypatch, tmp_path):
         for other in runs.values():  # the network's sum, whatever grid is written
             assert float(row[f"{name}_soft_mm3"]) == pytest.approx(
                 float(other[f"{name}_soft_mm3"]), rel=1e-5, abs=1e-3)
+
+
+def test_links_to_one_file_are_one_scan_and_said_so(tmp_path, caplog):
+    """A file given twice is segmented once, silently; two names linking to one file (a
+    git-annex dataset's files of identical content) too, with a warning naming both."""
+    scan = tmp_path / "in" / "a.nii.gz"
+    _write(scan)
+    (tmp_path / "in" / "b.nii.gz").symlink_to(scan)
+    with caplog.at_level(logging.WARNING, logger="synthseg_lite.inference.outputs"):
+        assert [s.case for s in find_scans([scan, scan]).scans] == ["a"]
+        assert not caplog.records
+        assert [s.case for s in find_scans(tmp_path / "in").scans] == ["a"]
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"{tmp_path / 'in' / 'b.nii.gz'} is the same file as {scan}: segmented once, as a"
+    )

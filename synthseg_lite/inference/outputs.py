@@ -219,8 +219,11 @@ def find_scans(
         else:
             raise ValueError(f"input {item}: {broken_link(p) or 'no such file or folder'}")
     unique: dict[Path, Scan] = {}
-    for s in scans:
-        unique.setdefault(s.path.resolve(), s)
+    for s in scans:  # a file given twice is one scan; links to one file (git-annex: same
+        first = unique.setdefault(s.path.resolve(), s)  # content) too, said once each
+        if first.path.absolute() != s.path.absolute():
+            log.warning("%s is the same file as %s: segmented once, as %s", s.path, first.path,
+                        first.case)
     scans = list(unique.values())
     if not scans:
         dicom = _dicom_hint([Path(i) for i in items if Path(i).is_dir()])
