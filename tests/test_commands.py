@@ -248,3 +248,41 @@ def test_a_log_file_that_cannot_be_opened_is_named_with_its_reason(tmp_path):
     raw, line = out.stdout.splitlines()
     assert raw == "Unable to configure handler 'file'"
     assert line == f"{log_file}: No such file or directory"
+
+
+def test_an_interrupted_study_says_so_in_one_line_and_goes_on(tiny_model, tmp_path):
+    """SIGTERM (``scancel``, a SLURM time limit) mid-study: exit 143 and one logged line, no
+    traceback, no half-written file; the same command then segments only the scans not done."""
+    import signal
+    import time
+
+    from synthseg_lite.io import TMP_MARK
+
+    data, affine = _head()
+    for i in range(12):
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"s{i:02d}.nii.gz")
+    out = tmp_path / "out"
+    args = [str(ROOT / "infer.py"), f"input={tmp_path}/*.nii.gz", f"output={out}",
+            f"model={tiny_model}", "tta=none", "progress=false", "report=false", "threads=1"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_seg.json")) and time.monotonic() < deadline:  # a scan done
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].endswith(
+        f"interrupted (SIGTERM): the scans finished so far are kept in {out}; the same command "
+        "goes on from there"
+    )
+    segs = sorted(out.glob("*_seg.nii.gz"))
+    assert 1 <= len(segs) < 12 and not [p for p in out.iterdir() if TMP_MARK in p.name]
+    for seg in segs:
+        assert nib.load(seg).get_fdata().shape == data.shape  # whole files
+    done = len((out / "volumes.csv").read_text().splitlines()) - 1  # rows: scans finished
+    res = _run(*args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert done >= 1 and f"kept the outputs of {done} scan(s)" in res.stderr
+    assert len(list(out.glob("*_seg.nii.gz"))) == 12

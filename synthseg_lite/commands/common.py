@@ -10,6 +10,8 @@
   next to the field. ``--help`` is Hydra's own help (``hydra/help`` config group):
   :func:`register_help` stores a page as ``hydra/help=<command>`` and each command's YAML selects
   it (``override hydra/help: ...``).
+* :func:`until_interrupted`: Ctrl-C and SIGTERM (``kill``, ``scancel``, a SLURM time limit) end a
+  long run with one logged line saying what was kept, exit code 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -37,6 +42,7 @@ __all__ = [
     "quote_hint",
     "register_help",
     "require",
+    "until_interrupted",
     "user_errors",
     "version",
     "with_version",
@@ -277,6 +283,40 @@ def user_errors(fn: Callable[[], T]) -> T:
         return fn()
     except ValueError as exc:
         fail(str(exc))
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C raises :class:`KeyboardInterrupt`."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def until_interrupted(fn: Callable[[], T], kept: str) -> T:
+    """Run ``fn``; Ctrl-C (SIGINT) or SIGTERM ends the program with one line, not a traceback
+    (Ctrl-C) or nothing at all (SIGTERM's default).
+
+    The line goes to the log (so a batch job's log file says why it stopped), and the exit code
+    is 128 + the signal's number (130, 143), as a shell reports a process killed by it. Files
+    being written are not left half-written (:func:`synthseg_lite.io.atomic_write` removes its
+    temporary on any exception).
+
+    Args:
+        fn: the long work.
+        kept: what the user has and can do next, e.g. "the scans finished so far are kept".
+    """
+    main = threading.current_thread() is threading.main_thread()  # (signal handlers: main only)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
+    try:
+        return fn()
+    except KeyboardInterrupt as exc:
+        sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        logging.getLogger("synthseg_lite").error("interrupted (%s): %s", sig.name, kept)
+        sys.exit(128 + int(sig))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _first_line(text: str) -> str:

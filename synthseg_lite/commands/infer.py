@@ -24,7 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from synthseg_lite.commands.common import hydra_main, require, user_errors
+from synthseg_lite.commands.common import hydra_main, require, until_interrupted, user_errors
 from synthseg_lite.commands.common import (
     config_groups,
     option_rows,
@@ -140,9 +140,14 @@ def main(cfg: DictConfig) -> None:
         return
     args = OmegaConf.to_container(cfg, resolve=True)
     inputs = args["input"] if isinstance(args["input"], list) else str(args["input"])
-    results = user_errors(lambda: segment_scans(
-        inputs, args["output"], args["model"],
-        InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})))
+    opts = user_errors(
+        lambda: InferenceOptions(**{f.name: args[f.name] for f in fields(InferenceOptions)})
+    )
+    results = until_interrupted(
+        lambda: user_errors(lambda: segment_scans(inputs, args["output"], args["model"], opts)),
+        f"the scans finished so far are kept in {args['output']}; the same command goes on "
+        "from there",
+    )
     done = [r for r in results if r.error is None and not r.done]
     skipped = [r for r in results if r.error is not None]
     kept = len(results) - len(done) - len(skipped)
