@@ -297,7 +297,9 @@ def until_interrupted(fn: Callable[[], T], kept: str) -> T:
     """Run ``fn``; Ctrl-C (SIGINT) or SIGTERM ends the program with one line, not a traceback
     (Ctrl-C) or nothing at all (SIGTERM's default).
 
-    The line goes to the log (so a batch job's log file says why it stopped), and the exit code
+    SIGTERM is caught only where nothing else handles it (submitit, which launches SLURM jobs
+    from Hydra, has its own handler). The line goes to the log (so a batch job's log file says
+    why it stopped), and the exit code
     is 128 + the signal's number (130, 143), as a shell reports a process killed by it. Files
     being written are not left half-written (:func:`synthseg_lite.io.atomic_write` removes its
     temporary on any exception).
@@ -306,8 +308,10 @@ def until_interrupted(fn: Callable[[], T], kept: str) -> T:
         fn: the long work.
         kept: what the user has and can do next, e.g. "the scans finished so far are kept".
     """
-    main = threading.current_thread() is threading.main_thread()  # (signal handlers: main only)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
+    # signal handlers are the main thread's; a framework's own (submitit's) is left in place
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if ours else None
     try:
         return fn()
     except KeyboardInterrupt as exc:
