@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,17 @@ class Interrupt(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             raise RuntimeError("simulated interrupt")
+
+
+class Kill(pl.Callback):
+    """Sends this process ``signum`` before training batch ``at_step`` (Ctrl-C, ``scancel``)."""
+
+    def __init__(self, at_step: int, signum: int) -> None:
+        self.at_step, self.signum = at_step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
 
 
 
@@ -293,6 +305,31 @@ def test_resume_after_interrupt_repeats_the_uninterrupted_run(
         assert torch.equal(v, sc["state_dict"][k]), k
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_says_where_it_goes_on_from(toy_maps, tmp_path, caplog, signum):
+    """Lightning stops the run itself and says nothing of resuming; the log gets one line with the
+    step and the last checkpoint's ``resume=`` (which is on disk)."""
+    here = "test_training"
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning leaves SIGINT ignored after a Ctrl-C
+    try:
+        with caplog.at_level("ERROR", logger="synthseg_lite"), pytest.raises(SystemExit):
+            _run(["experiment=smoke", f"data.label_maps={toy_maps}",
+                  "callbacks.last.every_n_epochs=0", "+callbacks.last.every_n_train_steps=2",
+                  f"+callbacks.kill._target_={here}.Kill", "+callbacks.kill.at_step=3",
+                  f"+callbacks.kill.signum={int(signum)}"], tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    which = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    # SIGTERM: Lightning ends the step first (and writes its step-4 checkpoint)
+    step, saved = (3, 2) if signum == signal.SIGINT else (4, 4)
+    assert [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()] == [
+        f"interrupted ({which}) at step {step}: the same command with resume={last} goes on "
+        "from its last checkpoint"
+    ]
+    assert torch.load(last, weights_only=True)["global_step"] == saved
+
+
 @pytest.mark.skipif(
     not (ROOT.parent / "shared" / "data" / "real").is_dir(), reason="shared data absent"
 )
@@ -467,3 +504,20 @@ def test_init_weights_merges_the_hemispheres_of_the_shipped_structure_model(
     want = torch.zeros(2, len(count), 64, 48).index_add_(1, idx, full) / count.view(1, -1, 1, 1)
     torch.testing.assert_close(half, want + count.log().view(1, -1, 1, 1), atol=1e-4, rtol=1e-4)
     assert half.shape[1] == 18 and (count == 2).sum() == 14
+
+
+@pytest.mark.slow  # a training subprocess: ~20 s
+def test_train_script_killed_by_sigterm_exits_143(tmp_path: Path) -> None:
+    """Lightning ends a run on SIGTERM with exit code 0; a killed run is not a finished one (a job
+    array or a sweep must see it), so ``train.py`` exits 143 (128 + SIGTERM), as a shell reports."""
+    cmd = [sys.executable, "train.py", "experiment=smoke", "trainer.max_epochs=500",
+           f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted (SIGTERM) at step" in out + err

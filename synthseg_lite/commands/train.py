@@ -13,6 +13,8 @@ The only place a Hydra DictConfig lives: it is turned into typed objects here.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -46,6 +48,7 @@ def build(cfg: DictConfig):
     from synthseg_lite.model.unet import UNetConfig
     from synthseg_lite.training import (
         AtomicCheckpointIO,
+        InterruptNote,
         check_accelerator,
         check_optimizer,
         check_trainer_args,
@@ -123,7 +126,7 @@ def build(cfg: DictConfig):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks, guard],
+        callbacks=[*callbacks, guard, InterruptNote()],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
@@ -239,8 +242,13 @@ def run(cfg: DictConfig) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     from synthseg_lite.commands.launch import launched_ranks
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     with launched_ranks(cfg.trainer):  # DDP under multirun and submitit (README "Scaling out")
-        return user_errors(lambda: run(cfg))
+        try:
+            return user_errors(lambda: run(cfg))
+        except SIGTERMException:  # Lightning's stop on SIGTERM exits 0: a killed run is not done
+            sys.exit(128 + int(signal.SIGTERM))
 
 
 register_help(

@@ -14,6 +14,7 @@ from synthseg_lite.training.start import (
 from synthseg_lite.training.trainer import (
     OOM_ERRORS,
     AtomicCheckpointIO,
+    InterruptNote,
     PlanGuard,
     check_accelerator,
     check_optimizer,
@@ -27,6 +28,7 @@ from synthseg_lite.training.trainer import (
 __all__ = [
     "OOM_ERRORS",
     "AtomicCheckpointIO",
+    "InterruptNote",
     "PlanGuard",
     "check_accelerator",
     "check_optimizer",

@@ -30,6 +30,7 @@ from synthseg_lite.safety import load_torch_file, remove_stale_temporaries
 __all__ = [
     "OOM_ERRORS",
     "AtomicCheckpointIO",
+    "InterruptNote",
     "PlanGuard",
     "check_accelerator",
     "check_trainer_args",
@@ -61,6 +62,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         """Lightning's resume read, always with ``weights_only=True`` (never runs code)."""
         return load_torch_file(path, map_location or "cpu", "checkpoint")
+
+
+class InterruptNote(pl.Callback):
+    """When Ctrl-C or SIGTERM (``scancel``, a SLURM time limit) stops a run, log one line: the
+    step reached and the ``resume=`` that goes on from the last checkpoint written.
+
+    Lightning stops such a run itself (Ctrl-C: "attempting graceful shutdown", exit 1; SIGTERM:
+    "Received SIGTERM", then exit 0 unless :mod:`synthseg_lite.commands.train` makes it 143),
+    and neither says where the run can go on from.
+    """
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        if not trainer.is_global_zero:
+            return
+        which = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
+        last = [Path(c.best_model_path) for c in trainer.checkpoint_callbacks
+                if getattr(c, "monitor", None) is None and getattr(c, "best_model_path", "")]
+        hint = (f"the same command with resume={last[0]} goes on from its last checkpoint"
+                if last and last[0].is_file() else "no checkpoint was written yet")
+        log.error("interrupted (%s) at step %d: %s", which, trainer.global_step, hint)
 
 
 def check_accelerator(accelerator: str) -> None:
