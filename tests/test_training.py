@@ -323,10 +323,10 @@ def test_an_interrupted_run_says_where_it_goes_on_from(toy_maps, tmp_path, caplo
     which = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     # SIGTERM: Lightning ends the step first (and writes its step-4 checkpoint)
     step, saved = (3, 2) if signum == signal.SIGINT else (4, 4)
-    assert [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()] == [
+    assert [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()] == [(
         f"interrupted ({which}) at step {step}: the same command with resume={last} goes on "
         "from its last checkpoint"
-    ]
+    )]
     assert torch.load(last, weights_only=True)["global_step"] == saved
 
 

@@ -240,9 +240,9 @@ def run(cfg: DictConfig) -> float | None:
 @with_version("synthseg-lite-train")
 @hydra_main(config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from synthseg_lite.commands.launch import launched_ranks
-
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from synthseg_lite.commands.launch import launched_ranks
 
     with launched_ranks(cfg.trainer):  # DDP under multirun and submitit (README "Scaling out")
         try:
