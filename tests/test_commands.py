@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -254,7 +255,6 @@ def test_an_interrupted_study_says_so_in_one_line_and_goes_on(tiny_model, tmp_pa
     """SIGTERM (``scancel``, a SLURM time limit) mid-study: exit 143 and one logged line, no
     traceback, no half-written file; the same command then segments only the scans not done."""
     import signal
-    import time
 
     from synthseg_lite.io import TMP_MARK
 
@@ -286,3 +286,38 @@ def test_an_interrupted_study_says_so_in_one_line_and_goes_on(tiny_model, tmp_pa
     assert res.returncode == 0, res.stderr[-2000:]
     assert done >= 1 and f"kept the outputs of {done} scan(s)" in res.stderr
     assert len(list(out.glob("*_seg.nii.gz"))) == 12
+
+
+def test_until_interrupted_turns_ctrl_c_and_sigterm_into_one_line_and_128_plus_the_signal(caplog):
+    """And puts SIGTERM's handler back; a handler someone else installed (submitit's) stays."""
+    import signal
+
+    from synthseg_lite.commands.common import until_interrupted
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # (the handler raises at the next bytecode)
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with caplog.at_level(logging.ERROR, logger="synthseg_lite"):
+        for fn, code, name in ((ctrl_c, 130, "SIGINT"), (term, 143, "SIGTERM")):
+            with pytest.raises(SystemExit) as info:
+                until_interrupted(fn, "what is kept")
+            assert info.value.code == code
+            assert caplog.records[-1].getMessage() == f"interrupted ({name}): what is kept"
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert until_interrupted(lambda: 7, "") == 7
+
+    def theirs(signum, frame):
+        raise RuntimeError("their handler")
+
+    signal.signal(signal.SIGTERM, theirs)
+    try:
+        with pytest.raises(RuntimeError, match="their handler"):
+            until_interrupted(term, "what is kept")
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

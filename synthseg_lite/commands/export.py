@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from synthseg_lite.commands.common import hydra_main, require, user_errors
+from synthseg_lite.commands.common import hydra_main, require, until_interrupted, user_errors
 from synthseg_lite.commands.common import option_rows, register_help, with_version
 from synthseg_lite.data.export import ExportConfig, export_dataset
 from synthseg_lite.synth.config import SynthConfig
@@ -34,7 +34,11 @@ def main(cfg: DictConfig) -> None:
     synth = user_errors(lambda: OmegaConf.to_object(cfg.synth))
     args = OmegaConf.to_container(cfg, resolve=True)
     args.pop("synth")
-    user_errors(lambda: export_dataset(ExportConfig(**args), synth))
+    until_interrupted(
+        lambda: user_errors(lambda: export_dataset(ExportConfig(**args), synth)),
+        f"the pairs written so far are kept in {args['output']} (whole files only); "
+        "overwrite=true starts the export again",
+    )
 
 
 if __name__ == "__main__":
