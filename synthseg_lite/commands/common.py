@@ -299,10 +299,9 @@ def until_interrupted(fn: Callable[[], T], kept: str) -> T:
 
     SIGTERM is caught only where nothing else handles it (submitit, which launches SLURM jobs
     from Hydra, has its own handler). The line goes to the log (so a batch job's log file says
-    why it stopped), and the exit code
-    is 128 + the signal's number (130, 143), as a shell reports a process killed by it. Files
-    being written are not left half-written (:func:`synthseg_lite.io.atomic_write` removes its
-    temporary on any exception).
+    why it stopped), and the exit code is 128 + the signal's number (130, 143), as a shell
+    reports a process killed by it. Files being written are not left half-written
+    (:func:`synthseg_lite.io.atomic_write` removes its temporary on any exception).
 
     Args:
         fn: the long work.
